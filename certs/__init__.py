@@ -1,0 +1,1 @@
+"""Certificate work: a CA and serving certificates for the webhook."""

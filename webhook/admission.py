@@ -1,0 +1,139 @@
+"""AdmissionReview in, AdmissionReview out: the envelope around the engine.
+
+``review`` takes the raw body and returns the response body plus the fields of the log line.
+A malformed request raises ``BadRequest`` (HTTP 400); nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from webhook import engine
+from webhook.config import MeshConfig
+from webhook.pod import InvalidPod
+from webhook.policy import Reason
+
+VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+
+
+class BadRequest(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reviewed:
+    body: bytes
+    uid: str
+    namespace: str
+    pod: str
+    outcome: str
+    reason: str
+    message: str
+
+
+def _field(parent: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
+    value = parent.get(key)
+    if value is None and not required:
+        return kind()
+    if not isinstance(value, kind) or (kind is str and required and not value):
+        wanted = {dict: "an object", str: "a non-empty string"}[kind]
+        raise BadRequest(f"{where}.{key}: expected {wanted}, got {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return (
+        "nothing"
+        if value is None
+        else repr(value)
+        if isinstance(value, str)
+        else type(value).__name__
+    )
+
+
+def _envelope(body: bytes) -> tuple[str, dict[str, Any]]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise BadRequest("body is not an AdmissionReview: expected a JSON object")
+    api_version = document.get("apiVersion")
+    if document.get("kind") != "AdmissionReview" or api_version not in VERSIONS:
+        raise BadRequest(
+            "body is not an AdmissionReview: expected kind AdmissionReview and "
+            f"apiVersion {' or '.join(VERSIONS)}, got kind "
+            f"{_kind(document.get('kind'))}, apiVersion {_kind(api_version)}"
+        )
+    return api_version, _field(document, "request", dict, "AdmissionReview")
+
+
+def _pod_name(pod: Any, request: dict[str, Any]) -> str:
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    for candidate in (request.get("name"), metadata.get("name")):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    generate = metadata.get("generateName")
+    return f"{generate}*" if isinstance(generate, str) and generate else "(unnamed)"
+
+
+def review(body: bytes, config: MeshConfig) -> Reviewed:
+    api_version, request = _envelope(body)
+    uid = _field(request, "uid", str, "request")
+    kind = _field(request, "kind", dict, "request")
+    operation = _field(request, "operation", str, "request")
+    namespace = _field(request, "namespace", str, "request", required=False)
+    pod = request.get("object")
+    is_pod = kind.get("group", "") == "" and kind.get("kind") == "Pod"
+    if not is_pod or request.get("subResource"):
+        result = engine.skip(Reason.NOT_A_POD)
+    elif operation != "CREATE":
+        result = engine.skip(Reason.NOT_CREATE)
+    else:
+        if not isinstance(pod, dict):
+            raise BadRequest(f"request.object: expected a Pod object, got {_kind(pod)}")
+        namespace = namespace or _pod_namespace(pod) or "default"
+        try:
+            result = engine.inject(pod, namespace, config)
+        except InvalidPod as exc:
+            raise BadRequest(f"request.object: {exc}") from None
+    response = _response(uid, result)
+    body_out = orjson.dumps(
+        {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
+    )
+    return Reviewed(
+        body_out,
+        uid,
+        namespace,
+        _pod_name(pod, request),
+        result.outcome,
+        result.reason.code,
+        result.message,
+    )
+
+
+def _pod_namespace(pod: dict[str, Any]) -> str:
+    metadata = pod.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return namespace if isinstance(namespace, str) else ""
+
+
+def _response(uid: str, result: engine.InjectionResult) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": result.outcome != engine.Outcome.DENY}
+    if result.outcome == engine.Outcome.DENY:
+        response["status"] = {
+            "code": 400,
+            "reason": "BadRequest",
+            "message": f"proxy-injector: {result.message}",
+        }
+    if result.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(orjson.dumps(result.patch)).decode()
+    if result.warnings:
+        response["warnings"] = list(result.warnings)
+    return response

@@ -1,0 +1,261 @@
+"""The one table of ``proxy.io/*`` pod annotations.
+
+Parsing, denial messages, warnings about unknown keys and the README's annotation table
+all come from ``ANNOTATIONS``: add an annotation here and it exists everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+
+from webhook import values
+from webhook.names import INJECT_KEY, PREFIX, STATUS_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    key: str
+    attr: str
+    parse: Callable[[str], object]
+    accepts: str
+    default: str
+    help: str
+
+
+ANNOTATIONS: tuple[Annotation, ...] = (
+    Annotation(
+        INJECT_KEY,
+        "inject",
+        values.boolean,
+        '"true" or "false"',
+        "namespace label",
+        "Opt this pod in or out (also read as a pod label).",
+    ),
+    Annotation(
+        "proxy.io/concurrency",
+        "concurrency",
+        values.int_range(1, 64),
+        "an integer from 1 to 64",
+        "proxy CPU limit rounded up, at least 2",
+        "Envoy worker threads.",
+    ),
+    Annotation(
+        "proxy.io/image",
+        "image",
+        values.image,
+        "a container image reference",
+        "mesh config `proxyImage`",
+        "Envoy image of the sidecar.",
+    ),
+    Annotation(
+        "proxy.io/cpu",
+        "cpu",
+        values.quantity,
+        "a positive Kubernetes quantity",
+        "mesh config `resources.cpu`",
+        "CPU request of the sidecar.",
+    ),
+    Annotation(
+        "proxy.io/memory",
+        "memory",
+        values.quantity,
+        "a positive Kubernetes quantity",
+        "mesh config `resources.memory`",
+        "Memory request of the sidecar.",
+    ),
+    Annotation(
+        "proxy.io/cpu-limit",
+        "cpu_limit",
+        values.quantity,
+        "a positive Kubernetes quantity",
+        "mesh config `resources.cpuLimit`",
+        "CPU limit of the sidecar.",
+    ),
+    Annotation(
+        "proxy.io/memory-limit",
+        "memory_limit",
+        values.quantity,
+        "a positive Kubernetes quantity",
+        "mesh config `resources.memoryLimit`",
+        "Memory limit of the sidecar.",
+    ),
+    Annotation(
+        "proxy.io/log-level",
+        "log_level",
+        values.one_of(*values.ENVOY_LOG_LEVELS),
+        "one of " + ", ".join(values.ENVOY_LOG_LEVELS),
+        "mesh config `logLevel`",
+        "Envoy log level.",
+    ),
+    Annotation(
+        "proxy.io/upstream",
+        "upstream",
+        values.one_of("uds", "tcp"),
+        '"uds" or "tcp"',
+        "mesh config `upstream`",
+        "How Envoy reaches the app: a Unix socket on /dev/shm, or TCP on loopback.",
+    ),
+    Annotation(
+        "proxy.io/uds-ports",
+        "uds_ports",
+        values.port_refs,
+        "comma-separated container port numbers or names",
+        "every TCP port of the app containers",
+        "Ports whose traffic Envoy delivers over a Unix socket.",
+    ),
+    Annotation(
+        "proxy.io/uds-path",
+        "uds_path",
+        values.socket_template,
+        "an absolute path under /dev/shm/, with optional {container} and {port}",
+        "mesh config `udsPath`",
+        "Where each app socket lives.",
+    ),
+    Annotation(
+        "proxy.io/shm-size",
+        "shm_size",
+        values.quantity,
+        "a positive Kubernetes quantity",
+        "half the app containers' memory limits, else mesh config `shm.defaultSize`",
+        "sizeLimit of the shared /dev/shm volume.",
+    ),
+    Annotation(
+        "proxy.io/include-inbound-ports",
+        "include_inbound_ports",
+        values.ports_or_all,
+        'comma-separated ports 1..65535, or "*"',
+        "mesh config `includeInboundPorts`",
+        "Inbound ports redirected to Envoy.",
+    ),
+    Annotation(
+        "proxy.io/exclude-inbound-ports",
+        "exclude_inbound_ports",
+        values.ports,
+        "comma-separated ports 1..65535",
+        "mesh config `excludeInboundPorts`",
+        "Inbound ports that bypass Envoy.",
+    ),
+    Annotation(
+        "proxy.io/exclude-outbound-ports",
+        "exclude_outbound_ports",
+        values.ports,
+        "comma-separated ports 1..65535",
+        "mesh config `excludeOutboundPorts`",
+        "Outbound destination ports that bypass Envoy.",
+    ),
+    Annotation(
+        "proxy.io/include-outbound-ip-ranges",
+        "include_outbound_ip_ranges",
+        values.cidrs_or_all,
+        'comma-separated IPv4/IPv6 CIDRs, or "*"',
+        "mesh config `includeOutboundIPRanges`",
+        "Outbound destinations redirected to Envoy.",
+    ),
+    Annotation(
+        "proxy.io/exclude-outbound-ip-ranges",
+        "exclude_outbound_ip_ranges",
+        values.cidrs,
+        "comma-separated IPv4/IPv6 CIDRs",
+        "mesh config `excludeOutboundIPRanges`",
+        "Outbound destinations that bypass Envoy.",
+    ),
+)
+
+BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}
+_KNOWN_KEYS = (*BY_KEY, STATUS_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Parsed annotation values; ``None`` where the pod does not set the annotation."""
+
+    inject: bool | None = None
+    concurrency: int | None = None
+    image: str | None = None
+    cpu: Decimal | None = None
+    memory: Decimal | None = None
+    cpu_limit: Decimal | None = None
+    memory_limit: Decimal | None = None
+    log_level: str | None = None
+    upstream: str | None = None
+    uds_ports: tuple[int | str, ...] | None = None
+    uds_path: str | None = None
+    shm_size: Decimal | None = None
+    include_inbound_ports: tuple[int, ...] | str | None = None
+    exclude_inbound_ports: tuple[int, ...] | None = None
+    exclude_outbound_ports: tuple[int, ...] | None = None
+    include_outbound_ip_ranges: tuple[str, ...] | str | None = None
+    exclude_outbound_ip_ranges: tuple[str, ...] | None = None
+    raw: Mapping[str, str] = field(default_factory=dict)
+    """The annotation strings as the pod gave them, for messages."""
+
+
+assert {a.attr for a in ANNOTATIONS} == {f.name for f in fields(Overrides)} - {"raw"}
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    key: str
+    suggestion: str | None
+
+    def warning(self) -> str:
+        hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        return f"unknown annotation {self.key} is ignored{hint}"
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    overrides: Overrides
+    unknown: tuple[Unknown, ...]
+    errors: tuple[str, ...]
+
+
+def quote(value: str, limit: int = 120) -> str:
+    """A value as it may appear in a message: JSON-quoted, so newlines cannot forge lines."""
+    if len(value) > limit:
+        value = value[:limit] + "..."
+    return json.dumps(value)
+
+
+def invalid(key: str, value: str, problem: str) -> str:
+    annotation = BY_KEY[key]
+    return (
+        f"annotation {key}: {quote(value)} is not valid ({problem}); accepted: {annotation.accepts}"
+    )
+
+
+def suggest(key: str) -> str | None:
+    close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def parse(annotations: Mapping[str, str]) -> Parsed:
+    """Parse every ``proxy.io/*`` annotation; collects all errors rather than the first."""
+    parsed: dict[str, object] = {}
+    raw: dict[str, str] = {}
+    unknown: list[Unknown] = []
+    errors: list[str] = []
+    for key, value in annotations.items():
+        if not key.startswith(PREFIX) or key == STATUS_KEY:
+            continue
+        annotation = BY_KEY.get(key)
+        if annotation is None:
+            unknown.append(Unknown(key, suggest(key)))
+            continue
+        raw[key] = value
+        try:
+            parsed[annotation.attr] = annotation.parse(value)
+        except ValueError as exc:
+            errors.append(invalid(key, value, str(exc)))
+    return Parsed(Overrides(**parsed, raw=raw), tuple(unknown), tuple(errors))
+
+
+def markdown_table() -> str:
+    """The README's annotation table."""
+    rows = ["| annotation | accepts | default | what it does |", "|---|---|---|---|"]
+    rows += [f"| `{a.key}` | {a.accepts} | {a.default} | {a.help} |" for a in ANNOTATIONS]
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,135 @@
+"""The ``proxy-injector`` command: a thin shell over the engine, the app and certs/."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+
+from webhook import __version__, config
+from webhook.names import INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
+
+
+def _serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve the admission webhook over HTTPS")
+    serve.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="make a throwaway CA and serving certificate (for local use)",
+    )
+    serve.add_argument(
+        "--certs-dir",
+        type=Path,
+        help="where --self-signed writes ca.crt, tls.crt and tls.key "
+        "(default: a new temporary directory)",
+    )
+    serve.add_argument("--cert", type=Path, help="serving certificate (PEM)")
+    serve.add_argument("--key", type=Path, help="serving key (PEM)")
+    serve.add_argument("--config", type=Path, help="mesh config YAML (default: built-in defaults)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+
+def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
+    init = commands.add_parser(
+        "init-iptables", help="program the pod's network namespace to send TCP through Envoy"
+    )
+    init.add_argument("--proxy-uid", type=int, default=PROXY_UID)
+    init.add_argument("--proxy-gid", type=int, default=PROXY_GID)
+    init.add_argument("--inbound-capture-port", type=int, default=INBOUND_PORT)
+    init.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
+    init.add_argument("--include-inbound-ports", default="*")
+    init.add_argument("--exclude-inbound-ports", default="")
+    init.add_argument("--exclude-outbound-ports", default="")
+    init.add_argument("--include-outbound-ip-ranges", default="*")
+    init.add_argument("--exclude-outbound-ip-ranges", default="")
+    init.add_argument("--dry-run", action="store_true")
+    init.set_defaults(run=_init_iptables)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="proxy-injector", description=__doc__)
+    top.add_argument("--version", action="version", version=f"proxy-injector {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+    _serve_parser(commands)
+    _init_iptables_parser(commands)
+    return top
+
+
+def _init_iptables(args: argparse.Namespace) -> int:
+    # Fail closed: a pod whose init container "succeeds" without rules would bypass the proxy.
+    print(
+        "proxy-injector init-iptables: programming rules is not implemented in "
+        f"{__version__}; refusing to start the pod without interception",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _certificates(args: argparse.Namespace) -> tuple[Path, Path]:
+    from certs.authority import write_self_signed
+
+    if args.self_signed:
+        directory = args.certs_dir or Path(tempfile.mkdtemp(prefix="proxy-injector-"))
+        names = ["localhost", "127.0.0.1", "::1"]
+        if args.host not in ("0.0.0.0", "::", *names):
+            names.append(args.host)
+        files = write_self_signed(directory, names)
+        print(f"CA bundle: {files.ca}", flush=True)
+        return files.cert, files.key
+    if not (args.cert and args.key):
+        raise SystemExit("proxy-injector serve: give --cert and --key, or --self-signed")
+    return args.cert, args.key
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from webhook import logs
+    from webhook.app import create_app
+
+    logs.configure(args.log_level)
+    try:
+        mesh = config.load(args.config) if args.config else config.MeshConfig()
+    except config.ConfigError as exc:
+        print(f"proxy-injector serve: {exc}", file=sys.stderr)
+        return 2
+    cert, key = _certificates(args)
+    state = {"ready": False}
+    server_config = uvicorn.Config(
+        create_app(mesh, ready=lambda: state["ready"]),
+        host=args.host,
+        port=args.port,
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="off",
+    )
+    try:
+        server_config.load()
+    except (OSError, ssl.SSLError) as exc:
+        print(
+            f"proxy-injector serve: cannot load certificate {cert} / key {key}: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    assert server_config.ssl is not None
+    server_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    state["ready"] = True
+    uvicorn.Server(server_config).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The mesh-wide config: every field has a default; a YAML file (a mounted ConfigMap) overrides.
+
+Loaded and validated once at start-up; the admission path only reads the frozen result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from webhook import values
+from webhook.annotations import quote
+
+
+def _checked(parse: Callable[[str], Any]) -> BeforeValidator:
+    """Validate a field with the same parser its annotation uses; lists become "a,b"."""
+
+    def validate(raw: object) -> Any:
+        if isinstance(raw, list | tuple):
+            raw = ",".join(str(item) for item in raw)
+        elif isinstance(raw, int | float) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            raise ValueError(f"expected a string, got {type(raw).__name__}")
+        return parse(raw)
+
+    return BeforeValidator(validate)
+
+
+Quantity = Annotated[Decimal, _checked(values.quantity)]
+PortsOrAll = Annotated[tuple[int, ...] | str, _checked(values.ports_or_all)]
+Ports = Annotated[tuple[int, ...], _checked(values.ports)]
+CidrsOrAll = Annotated[tuple[str, ...] | str, _checked(values.cidrs_or_all)]
+Cidrs = Annotated[tuple[str, ...], _checked(values.cidrs)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class ProxyResources(_Section):
+    cpu: Quantity = Decimal("0.1")
+    memory: Quantity = Decimal(128 * 2**20)
+    cpu_limit: Quantity = Decimal(2)
+    memory_limit: Quantity = Decimal(2**30)
+
+
+class Shm(_Section):
+    size_fraction: float = Field(0.5, gt=0, le=1)
+    """sizeLimit of /dev/shm as a fraction of the app containers' memory limits."""
+    default_size: Quantity = Decimal(64 * 2**20)
+    """sizeLimit when no app container has a memory limit."""
+
+
+class MeshConfig(_Section):
+    proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
+    init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.1.0"
+    concurrency: int | None = Field(None, ge=1, le=64)
+    """Envoy workers; unset means the proxy CPU limit rounded up, at least 2."""
+    log_level: Annotated[str, _checked(values.one_of(*values.ENVOY_LOG_LEVELS))] = "warning"
+    upstream: Literal["uds", "tcp"] = "uds"
+    uds_path: Annotated[str, _checked(values.socket_template)] = "/dev/shm/{container}-{port}.sock"
+    resources: ProxyResources = ProxyResources()
+    shm: Shm = Shm()
+    never_inject_namespaces: tuple[str, ...] = ("proxy-system", "kube-system")
+    inject_by_default: bool = False
+    """Injection for namespaces without the proxy.io/inject label (offline `inject` only)."""
+    include_inbound_ports: PortsOrAll = "*"
+    exclude_inbound_ports: Ports = ()
+    exclude_outbound_ports: Ports = ()
+    include_outbound_ip_ranges: CidrsOrAll = Field("*", alias="includeOutboundIPRanges")
+    exclude_outbound_ip_ranges: Cidrs = Field((), alias="excludeOutboundIPRanges")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    value = error.get("input")
+    shown = quote(value) if isinstance(value, str) else repr(value)
+    problem = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field"
+    return f"{where}: {shown} is not valid ({problem})"
+
+
+def from_mapping(data: object, source: str = "mesh config") -> MeshConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return MeshConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors(include_url=False)]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load(path: str | Path) -> MeshConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return from_mapping(data, str(path))

@@ -1,0 +1,31 @@
+"""Names other tools rely on: container, volume, port and env var names of an injected pod.
+
+Changing any of these breaks clusters that already run injected pods: treat them as an API.
+"""
+
+PREFIX = "proxy.io/"
+INJECT_KEY = "proxy.io/inject"
+STATUS_KEY = "proxy.io/status"
+
+PROXY_CONTAINER = "proxy"
+INIT_CONTAINER = "proxy-init"
+SHM_VOLUME = "proxy-shm"
+SHM_MOUNT_PATH = "/dev/shm"
+
+PROXY_UID = 1337
+PROXY_GID = 1337
+
+ADMIN_PORT = 15000
+OUTBOUND_PORT = 15001
+INBOUND_PORT = 15006
+READINESS_PORT = 15021
+PROMETHEUS_PORT = 15090
+PROXY_PORTS = (ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, READINESS_PORT, PROMETHEUS_PORT)
+READINESS_PATH = "/healthz/ready"
+PROMETHEUS_PATH = "/stats/prometheus"
+
+UDS_PATH_ENV = "PROXY_UDS_PATH"
+"""Env var with the socket of the container's first port; ``PROXY_UDS_PATH_<PORT>`` per port."""
+
+SUN_PATH_MAX = 107
+"""Longest socket path Linux accepts (sun_path is 108 bytes with the trailing NUL)."""

@@ -1,0 +1,108 @@
+"""Whether a pod gets a sidecar, and why: every decision carries a code from ``Reason``.
+
+Logs use the codes now; metrics, Kubernetes Events and the CLI reuse the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from webhook import values
+from webhook.annotations import invalid
+from webhook.config import MeshConfig
+from webhook.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+
+
+class Reason(Enum):
+    INJECTED = ("injected", "the sidecar was injected")
+    OPTED_OUT_BY_ANNOTATION = ("opted_out_by_annotation", 'the pod sets proxy.io/inject: "false"')
+    OPTED_OUT_BY_LABEL = ("opted_out_by_label", 'the pod is labelled proxy.io/inject: "false"')
+    HOST_NETWORK = ("host_network", "the pod uses the host's network namespace")
+    ALREADY_INJECTED = ("already_injected", "the pod already has the sidecar")
+    NAMESPACE_NEVER_INJECT = (
+        "namespace_never_inject",
+        "the namespace is in the mesh config's neverInjectNamespaces",
+    )
+    NAMESPACE_DISABLED = (
+        "namespace_disabled",
+        "the namespace is labelled proxy.io/inject: disabled",
+    )
+    NAMESPACE_NOT_ENABLED = (
+        "namespace_not_enabled",
+        "the namespace is not labelled proxy.io/inject: enabled",
+    )
+    INVALID_ANNOTATION = ("invalid_annotation", "a proxy.io annotation has an invalid value")
+    INVALID_POD = ("invalid_pod", "the pod cannot be injected as it is")
+    NOT_A_POD = ("not_a_pod", "the webhook only injects pods")
+    NOT_CREATE = ("not_create", "the webhook only injects pods when they are created")
+
+    def __init__(self, code: str, sentence: str) -> None:
+        self.code = code
+        self.sentence = sentence
+
+
+class InvalidInjectValue(ValueError):
+    pass
+
+
+def _inject_flag(source: Mapping[str, Any], what: str) -> bool | None:
+    raw = source.get(INJECT_KEY)
+    if raw is None:
+        return None
+    try:
+        return values.boolean(str(raw))
+    except ValueError as exc:
+        message = invalid(INJECT_KEY, str(raw), str(exc))
+        raise InvalidInjectValue(message.replace("annotation", what, 1)) from None
+
+
+def _already_injected(annotations: Mapping[str, str], spec: Mapping[str, Any]) -> bool:
+    if STATUS_KEY in annotations:
+        return True
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or ():
+            if isinstance(container, dict) and container.get("name") == PROXY_CONTAINER:
+                return True
+    return False
+
+
+def decide(
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    spec: Mapping[str, Any],
+    namespace: str,
+    config: MeshConfig,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> Reason:
+    """The decision, in order; ``namespace_labels`` is None in the webhook, where the
+    MutatingWebhookConfiguration's selectors have already applied the namespace rule."""
+    by_annotation = _inject_flag(annotations, "annotation")
+    by_label = _inject_flag(labels, "label")
+    if by_annotation is False:
+        return Reason.OPTED_OUT_BY_ANNOTATION
+    if by_label is False:
+        return Reason.OPTED_OUT_BY_LABEL
+    if spec.get("hostNetwork") is True:
+        return Reason.HOST_NETWORK
+    if _already_injected(annotations, spec):
+        return Reason.ALREADY_INJECTED
+    if namespace in config.never_inject_namespaces:
+        return Reason.NAMESPACE_NEVER_INJECT
+    if namespace_labels is not None:
+        return _namespace_rule(namespace_labels, by_label or by_annotation, config)
+    return Reason.INJECTED
+
+
+def _namespace_rule(
+    namespace_labels: Mapping[str, str], pod_opted_in: bool | None, config: MeshConfig
+) -> Reason:
+    state = namespace_labels.get(INJECT_KEY)
+    if state == "enabled":
+        return Reason.INJECTED
+    if state == "disabled":
+        return Reason.NAMESPACE_DISABLED
+    if pod_opted_in or config.inject_by_default:
+        return Reason.INJECTED
+    return Reason.NAMESPACE_NOT_ENABLED

@@ -1,0 +1,232 @@
+"""The objects added to an injected pod: the proxy container, the init container and the
+shared /dev/shm volume, resolved from annotations, the mesh config and the pod."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from webhook import values
+from webhook.annotations import Overrides, quote
+from webhook.config import MeshConfig
+from webhook.names import (
+    INBOUND_PORT,
+    INIT_CONTAINER,
+    OUTBOUND_PORT,
+    PROMETHEUS_PORT,
+    PROXY_CONTAINER,
+    PROXY_GID,
+    PROXY_PORTS,
+    PROXY_UID,
+    READINESS_PATH,
+    READINESS_PORT,
+    SHM_MOUNT_PATH,
+    SHM_VOLUME,
+)
+from webhook.pod import Container
+
+Json = dict[str, Any]
+MIN_DEFAULT_CONCURRENCY = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpu: Decimal
+    memory: Decimal
+    cpu_limit: Decimal
+    memory_limit: Decimal
+
+    def spec(self) -> Json:
+        return {
+            "requests": {
+                "cpu": values.format_cpu(self.cpu),
+                "memory": values.format_bytes(self.memory),
+            },
+            "limits": {
+                "cpu": values.format_cpu(self.cpu_limit),
+                "memory": values.format_bytes(self.memory_limit),
+            },
+        }
+
+
+def resources(overrides: Overrides, config: MeshConfig) -> tuple[Resources, list[str]]:
+    """The proxy's requests and limits, and an error for each request above its limit."""
+    defaults = config.resources
+    chosen = Resources(
+        cpu=overrides.cpu or defaults.cpu,
+        memory=overrides.memory or defaults.memory,
+        cpu_limit=overrides.cpu_limit or defaults.cpu_limit,
+        memory_limit=overrides.memory_limit or defaults.memory_limit,
+    )
+    errors = []
+    for request, limit in (("cpu", "cpu_limit"), ("memory", "memory_limit")):
+        if getattr(chosen, request) > getattr(chosen, limit):
+            errors.append(_over_limit(overrides, request, limit))
+    return chosen, errors
+
+
+def _over_limit(overrides: Overrides, request: str, limit: str) -> str:
+    def described(attr: str) -> str:
+        key = "proxy.io/" + attr.replace("_", "-")
+        if key in overrides.raw:
+            return f"annotation {key} {quote(overrides.raw[key])}"
+        return f"mesh config resources.{attr.replace('_l', 'L')}"
+
+    return (
+        f"{described(request)} is greater than {described(limit)}; a request may not "
+        f"exceed its limit (set proxy.io/{limit.replace('_', '-')})"
+    )
+
+
+def concurrency(overrides: Overrides, config: MeshConfig, cpu_limit: Decimal) -> int:
+    if overrides.concurrency is not None:
+        return overrides.concurrency
+    if config.concurrency is not None:
+        return config.concurrency
+    return min(64, max(MIN_DEFAULT_CONCURRENCY, math.ceil(cpu_limit)))
+
+
+def shm_size(apps: Iterable[Container], overrides: Overrides, config: MeshConfig) -> str:
+    """sizeLimit of the shared volume: the annotation, else a fraction of the app
+    containers' memory limits, else the mesh default."""
+    if overrides.shm_size is not None:
+        return values.format_bytes(overrides.shm_size)
+    limits = sum((c.memory_limit for c in apps if c.memory_limit is not None), Decimal(0))
+    if limits == 0:
+        return values.format_bytes(config.shm.default_size)
+    share = (limits * Decimal(str(config.shm.size_fraction))).to_integral_value("ROUND_FLOOR")
+    # Round down to whole KiB so the quantity reads naturally ("256Mi", not "268435456").
+    return values.format_bytes(max(share - share % 1024, Decimal(1024)))
+
+
+def shm_volume(size: str) -> Json:
+    return {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+
+
+def shm_mount(volume: str) -> Json:
+    return {"name": volume, "mountPath": SHM_MOUNT_PATH}
+
+
+def _port(name: str, number: int) -> Json:
+    return {"name": name, "containerPort": number, "protocol": "TCP"}
+
+
+def _field_env(name: str, field_path: str) -> Json:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+def proxy_container(
+    *,
+    image: str,
+    bootstrap: str,
+    workers: int,
+    log_level: str,
+    limits: Resources,
+    shm_volume_name: str,
+) -> Json:
+    return {
+        "name": PROXY_CONTAINER,
+        "image": image,
+        "command": ["envoy"],
+        "args": [
+            "--config-yaml",
+            bootstrap,
+            "--concurrency",
+            str(workers),
+            "--log-level",
+            log_level,
+            "--disable-hot-restart",
+            "--service-node",
+            "$(POD_NAME).$(POD_NAMESPACE)",
+            "--service-cluster",
+            "$(POD_NAMESPACE)",
+        ],
+        "env": [
+            _field_env("POD_NAME", "metadata.name"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+        ],
+        "ports": [
+            _port("proxy-inbound", INBOUND_PORT),
+            _port("proxy-outbound", OUTBOUND_PORT),
+            _port("proxy-ready", READINESS_PORT),
+            _port("proxy-metrics", PROMETHEUS_PORT),
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": READINESS_PATH, "port": READINESS_PORT},
+            "initialDelaySeconds": 1,
+            "periodSeconds": 2,
+            "failureThreshold": 30,
+        },
+        "resources": limits.spec(),
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_GID,
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [shm_mount(shm_volume_name)],
+    }
+
+
+def _listed(items: tuple[int, ...] | tuple[str, ...] | str) -> str:
+    return items if isinstance(items, str) else ",".join(map(str, items))
+
+
+def _pick(override: Any, default: Any) -> Any:
+    return default if override is None else override
+
+
+def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
+    """Flags of ``proxy-injector init-iptables``: exactly what the init container runs."""
+    exclude_inbound = sorted(
+        {*PROXY_PORTS, *_pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)}
+    )
+    flags = {
+        "--proxy-uid": str(PROXY_UID),
+        "--proxy-gid": str(PROXY_GID),
+        "--inbound-capture-port": str(INBOUND_PORT),
+        "--outbound-capture-port": str(OUTBOUND_PORT),
+        "--include-inbound-ports": _listed(
+            _pick(overrides.include_inbound_ports, config.include_inbound_ports)
+        ),
+        "--exclude-inbound-ports": _listed(tuple(exclude_inbound)),
+        "--exclude-outbound-ports": _listed(
+            _pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports)
+        ),
+        "--include-outbound-ip-ranges": _listed(
+            _pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
+        ),
+        "--exclude-outbound-ip-ranges": _listed(
+            _pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
+        ),
+    }
+    args = ["init-iptables"]
+    for flag, value in flags.items():
+        if value:
+            args += [flag, value]
+    return args
+
+
+def init_container(*, image: str, args: list[str], limits: Resources) -> Json:
+    return {
+        "name": INIT_CONTAINER,
+        "image": image,
+        "command": ["proxy-injector"],
+        "args": args,
+        "resources": limits.spec(),
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }

@@ -1,0 +1,179 @@
+"""Parsers for the kinds of value annotations and the mesh config take.
+
+Each parser takes the raw string and returns an immutable value, or raises ``ValueError``
+saying what is wrong with it. Results are cached: the same annotation values recur on
+every pod of a Deployment, so each distinct string is parsed once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from decimal import Decimal
+from functools import lru_cache
+
+from kubernetes.utils.quantity import parse_quantity
+
+from webhook.names import SHM_MOUNT_PATH
+
+ALL = "*"
+
+_QUANTITY = re.compile(r"^\+?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,499}$")
+_SOCKET_TEMPLATE = re.compile(r"^[A-Za-z0-9._/{}-]+$")
+
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+
+Parser = Callable[[str], object]
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise ValueError("not a boolean")
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    @lru_cache(maxsize=256)
+    def parse(text: str) -> int:
+        value = text.strip()
+        if not re.fullmatch(r"[+-]?\d{1,9}", value):
+            raise ValueError("not a whole number")
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"out of range {low}..{high}")
+        return number
+
+    return parse
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("not one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+@lru_cache(maxsize=1024)
+def quantity(text: str) -> Decimal:
+    """A positive Kubernetes resource quantity ("500m", "1.5Gi", "2")."""
+    value = text.strip()
+    if not _QUANTITY.match(value):
+        raise ValueError("not a Kubernetes quantity")
+    amount = parse_quantity(value)
+    if amount <= 0:
+        raise ValueError("must be greater than zero")
+    return amount
+
+
+@lru_cache(maxsize=1024)
+def image(text: str) -> str:
+    value = text.strip()
+    if not _IMAGE.match(value):
+        raise ValueError("not a container image reference")
+    return value
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _port(item: str) -> int:
+    if not item.isdigit() or not 1 <= int(item) <= 65535:
+        raise ValueError(f"{item!r} is not a port 1..65535")
+    return int(item)
+
+
+@lru_cache(maxsize=1024)
+def ports(text: str) -> tuple[int, ...]:
+    """A comma-separated list of port numbers."""
+    if text.strip() == ALL:
+        raise ValueError("'*' is not allowed here")
+    return tuple(sorted({_port(item) for item in _items(text)}))
+
+
+@lru_cache(maxsize=1024)
+def ports_or_all(text: str) -> tuple[int, ...] | str:
+    """A comma-separated list of port numbers, or ``*`` for every port."""
+    if text.strip() == ALL:
+        return ALL
+    return ports(text)
+
+
+@lru_cache(maxsize=1024)
+def port_refs(text: str) -> tuple[int | str, ...]:
+    """A comma-separated list of container port numbers or port names."""
+    refs: list[int | str] = []
+    for item in _items(text):
+        if item.isdigit():
+            refs.append(_port(item))
+        elif _PORT_NAME.match(item):
+            refs.append(item)
+        else:
+            raise ValueError(f"{item!r} is neither a port number nor a port name")
+    return tuple(refs)
+
+
+def _cidr(item: str) -> str:
+    try:
+        return str(ipaddress.ip_network(item, strict=False))
+    except ValueError:
+        raise ValueError(f"{item!r} is not an IPv4 or IPv6 address or CIDR") from None
+
+
+@lru_cache(maxsize=1024)
+def cidrs(text: str) -> tuple[str, ...]:
+    """A comma-separated list of IPv4/IPv6 CIDRs; host bits are allowed, as iptables allows."""
+    if text.strip() == ALL:
+        raise ValueError("'*' is not allowed here")
+    return tuple(dict.fromkeys(_cidr(item) for item in _items(text)))
+
+
+@lru_cache(maxsize=1024)
+def cidrs_or_all(text: str) -> tuple[str, ...] | str:
+    """A comma-separated list of CIDRs, or ``*`` for every destination."""
+    if text.strip() == ALL:
+        return ALL
+    return cidrs(text)
+
+
+@lru_cache(maxsize=256)
+def socket_template(text: str) -> str:
+    """An absolute socket path under /dev/shm with optional {container} and {port} fields."""
+    value = text.strip()
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ValueError("contains a control character")
+    if not value.startswith(SHM_MOUNT_PATH + "/"):
+        raise ValueError(f"must be an absolute path under {SHM_MOUNT_PATH}/")
+    if ".." in value.split("/"):
+        raise ValueError("must not contain '..'")
+    if not _SOCKET_TEMPLATE.match(value):
+        raise ValueError("may only use letters, digits, '.', '_', '-', '/' and {container}/{port}")
+    fields = set(re.findall(r"{([^{}]*)}", value))
+    if fields - {"container", "port"} or value.count("{") != len(re.findall(r"{[^{}]*}", value)):
+        raise ValueError("the only fields are {container} and {port}")
+    return value
+
+
+def format_cpu(amount: Decimal) -> str:
+    """CPU cores as a canonical quantity: whole cores plain, otherwise millicores rounded up."""
+    if amount == amount.to_integral_value():
+        return str(int(amount))
+    return f"{int((amount * 1000).to_integral_value(rounding='ROUND_CEILING'))}m"
+
+
+def format_bytes(amount: Decimal) -> str:
+    """Bytes as a canonical quantity, in the largest binary unit that divides them."""
+    count = int(amount.to_integral_value(rounding="ROUND_CEILING"))
+    for suffix, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if count and count % size == 0:
+            return f"{count // size}{suffix}"
+    return str(count)
