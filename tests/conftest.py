@@ -63,9 +63,21 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
     log = log_path.open("w")
     out = (logs / "stdout.txt").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "webhook", "serve", "--self-signed", "--certs-dir", str(certs),
-         "--port", str(port)],
-        stdout=out, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "serve",
+            "--self-signed",
+            "--certs-dir",
+            str(certs),
+            "--port",
+            str(port),
+        ],
+        stdout=out,
+        stderr=log,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"https://localhost:{port}"
     try:

@@ -50,15 +50,25 @@ def schema_errors(pod: dict[str, Any]) -> list[str]:
 def envoy_validate(bootstrap: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [ENVOY, "--mode", "validate", "--disable-hot-restart", "--config-yaml", bootstrap],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
-def review(pod: Any, namespace: str | None = "shop", *, operation: str = "CREATE",
-           version: str = "v1", kind: str = "Pod", uid: str | None = None,
-           **request: Any) -> dict[str, Any]:
+def review(
+    pod: Any,
+    namespace: str | None = "shop",
+    *,
+    operation: str = "CREATE",
+    version: str = "v1",
+    kind: str = "Pod",
+    uid: str | None = None,
+    **request: Any,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "uid": uid or str(uuid.uuid4()),
+        "uid": str(uuid.uuid4()) if uid is None else uid,
         "kind": {"group": "", "version": "v1", "kind": kind},
         "resource": {"group": "", "version": "v1", "resource": kind.lower() + "s"},
         "operation": operation,
@@ -69,8 +79,7 @@ def review(pod: Any, namespace: str | None = "shop", *, operation: str = "CREATE
     }
     if namespace is not None:
         body["namespace"] = namespace
-    return {"apiVersion": f"admission.k8s.io/{version}", "kind": "AdmissionReview",
-            "request": body}
+    return {"apiVersion": f"admission.k8s.io/{version}", "kind": "AdmissionReview", "request": body}
 
 
 def patch_of(response: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support import apply, load_case, patch_of, review, CORPUS
+from tests.support import CORPUS, apply, load_case, patch_of, review
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 REPLICA = load_case(CORPUS / "12-generate-name.yaml")["pod"]
@@ -27,8 +27,12 @@ def test_v1beta1_is_answered_in_v1beta1_with_the_same_patch(webhook) -> None:
 
 
 def test_other_kinds_are_allowed_without_a_patch(webhook) -> None:
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-               "spec": {"ports": [{"port": 80}]}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"port": 80}]},
+    }
     answer = webhook.mutate(review(service, kind="Service"))
     assert answer["response"] == {"uid": answer["response"]["uid"], "allowed": True}
 
@@ -57,8 +61,7 @@ def test_request_namespace_wins_over_the_pods_empty_or_stale_one(webhook) -> Non
 
 
 def test_misspelt_annotation_is_admitted_with_a_warning(webhook) -> None:
-    pod = {**WEB, "metadata": {**WEB["metadata"],
-                               "annotations": {"proxy.io/concurency": "4"}}}
+    pod = {**WEB, "metadata": {**WEB["metadata"], "annotations": {"proxy.io/concurency": "4"}}}
     answer = webhook.mutate(review(pod))
     assert answer["response"]["allowed"] is True
     assert answer["response"]["warnings"] == [

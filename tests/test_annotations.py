@@ -49,8 +49,16 @@ INVALID = [
     ("proxy.io/exclude-outbound-ports", "5432;6379", "comma-separated ports 1..65535"),
     ("proxy.io/exclude-outbound-ip-ranges", "10.0.0.0/33", "comma-separated IPv4/IPv6 CIDRs"),
     ("proxy.io/exclude-outbound-ip-ranges", "*", "comma-separated IPv4/IPv6 CIDRs"),
-    ("proxy.io/include-outbound-ip-ranges", "db.example.com", 'comma-separated IPv4/IPv6 CIDRs, or "*"'),
-    ("proxy.io/include-outbound-ip-ranges", "fd00::/129", 'comma-separated IPv4/IPv6 CIDRs, or "*"'),
+    (
+        "proxy.io/include-outbound-ip-ranges",
+        "db.example.com",
+        'comma-separated IPv4/IPv6 CIDRs, or "*"',
+    ),
+    (
+        "proxy.io/include-outbound-ip-ranges",
+        "fd00::/129",
+        'comma-separated IPv4/IPv6 CIDRs, or "*"',
+    ),
     ("proxy.io/uds-ports", "http!", "comma-separated container port numbers or names"),
     ("proxy.io/uds-path", "app.sock", "an absolute path under /dev/shm/"),
     ("proxy.io/uds-path", "/dev/shm/../etc/{port}.sock", "an absolute path under /dev/shm/"),
@@ -61,8 +69,9 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "accepts"), INVALID,
-                         ids=[f"{k}={v!r}" for k, v, _ in INVALID])
+@pytest.mark.parametrize(
+    ("key", "value", "accepts"), INVALID, ids=[f"{k}={v!r}" for k, v, _ in INVALID]
+)
 def test_invalid_annotation_is_denied_naming_key_value_and_what_is_accepted(
     webhook, key: str, value: str, accepts: str
 ) -> None:
@@ -105,25 +114,35 @@ def test_request_above_its_limit_is_denied_naming_both(webhook) -> None:
 def test_values_are_never_spliced_into_messages_raw(webhook) -> None:
     message = denial(webhook, {"proxy.io/log-level": 'info"\nforged: yes'})
     assert "\n" not in message
-    assert '\\nforged: yes' in message
+    assert "\\nforged: yes" in message
 
 
 def test_inject_label_with_invalid_value_is_denied_as_a_label(webhook) -> None:
     pod = {**WEB, "metadata": {**WEB["metadata"], "labels": {"proxy.io/inject": "yes"}}}
     answer = webhook.mutate(review(pod))
     assert answer["response"]["status"]["message"].startswith(
-        'proxy-injector: label proxy.io/inject: "yes" is not valid')
+        'proxy-injector: label proxy.io/inject: "yes" is not valid'
+    )
 
 
-@pytest.mark.parametrize(("annotations", "check"), [
-    ({"proxy.io/include-inbound-ports": "*"}, ("--include-inbound-ports", "*")),
-    ({"proxy.io/exclude-outbound-ip-ranges": "10.1.2.3/8, 2001:db8::1/32"},
-     ("--exclude-outbound-ip-ranges", "10.0.0.0/8,2001:db8::/32")),
-    ({"proxy.io/exclude-outbound-ip-ranges": "169.254.169.254"},
-     ("--exclude-outbound-ip-ranges", "169.254.169.254/32")),
-    ({"proxy.io/exclude-outbound-ports": " 5432 , 6379 "},
-     ("--exclude-outbound-ports", "5432,6379")),
-])
+@pytest.mark.parametrize(
+    ("annotations", "check"),
+    [
+        ({"proxy.io/include-inbound-ports": "*"}, ("--include-inbound-ports", "*")),
+        (
+            {"proxy.io/exclude-outbound-ip-ranges": "10.1.2.3/8, 2001:db8::1/32"},
+            ("--exclude-outbound-ip-ranges", "10.0.0.0/8,2001:db8::/32"),
+        ),
+        (
+            {"proxy.io/exclude-outbound-ip-ranges": "169.254.169.254"},
+            ("--exclude-outbound-ip-ranges", "169.254.169.254/32"),
+        ),
+        (
+            {"proxy.io/exclude-outbound-ports": " 5432 , 6379 "},
+            ("--exclude-outbound-ports", "5432,6379"),
+        ),
+    ],
+)
 def test_valid_edge_values_reach_the_init_container(webhook, annotations, check) -> None:
     pod = annotated(annotations)
     answer = webhook.mutate(review(pod))

@@ -51,16 +51,22 @@ def _mutated(webhook, case: dict) -> tuple[dict, dict]:
     return answer, apply(case["pod"], patch_of(answer))
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c["expect"] == "skip"],
-                         ids=ids([c for c in CASES if c["expect"] == "skip"]))
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c["expect"] == "skip"],
+    ids=ids([c for c in CASES if c["expect"] == "skip"]),
+)
 def test_skipped_pods_are_admitted_unchanged(webhook, case: dict) -> None:
     answer, _ = _mutated(webhook, case)
     assert answer["response"]["allowed"] is True
     assert "patch" not in answer["response"]
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c["expect"] == "deny"],
-                         ids=ids([c for c in CASES if c["expect"] == "deny"]))
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c["expect"] == "deny"],
+    ids=ids([c for c in CASES if c["expect"] == "deny"]),
+)
 def test_denied_pods_get_a_400_with_the_reason(webhook, case: dict) -> None:
     answer, _ = _mutated(webhook, case)
     response = answer["response"]
@@ -111,8 +117,10 @@ def test_sockets_match_bootstrap_and_env(webhook, case: dict) -> None:
     )
     env_sockets = sorted(
         var["value"]
-        for app in pod["spec"]["containers"] if app["name"] != "proxy"
-        for var in app.get("env", []) if var["name"].startswith("PROXY_UDS_PATH_")
+        for app in pod["spec"]["containers"]
+        if app["name"] != "proxy"
+        for var in app.get("env", [])
+        if var["name"].startswith("PROXY_UDS_PATH_")
     )
     assert pipes == env_sockets
     if "sockets" in case:

@@ -52,19 +52,23 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: MeshConfig, ready: Callable[[], bool] = lambda: True) -> FastAPI:
+def create_app(
+    config: MeshConfig,
+    ready: Callable[[], bool] = lambda: True,
+    body_timeout: float = BODY_TIMEOUT,
+) -> FastAPI:
     app = FastAPI(title="proxy-injector", version=__version__, docs_url=None, redoc_url=None)
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            body = await asyncio.wait_for(_read_body(request), BODY_TIMEOUT)
+            body = await asyncio.wait_for(_read_body(request), body_timeout)
             reviewed = review(body, config)
         except TooLarge:
             return _error(413, f"body larger than {MAX_BODY} bytes")
         except TimeoutError:
-            return _error(408, f"body not received within {BODY_TIMEOUT:g}s")
+            return _error(408, f"body not received within {body_timeout:g}s")
         except BadRequest as exc:
             log.warning("bad request", extra={"error": str(exc)})
             return _error(400, str(exc))

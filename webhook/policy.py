@@ -13,6 +13,7 @@ from webhook import values
 from webhook.annotations import invalid
 from webhook.config import MeshConfig
 from webhook.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+from webhook.pod import objects
 
 
 class Reason(Enum):
@@ -58,20 +59,20 @@ def _inject_flag(source: Mapping[str, Any], what: str) -> bool | None:
         raise InvalidInjectValue(message.replace("annotation", what, 1)) from None
 
 
-def _already_injected(annotations: Mapping[str, str], spec: Mapping[str, Any]) -> bool:
+def _already_injected(annotations: Mapping[str, str], spec: dict[str, Any]) -> bool:
     if STATUS_KEY in annotations:
         return True
-    for key in ("containers", "initContainers"):
-        for container in spec.get(key) or ():
-            if isinstance(container, dict) and container.get("name") == PROXY_CONTAINER:
-                return True
-    return False
+    return any(
+        container.get("name") == PROXY_CONTAINER
+        for key in ("containers", "initContainers")
+        for container in objects(spec, key, "spec")
+    )
 
 
 def decide(
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
-    spec: Mapping[str, Any],
+    spec: dict[str, Any],
     namespace: str,
     config: MeshConfig,
     namespace_labels: Mapping[str, str] | None = None,
