@@ -63,7 +63,8 @@ def create_app(
     async def mutate(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            body = await asyncio.wait_for(_read_body(request), body_timeout)
+            async with asyncio.timeout(body_timeout):
+                body = await _read_body(request)
             reviewed = review(body, config)
         except TooLarge:
             return _error(413, f"body larger than {MAX_BODY} bytes")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ssl
 import sys
 import tempfile
 from pathlib import Path
@@ -87,9 +86,7 @@ def _certificates(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from webhook import logs
+    from webhook import logs, server
     from webhook.app import create_app
 
     logs.configure(args.log_level)
@@ -100,29 +97,19 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     cert, key = _certificates(args)
     state = {"ready": False}
-    server_config = uvicorn.Config(
-        create_app(mesh, ready=lambda: state["ready"]),
-        host=args.host,
-        port=args.port,
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        lifespan="off",
-    )
+    app = create_app(mesh, ready=lambda: state["ready"])
     try:
-        server_config.load()
-    except (OSError, ssl.SSLError) as exc:
-        print(
-            f"proxy-injector serve: cannot load certificate {cert} / key {key}: {exc}",
-            file=sys.stderr,
+        server.run(
+            app,
+            host=args.host,
+            port=args.port,
+            cert=cert,
+            key=key,
+            on_loaded=lambda: state.update(ready=True),
         )
+    except server.CertificateError as exc:
+        print(f"proxy-injector serve: {exc}", file=sys.stderr)
         return 2
-    assert server_config.ssl is not None
-    server_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-    state["ready"] = True
-    uvicorn.Server(server_config).run()
     return 0
 
 

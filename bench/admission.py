@@ -1,0 +1,220 @@
+"""Admission throughput: the injector vs. an allow-all webhook on the same stack.
+
+Both are FastAPI apps served by uvicorn over TLS, pinned to CPU 0; wrk (Debian's `wrk`)
+runs on CPU 1 with fixed connections and duration. Runs alternate injector / allow-all,
+and the figure that counts is the median of the pairwise ratios.
+
+    .venv/bin/python bench/admission.py [--pairs 5] [--seconds 5] [--connections 16]
+
+Also prints the engine alone (``inject()`` per pod, no HTTP) from one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import CORPUS, load_case, review  # noqa: E402
+from webhook.config import MeshConfig  # noqa: E402
+from webhook.engine import inject  # noqa: E402
+
+BODIES = {
+    "one-container": "01-web-single",
+    "two-containers": "03-multi-container-limits",
+    "statefulset": "24-statefulset",
+}
+
+
+def allow_all_app() -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None)
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        document = orjson.loads(await request.body())
+        answer = {
+            "apiVersion": document["apiVersion"],
+            "kind": "AdmissionReview",
+            "response": {"uid": document["request"]["uid"], "allowed": True},
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    return app
+
+
+def serve(kind: str, port: int, cert: str, key: str) -> None:
+    from webhook import logs, server
+    from webhook.app import create_app
+
+    logs.configure("info")
+    app = create_app(MeshConfig()) if kind == "injector" else allow_all_app()
+    server.run(app, host="127.0.0.1", port=port, cert=Path(cert), key=key)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(kind: str, port: int, certs: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            __file__,
+            "--serve",
+            kind,
+            "--port",
+            str(port),
+            "--cert",
+            str(certs / "tls.crt"),
+            "--key",
+            str(certs / "tls.key"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+def wrk_script(body: str, folder: Path) -> Path:
+    script = folder / f"post-{abs(hash(body))}.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [==[{body}]==]\n"
+    )
+    return script
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"https://127.0.0.1:{port}/mutate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError("wrk saw non-2xx answers:\n" + out)
+
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+        return float(value) * UNITS[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99")}
+
+
+def engine_only() -> None:
+    config = MeshConfig()
+    print("engine alone (inject() per call, one process):")
+    for label, name in BODIES.items():
+        pod = load_case(CORPUS / f"{name}.yaml")["pod"]
+        runs = timeit.repeat(lambda pod=pod: inject(pod, "shop", config), number=2000, repeat=5)
+        print(f"  {label:15s} {min(runs) / 2000 * 1e6:8.1f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--serve", choices=["injector", "allow-all"])
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.cert, args.key)
+        return
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        sys.exit("bench/admission.py needs wrk and taskset (apt-get install wrk util-linux)")
+    from certs.authority import write_self_signed
+
+    engine_only()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_self_signed(folder, ["localhost", "127.0.0.1"])
+        ports = {"injector": free_port(), "allow-all": free_port()}
+        servers = [start(kind, port, folder) for kind, port in ports.items()]
+        try:
+            for label, name in BODIES.items():
+                pod = load_case(CORPUS / f"{name}.yaml")["pod"]
+                body = json.dumps(review(pod, "shop", uid="bench"))
+                script = wrk_script(body, folder)
+                for port in ports.values():
+                    run_wrk(port, script, 1, args.connections)  # warm-up
+                ratios: dict[str, list[float]] = {"rps": [], "p50": [], "p99": []}
+                print(
+                    f"\n{label} ({len(body)} bytes), {args.pairs} pairs x {args.seconds}s, "
+                    f"{args.connections} connections:"
+                )
+                for pair in range(args.pairs):
+                    result = {
+                        kind: run_wrk(port, script, args.seconds, args.connections)
+                        for kind, port in ports.items()
+                    }
+                    inj, base = result["injector"], result["allow-all"]
+                    for metric in ratios:
+                        ratios[metric].append(inj[metric] / base[metric])
+                    print(
+                        f"  pair {pair + 1}: injector {inj['rps']:8.0f} req/s "
+                        f"p50 {inj['p50']:6.2f} ms p99 {inj['p99']:6.2f} ms | allow-all "
+                        f"{base['rps']:8.0f} req/s p50 {base['p50']:6.2f} ms "
+                        f"p99 {base['p99']:6.2f} ms"
+                    )
+                print(
+                    "  median injector/allow-all: "
+                    + ", ".join(f"{m} {statistics.median(v):.2f}x" for m, v in ratios.items())
+                )
+        finally:
+            for process in servers:
+                process.terminate()
+                process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
