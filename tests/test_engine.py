@@ -195,7 +195,7 @@ def test_proxy_container_is_locked_down() -> None:
         "capabilities": {"drop": ["ALL"]},
     }
     assert [p["containerPort"] for p in proxy["ports"]] == [15006, 15001, 15021, 15090]
-    assert proxy["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/healthz/app", "port": 15021}
     assert proxy["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
         "limits": {"cpu": "2", "memory": "1Gi"},

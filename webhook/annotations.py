@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from typing import Any
 
 from webhook import values
 from webhook.names import INJECT_KEY, PREFIX, STATUS_KEY
@@ -165,6 +166,49 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     ),
 )
 
+ANNOTATIONS += (
+    Annotation(
+        "proxy.io/http-ports",
+        "http_ports",
+        values.port_refs,
+        "comma-separated container port numbers or names",
+        "ports named http*, http2*, grpc* or h2c*",
+        "App ports Envoy proxies as HTTP (per-request stats, access log) instead of TCP.",
+    ),
+    Annotation(
+        "proxy.io/upstreams",
+        "upstreams",
+        values.upstreams,
+        "comma-separated service:port, the service a DNS name",
+        "none",
+        "Services the app calls; each gets its own cluster, stats, retries and ejection.",
+    ),
+    Annotation(
+        "proxy.io/outbound-uds",
+        "outbound_uds",
+        values.boolean,
+        '"true" or "false"',
+        '"false"',
+        "Envoy also takes the app's egress HTTP on /dev/shm/proxy-outbound.sock.",
+    ),
+    Annotation(
+        "proxy.io/drain-duration",
+        "drain_duration",
+        values.duration,
+        "a duration like 5s or 1m30s, at most 1h",
+        "mesh config `drainDuration`",
+        "How long the proxy keeps serving once the pod is terminating.",
+    ),
+    Annotation(
+        "proxy.io/rewrite-probes",
+        "rewrite_probes",
+        values.boolean,
+        '"true" or "false"',
+        '"true"',
+        "Send the app's probes on socket ports through the proxy's port 15021.",
+    ),
+)
+
 BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}
 _KNOWN_KEYS = (*BY_KEY, STATUS_KEY)
 
@@ -190,6 +234,11 @@ class Overrides:
     exclude_outbound_ports: tuple[int, ...] | None = None
     include_outbound_ip_ranges: tuple[str, ...] | str | None = None
     exclude_outbound_ip_ranges: tuple[str, ...] | None = None
+    http_ports: tuple[int | str, ...] | None = None
+    upstreams: tuple[tuple[str, int], ...] | None = None
+    outbound_uds: bool | None = None
+    drain_duration: float | None = None
+    rewrite_probes: bool | None = None
     raw: Mapping[str, str] = field(default_factory=dict)
     """The annotation strings as the pod gave them, for messages."""
 
@@ -212,6 +261,11 @@ class Parsed:
     overrides: Overrides
     unknown: tuple[Unknown, ...]
     errors: tuple[str, ...]
+
+
+def pick(override: Any, default: Any) -> Any:
+    """The annotation's value where the pod sets it, else the mesh config's."""
+    return default if override is None else override
 
 
 def quote(value: str, limit: int = 120) -> str:

@@ -38,6 +38,7 @@ PortsOrAll = Annotated[tuple[int, ...] | str, _checked(values.ports_or_all)]
 Ports = Annotated[tuple[int, ...], _checked(values.ports)]
 CidrsOrAll = Annotated[tuple[str, ...] | str, _checked(values.cidrs_or_all)]
 Cidrs = Annotated[tuple[str, ...], _checked(values.cidrs)]
+Duration = Annotated[float, _checked(values.duration)]
 
 
 class _Section(BaseModel):
@@ -60,6 +61,25 @@ class Shm(_Section):
     """sizeLimit when no app container has a memory limit."""
 
 
+class UpstreamPolicy(_Section):
+    """How the sidecar talks to each dependency declared in proxy.io/upstreams."""
+
+    connect_timeout: Duration = 1.0
+    max_connections: int = Field(1024, ge=1)
+    max_pending_requests: int = Field(1024, ge=1)
+    max_requests: int = Field(1024, ge=1)
+    max_retries: int = Field(3, ge=0)
+    consecutive_5xx: int = Field(5, ge=1)
+    outlier_interval: Duration = 10.0
+    base_ejection_time: Duration = 30.0
+    max_ejection_percent: int = Field(50, ge=0, le=100)
+    retries: int = Field(2, ge=0, le=10)
+    retry_on: str = Field(
+        "connect-failure,refused-stream,unavailable,cancelled,reset",
+        pattern=r"^[a-z0-9-]+(,[a-z0-9-]+)*$",
+    )
+
+
 class MeshConfig(_Section):
     proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
     init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.1.0"
@@ -78,6 +98,10 @@ class MeshConfig(_Section):
     exclude_outbound_ports: Ports = ()
     include_outbound_ip_ranges: CidrsOrAll = Field("*", alias="includeOutboundIPRanges")
     exclude_outbound_ip_ranges: Cidrs = Field((), alias="excludeOutboundIPRanges")
+    drain_duration: Duration = 5.0
+    """How long the proxy keeps serving after the pod starts terminating."""
+    cluster_domain: Annotated[str, _checked(values.dns_name)] = "cluster.local"
+    upstream_policy: UpstreamPolicy = UpstreamPolicy()
 
 
 class ConfigError(ValueError):

@@ -13,14 +13,18 @@ from typing import Any
 
 import orjson
 
-from webhook import __version__, bootstrap, sidecar, sockets
+from webhook import __version__, bootstrap, probes, sidecar, sockets, upstreams
 from webhook import annotations as annotation_table
 from webhook import patch as jp
 from webhook import pod as pods
+from webhook.annotations import pick
 from webhook.config import MeshConfig
 from webhook.names import (
     INIT_CONTAINER,
+    OUTBOUND_UDS_ENV,
+    OUTBOUND_UDS_PATH,
     PROXY_CONTAINER,
+    PROXY_GID,
     SHM_VOLUME,
     STATUS_KEY,
 )
@@ -72,7 +76,7 @@ def inject(
     parsed = annotation_table.parse(annotations)
     if parsed.errors:
         return deny(Reason.INVALID_ANNOTATION, parsed.errors)
-    return _build(pod, metadata, spec, parsed, config)
+    return _build(metadata, spec, namespace, parsed, config)
 
 
 def _name_conflicts(spec: dict[str, Any], adds_volume: bool) -> list[str]:
@@ -98,44 +102,59 @@ def _shm_volume(apps: tuple[pods.Container, ...]) -> tuple[str | None, list[str]
     return next(iter(mounted), None), []
 
 
+_EPHEMERAL_VOLUMES = {"name", "emptyDir", "configMap", "secret", "downwardAPI", "projected"}
+
+
+def _fs_group_op(spec: dict[str, Any], plan: sockets.PortPlan) -> list[jp.Op]:
+    """Give the shared volume a group Envoy is in (fsGroup 1337), so an app whose umask is
+    002 makes sockets Envoy can connect to. Only where the pod sets no fsGroup and has no
+    volume whose files the kubelet would re-own for it (a PVC, hostPath, CSI...)."""
+    context = pods.mapping(spec, "securityContext", "spec")
+    if "fsGroup" in context or not any(p.socket for p in plan.ports):
+        return []
+    if any(set(v) - _EPHEMERAL_VOLUMES for v in pods.objects(spec, "volumes", "spec")):
+        return []
+    return [
+        jp.set_key(
+            "/spec/securityContext",
+            "securityContext" in spec and spec["securityContext"] is not None,
+            "fsGroup",
+            PROXY_GID,
+        )
+    ]
+
+
 def _build(
-    pod: dict[str, Any],
     metadata: dict[str, Any],
     spec: dict[str, Any],
+    namespace: str,
     parsed: annotation_table.Parsed,
     config: MeshConfig,
 ) -> InjectionResult:
     overrides = parsed.overrides
     apps = pods.containers(spec)
     plan = sockets.plan(apps, overrides, config)
+    probe_plan = probes.plan(apps, plan, pick(overrides.rewrite_probes, True))
     limits, limit_errors = sidecar.resources(overrides, config)
     if plan.annotation_errors or limit_errors:
         return deny(Reason.INVALID_ANNOTATION, [*plan.annotation_errors, *limit_errors])
     existing_shm, shm_errors = _shm_volume(apps)
     conflicts = _name_conflicts(spec, adds_volume=existing_shm is None)
-    if plan.pod_errors or shm_errors or conflicts:
-        return deny(Reason.INVALID_POD, [*plan.pod_errors, *shm_errors, *conflicts])
+    if plan.pod_errors or shm_errors or conflicts or probe_plan.errors:
+        return deny(
+            Reason.INVALID_POD, [*plan.pod_errors, *shm_errors, *conflicts, *probe_plan.errors]
+        )
+    upstream_list, upstream_warnings = upstreams.resolve(
+        overrides.upstreams or (), namespace, config.cluster_domain
+    )
+    outbound_socket = OUTBOUND_UDS_PATH if overrides.outbound_uds else None
 
     volume_name = existing_shm or SHM_VOLUME
-    ops: list[jp.Op] = []
-    status = {
-        "version": __version__,
-        "containers": [PROXY_CONTAINER],
-        "initContainers": [INIT_CONTAINER],
-        "volumes": [] if existing_shm else [SHM_VOLUME],
-        "ignoredAnnotations": [u.key for u in parsed.unknown],
-    }
-    ops.append(
-        jp.set_key(
-            "/metadata/annotations",
-            "annotations" in metadata and metadata["annotations"] is not None,
-            STATUS_KEY,
-            orjson.dumps(status).decode(),
-        )
-    )
+    ops: list[jp.Op] = [_status_op(metadata, parsed, existing_shm)]
     if existing_shm is None:
         volume = sidecar.shm_volume(sidecar.shm_size(apps, overrides, config))
         ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), [volume])
+    ops += _fs_group_op(spec, plan)
     init = sidecar.init_container(
         image=config.init_image, args=sidecar.init_args(overrides, config), limits=limits
     )
@@ -143,31 +162,64 @@ def _build(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), init)
     )
     for app in apps:
-        ops += _app_container_ops(app, volume_name, plan.ports)
+        ops += _app_container_ops(app, volume_name, plan.ports, outbound_socket)
+    ops += [
+        jp.replace(jp.pointer("spec", "containers", r.container_index, r.kind), r.probe)
+        for r in probe_plan.rewrites
+    ]
+    sidecar_plan = bootstrap.SidecarPlan(
+        plan.ports, tuple(probe_plan.routes), upstream_list, config.upstream_policy, outbound_socket
+    )
     proxy = sidecar.proxy_container(
         image=overrides.image or config.proxy_image,
-        bootstrap=bootstrap.encode(bootstrap.build(plan.ports)),
+        bootstrap=bootstrap.encode(bootstrap.build(sidecar_plan)),
         workers=sidecar.concurrency(overrides, config, limits.cpu_limit),
         log_level=overrides.log_level or config.log_level,
         limits=limits,
         shm_volume_name=volume_name,
+        drain_seconds=pick(overrides.drain_duration, config.drain_duration),
     )
     ops += jp.append("/spec/containers", True, [proxy])
-    warnings = (*plan.warnings, *(u.warning() for u in parsed.unknown))
+    warnings = (
+        *plan.warnings,
+        *probe_plan.warnings,
+        *upstream_warnings,
+        *(u.warning() for u in parsed.unknown),
+    )
     return InjectionResult(
         Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), warnings
     )
 
 
+def _status_op(
+    metadata: dict[str, Any], parsed: annotation_table.Parsed, existing_shm: str | None
+) -> jp.Op:
+    status = {
+        "version": __version__,
+        "containers": [PROXY_CONTAINER],
+        "initContainers": [INIT_CONTAINER],
+        "volumes": [] if existing_shm else [SHM_VOLUME],
+        "ignoredAnnotations": [u.key for u in parsed.unknown],
+    }
+    exists = metadata.get("annotations") is not None
+    return jp.set_key("/metadata/annotations", exists, STATUS_KEY, orjson.dumps(status).decode())
+
+
 def _app_container_ops(
-    app: pods.Container, volume: str, ports: tuple[sockets.AppPort, ...]
+    app: pods.Container,
+    volume: str,
+    ports: tuple[sockets.AppPort, ...],
+    outbound_socket: str | None,
 ) -> list[jp.Op]:
     base = jp.pointer("spec", "containers", app.index)
     ops: list[jp.Op] = []
     if app.shm_volume is None:
         ops += jp.append(base + "/volumeMounts", app.has_mounts, [sidecar.shm_mount(volume)])
+    wanted = sockets.env_for(app.name, ports)
+    if outbound_socket:
+        wanted.append({"name": OUTBOUND_UDS_ENV, "value": outbound_socket})
     new_env = []
-    for var in sockets.env_for(app.name, ports):
+    for var in wanted:
         if var["name"] in app.env_names:
             index = app.env_names.index(var["name"])
             ops.append(jp.replace(f"{base}/env/{index}", var))

@@ -29,3 +29,9 @@ UDS_PATH_ENV = "PROXY_UDS_PATH"
 
 SUN_PATH_MAX = 107
 """Longest socket path Linux accepts (sun_path is 108 bytes with the trailing NUL)."""
+
+OUTBOUND_UDS_PATH = "/dev/shm/proxy-outbound.sock"
+OUTBOUND_UDS_ENV = "PROXY_OUTBOUND_UDS"
+"""Env var with the egress socket, when proxy.io/outbound-uds is on."""
+APP_HEALTH_PATH = "/healthz/app"
+"""Readiness of the proxy and of every app socket: the proxy container's readiness probe."""

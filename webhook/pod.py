@@ -64,6 +64,9 @@ def text(parent: dict[str, Any], key: str, path: str, default: str = "") -> str:
     return value
 
 
+PROBE_KINDS = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
 @dataclass(frozen=True, slots=True)
 class Port:
     number: int
@@ -83,6 +86,8 @@ class Container:
     has_env: bool
     env_names: tuple[str, ...]
     run_as_user: int | None
+    probes: dict[str, dict[str, Any]]
+    """livenessProbe / readinessProbe / startupProbe, as the pod gives them."""
 
 
 def _port(raw: dict[str, Any], path: str) -> Port:
@@ -134,6 +139,7 @@ def container(raw: dict[str, Any], index: int, path: str) -> Container:
         has_env="env" in raw and raw["env"] is not None,
         env_names=tuple(text(e, "name", f"{here}.env") for e in env),
         run_as_user=_run_as_user(raw, here),
+        probes={kind: mapping(raw, kind, here) for kind in PROBE_KINDS if raw.get(kind)},
     )
 
 

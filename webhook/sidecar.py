@@ -10,9 +10,10 @@ from decimal import Decimal
 from typing import Any
 
 from webhook import values
-from webhook.annotations import Overrides, quote
+from webhook.annotations import Overrides, pick, quote
 from webhook.config import MeshConfig
 from webhook.names import (
+    APP_HEALTH_PATH,
     INBOUND_PORT,
     INIT_CONTAINER,
     OUTBOUND_PORT,
@@ -21,7 +22,6 @@ from webhook.names import (
     PROXY_GID,
     PROXY_PORTS,
     PROXY_UID,
-    READINESS_PATH,
     READINESS_PORT,
     SHM_MOUNT_PATH,
     SHM_VOLUME,
@@ -126,8 +126,9 @@ def proxy_container(
     log_level: str,
     limits: Resources,
     shm_volume_name: str,
+    drain_seconds: float,
 ) -> Json:
-    return {
+    container = {
         "name": PROXY_CONTAINER,
         "image": image,
         "command": ["envoy"],
@@ -139,6 +140,10 @@ def proxy_container(
             "--log-level",
             log_level,
             "--disable-hot-restart",
+            "--drain-time-s",
+            str(math.ceil(drain_seconds)),
+            "--drain-strategy",
+            "immediate",
             "--service-node",
             "$(POD_NAME).$(POD_NAMESPACE)",
             "--service-cluster",
@@ -155,7 +160,7 @@ def proxy_container(
             _port("proxy-metrics", PROMETHEUS_PORT),
         ],
         "readinessProbe": {
-            "httpGet": {"path": READINESS_PATH, "port": READINESS_PORT},
+            "httpGet": {"path": APP_HEALTH_PATH, "port": READINESS_PORT},
             "initialDelaySeconds": 1,
             "periodSeconds": 2,
             "failureThreshold": 30,
@@ -172,20 +177,21 @@ def proxy_container(
         },
         "volumeMounts": [shm_mount(shm_volume_name)],
     }
+    if drain_seconds >= 1:
+        # Keep serving while endpoints are withdrawn and the app finishes in-flight requests;
+        # Envoy itself exits at once on SIGTERM.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": math.ceil(drain_seconds)}}}
+    return container
 
 
 def _listed(items: tuple[int, ...] | tuple[str, ...] | str) -> str:
     return items if isinstance(items, str) else ",".join(map(str, items))
 
 
-def _pick(override: Any, default: Any) -> Any:
-    return default if override is None else override
-
-
 def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
     """Flags of ``proxy-injector init-iptables``: exactly what the init container runs."""
     exclude_inbound = sorted(
-        {*PROXY_PORTS, *_pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)}
+        {*PROXY_PORTS, *pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)}
     )
     flags = {
         "--proxy-uid": str(PROXY_UID),
@@ -193,17 +199,17 @@ def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
         "--inbound-capture-port": str(INBOUND_PORT),
         "--outbound-capture-port": str(OUTBOUND_PORT),
         "--include-inbound-ports": _listed(
-            _pick(overrides.include_inbound_ports, config.include_inbound_ports)
+            pick(overrides.include_inbound_ports, config.include_inbound_ports)
         ),
         "--exclude-inbound-ports": _listed(tuple(exclude_inbound)),
         "--exclude-outbound-ports": _listed(
-            _pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports)
+            pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports)
         ),
         "--include-outbound-ip-ranges": _listed(
-            _pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
+            pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
         ),
         "--exclude-outbound-ip-ranges": _listed(
-            _pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
+            pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
         ),
     }
     args = ["init-iptables"]

@@ -1,4 +1,5 @@
-"""Which app ports Envoy fronts, and whether it reaches each over a Unix socket or TCP.
+"""Which app ports Envoy fronts, how it speaks to each (TCP, HTTP/1.1 or HTTP/2), and
+whether it reaches each over a Unix socket or TCP loopback.
 
 This is where the app's socket paths and the env vars that tell the app about them are
 decided; the bootstrap and the container patches only read the resulting ``AppPort``s.
@@ -7,13 +8,16 @@ decided; the bootstrap and the container patches only read the resulting ``AppPo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from webhook import values
-from webhook.annotations import Overrides, quote
+from webhook.annotations import Overrides, pick, quote
 from webhook.config import MeshConfig
 from webhook.names import PROXY_PORTS, SUN_PATH_MAX, UDS_PATH_ENV
-from webhook.pod import Container
+from webhook.pod import Container, Port
+
+TCP, HTTP, HTTP2 = "tcp", "http", "h2"
+_HTTP2_NAMES = ("http2", "grpc", "h2c")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,11 @@ class AppPort:
     name: str
     socket: str | None
     """Socket path Envoy connects to; None when Envoy uses 127.0.0.1:number."""
+    protocol: str = TCP
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol != TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,82 +41,108 @@ class PortPlan:
     annotation_errors: tuple[str, ...]
     pod_errors: tuple[str, ...]
 
-
-def _intercepted(number: int, overrides: Overrides, config: MeshConfig) -> bool:
-    include = (
-        config.include_inbound_ports
-        if overrides.include_inbound_ports is None
-        else overrides.include_inbound_ports
-    )
-    exclude = (
-        config.exclude_inbound_ports
-        if overrides.exclude_inbound_ports is None
-        else overrides.exclude_inbound_ports
-    )
-    return (include == values.ALL or number in include) and number not in exclude
+    def of(self, container: str, number: int) -> AppPort | None:
+        return next(
+            (p for p in self.ports if p.container == container and p.number == number), None
+        )
 
 
-def _source(key: str, overrides: Overrides, config_field: str) -> str:
-    return f"annotation {key}" if key in overrides.raw else f"mesh config {config_field}"
+@dataclass
+class _Planner:
+    overrides: Overrides
+    config: MeshConfig
+    ports: list[AppPort] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    annotation_errors: list[str] = field(default_factory=list)
+    pod_errors: list[str] = field(default_factory=list)
+    owners: dict[int, str] = field(default_factory=dict)
+    by_path: dict[str, AppPort] = field(default_factory=dict)
+    matched: set[int | str] = field(default_factory=set)
+
+    def intercepted(self, number: int) -> bool:
+        include = pick(self.overrides.include_inbound_ports, self.config.include_inbound_ports)
+        exclude = pick(self.overrides.exclude_inbound_ports, self.config.exclude_inbound_ports)
+        return (include == values.ALL or number in include) and number not in exclude
+
+    def protocol(self, port: Port) -> str:
+        listed = self.overrides.http_ports or ()
+        self.matched.update({port.number, port.name} & set(listed))
+        if port.name.startswith(_HTTP2_NAMES):
+            return HTTP2
+        if port.name.startswith("http") or {port.number, port.name} & set(listed):
+            return HTTP
+        return TCP
+
+    def socket(self, container: Container, port: Port) -> str | None:
+        refs = self.overrides.uds_ports
+        self.matched.update({port.number, port.name} & set(refs or ()))
+        uds = pick(self.overrides.upstream, self.config.upstream) == "uds"
+        if not uds or (refs is not None and not {port.number, port.name} & set(refs)):
+            return None
+        template = self.overrides.uds_path or self.config.uds_path
+        path = template.format(container=container.name, port=port.number)
+        problem = _socket_problem(path, self.by_path)
+        if problem:
+            from_annotation = "proxy.io/uds-path" in self.overrides.raw
+            source = "annotation proxy.io/uds-path" if from_annotation else "mesh config udsPath"
+            errors = self.annotation_errors if from_annotation else self.pod_errors
+            errors.append(
+                f"{source}: {quote(template)} gives {quote(path)} for container "
+                f"{container.name} port {port.number}, {problem}"
+            )
+        return path
+
+    def add(self, container: Container, port: Port) -> None:
+        if port.protocol != "TCP":
+            return
+        if port.number in PROXY_PORTS:
+            self.pod_errors.append(
+                f"container {container.name} declares port {port.number}, which the proxy "
+                f"uses ({', '.join(map(str, PROXY_PORTS))})"
+            )
+            return
+        owner = self.owners.setdefault(port.number, container.name)
+        if owner != container.name:
+            self.warnings.append(
+                f"port {port.number} is declared by containers {owner} and "
+                f"{container.name}; inbound traffic goes to {owner}"
+            )
+            return
+        if not self.intercepted(port.number):
+            return
+        app_port = AppPort(
+            container.name,
+            port.number,
+            port.name,
+            self.socket(container, port),
+            self.protocol(port),
+        )
+        if app_port.socket:
+            self.by_path[app_port.socket] = app_port
+        self.ports.append(app_port)
+
+    def unmatched(self, key: str, refs: tuple[int | str, ...] | None) -> None:
+        for ref in refs or ():
+            if ref not in self.matched:
+                self.annotation_errors.append(
+                    f"annotation {key}: {quote(str(ref))} names no TCP container port that "
+                    "Envoy intercepts; accepted: comma-separated container port numbers or names"
+                )
 
 
 def plan(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> PortPlan:
-    uds = (overrides.upstream or config.upstream) == "uds"
-    template = overrides.uds_path or config.uds_path
-    refs = overrides.uds_ports
-    owners: dict[int, str] = {}
-    by_path: dict[str, AppPort] = {}
-    ports: list[AppPort] = []
-    warnings: list[str] = []
-    annotation_errors: list[str] = []
-    pod_errors: list[str] = []
-    matched: set[int | str] = set()
+    planner = _Planner(overrides, config)
     for container in containers:
         for port in container.ports:
-            if port.protocol != "TCP":
-                continue
-            if port.number in PROXY_PORTS:
-                pod_errors.append(
-                    f"container {container.name} declares port {port.number}, "
-                    f"which the proxy uses ({', '.join(map(str, PROXY_PORTS))})"
-                )
-                continue
-            if port.number in owners:
-                warnings.append(
-                    f"port {port.number} is declared by containers "
-                    f"{owners[port.number]} and {container.name}; inbound traffic "
-                    f"goes to {owners[port.number]}"
-                )
-                continue
-            owners[port.number] = container.name
-            if not _intercepted(port.number, overrides, config):
-                continue
-            wanted = refs is None or bool({port.number, port.name} & set(refs))
-            matched.update({port.number, port.name} & set(refs or ()))
-            socket = None
-            if uds and wanted:
-                socket = template.format(container=container.name, port=port.number)
-                problem = _socket_problem(socket, by_path)
-                if problem:
-                    source = _source("proxy.io/uds-path", overrides, "udsPath")
-                    errors = annotation_errors if source.startswith("annotation") else pod_errors
-                    errors.append(
-                        f"{source}: {quote(template)} gives {quote(socket)} for "
-                        f"container {container.name} port {port.number}, {problem}"
-                    )
-                    continue
-            app_port = AppPort(container.name, port.number, port.name, socket)
-            if socket:
-                by_path[socket] = app_port
-            ports.append(app_port)
-    for ref in refs or ():
-        if ref not in matched:
-            annotation_errors.append(
-                f"annotation proxy.io/uds-ports: {quote(str(ref))} names no TCP "
-                "container port that Envoy intercepts; accepted: comma-separated "
-                "container port numbers or names"
-            )
-    return PortPlan(tuple(ports), tuple(warnings), tuple(annotation_errors), tuple(pod_errors))
+            planner.add(container, port)
+    planner.unmatched("proxy.io/uds-ports", overrides.uds_ports)
+    planner.unmatched("proxy.io/http-ports", overrides.http_ports)
+    return PortPlan(
+        tuple(planner.ports),
+        tuple(planner.warnings),
+        tuple(planner.annotation_errors),
+        tuple(planner.pod_errors),
+    )
 
 
 def _socket_problem(socket: str, taken: dict[str, AppPort]) -> str | None:

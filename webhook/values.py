@@ -177,3 +177,50 @@ def format_bytes(amount: Decimal) -> str:
         if count and count % size == 0:
             return f"{count // size}{suffix}"
     return str(count)
+
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+
+
+@lru_cache(maxsize=256)
+def duration(text: str) -> float:
+    """A Go-style duration ("5s", "1m30s", "500ms") in seconds, at most one hour."""
+    value = text.strip()
+    match = _DURATION.match(value)
+    if not value or not match or not any(match.groups()):
+        raise ValueError("not a duration like 5s, 1m30s or 500ms")
+    hours, minutes, seconds, millis = (int(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds + millis / 1000
+    if total > 3600:
+        raise ValueError("longer than 1h")
+    return total
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def dns_name(text: str) -> str:
+    """A lower-case DNS name (RFC 1123), as Kubernetes Service names are."""
+    labels = text.split(".")
+    if len(text) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ValueError(f"{text!r} is not a DNS name")
+    if labels[-1].isdigit():
+        raise ValueError(f"{text!r} is an IP address, not a DNS name")
+    return text
+
+
+@lru_cache(maxsize=256)
+def upstreams(text: str) -> tuple[tuple[str, int], ...]:
+    """Comma-separated ``service:port`` dependencies, e.g. "reviews.shop:9080,ratings:9080"."""
+    found: dict[tuple[str, int], None] = {}
+    for item in _items(text):
+        host, sep, port = item.rpartition(":")
+        if not sep:
+            raise ValueError(f"{item!r} has no port")
+        found[(dns_name(host), _port(port))] = None
+    return tuple(found)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a protobuf JSON duration ("1.5s")."""
+    return f"{seconds:g}s"

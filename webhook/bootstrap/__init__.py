@@ -1,0 +1,65 @@
+"""The static Envoy bootstrap of an injected pod, built from the engine's ``SidecarPlan``.
+
+There is no control plane: this document is all the sidecar ever knows. It travels in the
+proxy container's args as JSON (``--config-yaml`` takes JSON, a subset of YAML).
+
+Where things are: ``inbound`` (the app's clusters and the 15006 listener), ``outbound``
+(15001, egress socket, declared upstreams), ``health`` (15021 readiness and probes, 15090
+metrics), ``stats`` (which stats are kept), ``remap`` (running a bootstrap outside a pod).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from webhook.bootstrap import health, inbound, outbound
+from webhook.bootstrap.objects import ADMIN_CLUSTER, Json, socket_address, static_cluster
+from webhook.bootstrap.stats import stats_config
+from webhook.config import UpstreamPolicy
+from webhook.names import ADMIN_PORT
+from webhook.probes import ProbeRoute
+from webhook.sockets import AppPort
+from webhook.upstreams import Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarPlan:
+    ports: tuple[AppPort, ...]
+    probes: tuple[ProbeRoute, ...]
+    upstreams: tuple[Upstream, ...]
+    policy: UpstreamPolicy
+    outbound_socket: str | None
+    """Egress Unix socket path, when proxy.io/outbound-uds is on."""
+
+
+def build(plan: SidecarPlan) -> Json:
+    socket_ports = tuple(p for p in plan.ports if p.socket)
+    tls_ports = {p.port.number: p.port for p in plan.probes if p.tls}
+    listeners = [
+        health.readiness_listener(socket_ports, plan.probes),
+        health.prometheus_listener(),
+        inbound.inbound_listener(plan.ports),
+        outbound.outbound_listener(plan.upstreams, plan.policy),
+    ]
+    if plan.outbound_socket:
+        listeners.append(
+            outbound.outbound_uds_listener(plan.outbound_socket, plan.upstreams, plan.policy)
+        )
+    return {
+        "admin": {"address": socket_address("127.0.0.1", ADMIN_PORT)},
+        "stats_config": stats_config(),
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": [
+                static_cluster(ADMIN_CLUSTER, socket_address("127.0.0.1", ADMIN_PORT)),
+                *inbound.clusters(plan.ports, tls_ports.values()),
+                *outbound.clusters(plan.upstreams, plan.policy, bool(plan.outbound_socket)),
+            ],
+        },
+    }
+
+
+def encode(bootstrap: Json) -> str:
+    return orjson.dumps(bootstrap).decode()

@@ -1,0 +1,137 @@
+"""The inbound side: the listener iptables redirects to (15006), and one cluster per app
+port, which reaches the app over its Unix socket or TCP loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from webhook.bootstrap.objects import (
+    CONNECT_TIMEOUT,
+    Json,
+    chain,
+    http2_options,
+    http_connection_manager,
+    listener,
+    original_dst,
+    pipe_address,
+    route_to,
+    socket_address,
+    static_cluster,
+    stdout_access_log,
+    tcp_proxy,
+    typed,
+    virtual_host,
+)
+from webhook.names import INBOUND_PORT
+from webhook.sockets import HTTP2, AppPort
+
+PASSTHROUGH = "inbound|passthrough"
+PASSTHROUGH_SOURCE = "127.0.0.6"
+"""Source of passthrough connections (as in Istio), so the app and rules can tell them apart."""
+SOCKET_CHECK_SECONDS = 1
+
+
+def cluster_name(port: int) -> str:
+    return f"inbound|{port}"
+
+
+def tls_cluster_name(port: int) -> str:
+    return f"inbound|{port}|tls"
+
+
+def _socket_check() -> Json:
+    """Connect-only health check: what makes an unreachable socket fail readiness."""
+    every = f"{SOCKET_CHECK_SECONDS}s"
+    return {
+        "timeout": every,
+        "interval": every,
+        "no_traffic_interval": every,
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "tcp_health_check": {},
+    }
+
+
+def _app_address(port: AppPort) -> Json:
+    return pipe_address(port.socket) if port.socket else socket_address("127.0.0.1", port.number)
+
+
+def app_cluster(port: AppPort) -> Json:
+    """The cluster for one app port: its Unix socket, or 127.0.0.1:port."""
+    extra: Json = {}
+    if port.socket:
+        extra["health_checks"] = [_socket_check()]
+    if port.protocol == HTTP2:
+        extra["typed_extension_protocol_options"] = http2_options()
+    return static_cluster(cluster_name(port.number), _app_address(port), **extra)
+
+
+def tls_probe_cluster(port: AppPort) -> Json:
+    """For HTTPS probes: TLS to the app like the kubelet does it, without verification."""
+    tls = typed("envoy.transport_sockets.tls", "transport_sockets.tls.v3.UpstreamTlsContext")
+    return static_cluster(tls_cluster_name(port.number), _app_address(port), transport_socket=tls)
+
+
+def _http_filter(port: AppPort) -> Json:
+    name = f"inbound_{port.number}"
+    route = route_to(cluster_name(port.number), timeout="0s")
+    return http_connection_manager(
+        name,
+        [virtual_host(name, ["*"], [route])],
+        access_log=[stdout_access_log()],
+        upgrade_configs=[{"upgrade_type": "websocket"}],
+    )
+
+
+def _chain(port: AppPort) -> Json:
+    name = cluster_name(port.number)
+    network_filter = _http_filter(port) if port.is_http else tcp_proxy(name, name)
+    return chain(network_filter, match={"destination_port": port.number})
+
+
+def passthrough_chain() -> Json:
+    """Traffic to a port the pod did not declare goes to that port on loopback. Envoy's
+    own connections are never redirected, so this cannot loop back into the listener."""
+    to_loopback = typed(
+        "envoy.filters.network.set_filter_state",
+        "filters.network.set_filter_state.v3.Config",
+        on_new_connection=[
+            {
+                "object_key": "envoy.network.transport_socket.original_dst_address",
+                "format_string": {
+                    "text_format_source": {"inline_string": "127.0.0.1:%DOWNSTREAM_LOCAL_PORT%"}
+                },
+            }
+        ],
+    )
+    return chain(to_loopback, tcp_proxy(PASSTHROUGH, PASSTHROUGH))
+
+
+def passthrough_cluster() -> Json:
+    return {
+        "name": PASSTHROUGH,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "upstream_bind_config": {
+            "source_address": socket_address(PASSTHROUGH_SOURCE, 0)["socket_address"]
+        },
+    }
+
+
+def inbound_listener(ports: Iterable[AppPort]) -> Json:
+    return listener(
+        "inbound",
+        socket_address("0.0.0.0", INBOUND_PORT),
+        [_chain(port) for port in ports],
+        listener_filters=[original_dst()],
+        default_filter_chain=passthrough_chain(),
+    )
+
+
+def clusters(ports: Iterable[AppPort], tls_ports: Iterable[AppPort]) -> list[Json]:
+    return [
+        *(app_cluster(p) for p in ports),
+        *(tls_probe_cluster(p) for p in tls_ports),
+        passthrough_cluster(),
+    ]

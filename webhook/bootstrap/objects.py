@@ -1,0 +1,116 @@
+"""Small builders for Envoy v3 objects, shared by every part of the bootstrap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Json = dict[str, Any]
+
+_TYPES = "type.googleapis.com/envoy.extensions."
+CONNECT_TIMEOUT = "1s"
+ADMIN_CLUSTER = "admin"
+
+
+def typed(name: str, type_name: str, **config: Any) -> Json:
+    """A filter or extension: ``type_name`` is relative to envoy.extensions."""
+    return {"name": name, "typed_config": {"@type": _TYPES + type_name, **config}}
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def socket_address(address: str, port: int) -> Json:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def pipe_address(path: str, mode: int | None = None) -> Json:
+    pipe: Json = {"path": path}
+    if mode is not None:
+        pipe["mode"] = mode
+    return {"pipe": pipe}
+
+
+def static_cluster(name: str, address: Json, **extra: Any) -> Json:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+        **extra,
+    }
+
+
+def http2_options() -> Json:
+    """Cluster option: speak HTTP/2 (prior knowledge, h2c) to the upstream."""
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _TYPES + "upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+
+
+def tcp_proxy(stat_prefix: str, cluster: str) -> Json:
+    return typed(
+        "envoy.filters.network.tcp_proxy",
+        "filters.network.tcp_proxy.v3.TcpProxy",
+        stat_prefix=stat_prefix,
+        cluster=cluster,
+    )
+
+
+def router() -> Json:
+    return typed("envoy.filters.http.router", "filters.http.router.v3.Router")
+
+
+def stdout_access_log() -> Json:
+    return typed("envoy.access_loggers.stdout", "access_loggers.stream.v3.StdoutAccessLog")
+
+
+def http_connection_manager(
+    stat_prefix: str,
+    virtual_hosts: list[Json],
+    http_filters: list[Json] | None = None,
+    **extra: Any,
+) -> Json:
+    return typed(
+        "envoy.filters.network.http_connection_manager",
+        "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix=stat_prefix,
+        route_config={"name": stat_prefix, "virtual_hosts": virtual_hosts},
+        http_filters=[*(http_filters or []), router()],
+        **extra,
+    )
+
+
+def virtual_host(name: str, domains: list[str], routes: list[Json]) -> Json:
+    return {"name": name, "domains": domains, "routes": routes}
+
+
+def route_to(cluster: str, match: Json | None = None, **route: Any) -> Json:
+    return {"match": match or {"prefix": "/"}, "route": {"cluster": cluster, **route}}
+
+
+def exact_path(path: str) -> Json:
+    return {"path": path}
+
+
+def original_dst() -> Json:
+    return typed(
+        "envoy.filters.listener.original_dst", "filters.listener.original_dst.v3.OriginalDst"
+    )
+
+
+def listener(name: str, address: Json, filter_chains: list[Json], **extra: Any) -> Json:
+    return {"name": name, "address": address, "filter_chains": filter_chains, **extra}
+
+
+def chain(*filters: Json, match: Json | None = None) -> Json:
+    result: Json = {"filters": list(filters)}
+    if match:
+        result["filter_chain_match"] = match
+    return result

@@ -1,0 +1,159 @@
+"""The outbound side: the listener iptables redirects the app's egress to (15001), the
+optional egress Unix socket, and a cluster per declared upstream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from webhook.bootstrap.objects import (
+    CONNECT_TIMEOUT,
+    Json,
+    chain,
+    duration,
+    http_connection_manager,
+    listener,
+    original_dst,
+    pipe_address,
+    route_to,
+    socket_address,
+    tcp_proxy,
+    typed,
+    virtual_host,
+)
+from webhook.config import UpstreamPolicy
+from webhook.names import OUTBOUND_PORT
+from webhook.upstreams import Upstream
+
+PASSTHROUGH = "outbound|passthrough"
+FORWARD_PROXY = "outbound|forward-proxy"
+UDS_MODE = 0o666
+"""The app runs as its own UID: anyone in the pod may connect to the egress socket."""
+_DNS_CACHE = {"name": "egress", "dns_lookup_family": "V4_PREFERRED"}
+
+
+def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy) -> Json:
+    return {
+        "name": upstream.cluster,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": duration(policy.connect_timeout),
+        "load_assignment": {
+            "cluster_name": upstream.cluster,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": socket_address(upstream.host, upstream.port)}}
+                    ]
+                }
+            ],
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": policy.max_connections,
+                    "max_pending_requests": policy.max_pending_requests,
+                    "max_requests": policy.max_requests,
+                    "max_retries": policy.max_retries,
+                }
+            ]
+        },
+        "outlier_detection": {
+            "consecutive_5xx": policy.consecutive_5xx,
+            "interval": duration(policy.outlier_interval),
+            "base_ejection_time": duration(policy.base_ejection_time),
+            "max_ejection_percent": policy.max_ejection_percent,
+        },
+    }
+
+
+def upstream_host(upstream: Upstream, policy: UpstreamPolicy) -> Json:
+    retry = {"retry_on": policy.retry_on, "num_retries": policy.retries}
+    route = route_to(upstream.cluster, timeout="0s", retry_policy=retry)
+    return virtual_host(upstream.cluster, list(upstream.domains), [route])
+
+
+def _routes(upstreams: Iterable[Upstream], policy: UpstreamPolicy, default: str) -> list[Json]:
+    hosts = [upstream_host(u, policy) for u in upstreams]
+    return [*hosts, virtual_host("default", ["*"], [route_to(default, timeout="0s")])]
+
+
+def _http_inspector(ports: list[int]) -> Json:
+    """Sniff for HTTP only on declared upstreams' ports: a server-first protocol elsewhere
+    must not wait on a client that never speaks first."""
+    wanted = [{"destination_port_range": {"start": p, "end": p + 1}} for p in ports]
+    inspector = typed(
+        "envoy.filters.listener.http_inspector", "filters.listener.http_inspector.v3.HttpInspector"
+    )
+    inspector["filter_disabled"] = {"not_match": {"or_match": {"rules": wanted}}}
+    return inspector
+
+
+def outbound_listener(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy) -> Json:
+    ports = sorted({u.port for u in upstreams})
+    chains = [
+        chain(
+            http_connection_manager(
+                f"outbound_{port}",
+                _routes((u for u in upstreams if u.port == port), policy, PASSTHROUGH),
+            ),
+            match={"destination_port": port, "application_protocols": ["http/1.1", "h2c"]},
+        )
+        for port in ports
+    ]
+    filters = [original_dst(), *([_http_inspector(ports)] if ports else [])]
+    return listener(
+        "outbound",
+        socket_address("0.0.0.0", OUTBOUND_PORT),
+        chains,
+        listener_filters=filters,
+        default_filter_chain=chain(tcp_proxy(PASSTHROUGH, PASSTHROUGH)),
+    )
+
+
+def outbound_uds_listener(
+    path: str, upstreams: tuple[Upstream, ...], policy: UpstreamPolicy
+) -> Json:
+    """HTTP egress over a Unix socket: declared upstreams by Host header, anything else
+    through a dynamic forward proxy that resolves the Host header itself."""
+    forward = typed(
+        "envoy.filters.http.dynamic_forward_proxy",
+        "filters.http.dynamic_forward_proxy.v3.FilterConfig",
+        dns_cache_config=_DNS_CACHE,
+    )
+    hcm = http_connection_manager(
+        "outbound_uds", _routes(upstreams, policy, FORWARD_PROXY), [forward]
+    )
+    return listener("outbound_uds", pipe_address(path, UDS_MODE), [chain(hcm)])
+
+
+def passthrough_cluster() -> Json:
+    return {
+        "name": PASSTHROUGH,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": CONNECT_TIMEOUT,
+    }
+
+
+def forward_proxy_cluster() -> Json:
+    return {
+        "name": FORWARD_PROXY,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.dynamic_forward_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy"
+                ".v3.ClusterConfig",
+                "dns_cache_config": _DNS_CACHE,
+            },
+        },
+    }
+
+
+def clusters(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, uds: bool) -> list[Json]:
+    return [
+        *(upstream_cluster(u, policy) for u in upstreams),
+        passthrough_cluster(),
+        *([forward_proxy_cluster()] if uds else []),
+    ]

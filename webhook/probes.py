@@ -1,0 +1,106 @@
+"""Kubelet probes of app ports that now listen on a Unix socket.
+
+The kubelet can only probe TCP, so each ``httpGet`` or ``tcpSocket`` probe on a socket port
+becomes an ``httpGet`` on the proxy's port 15021 at ``/app-health/<container>/<kind>``,
+which Envoy forwards to the app's socket (or, for ``tcpSocket``, answers from a connect
+check of it). Probes on ports that stay TCP are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.names import READINESS_PORT
+from webhook.pod import Container
+from webhook.sockets import AppPort, PortPlan
+
+KIND_PATHS = {"livenessProbe": "livez", "readinessProbe": "readyz", "startupProbe": "startupz"}
+_HANDLERS = ("httpGet", "tcpSocket", "grpc", "exec")
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRoute:
+    path: str
+    """Path on the proxy's readiness port the rewritten probe asks for."""
+    port: AppPort
+    connect_only: bool = False
+    original_path: str = "/"
+    tls: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    container_index: int
+    kind: str
+    probe: dict[str, Any]
+
+
+@dataclass
+class ProbePlan:
+    routes: list[ProbeRoute] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _port_number(container: Container, port: Any) -> int | None:
+    if isinstance(port, int) and not isinstance(port, bool):
+        return port
+    if isinstance(port, str):
+        return next((p.number for p in container.ports if p.name == port), None)
+    return None
+
+
+def _route(path: str, port: AppPort, handler: str, spec: dict[str, Any]) -> ProbeRoute:
+    if handler == "tcpSocket":
+        return ProbeRoute(path, port, connect_only=True)
+    headers = tuple(
+        (str(h.get("name", "")), str(h.get("value", "")))
+        for h in spec.get("httpHeaders") or ()
+        if isinstance(h, dict) and h.get("name")
+    )
+    return ProbeRoute(
+        path,
+        port,
+        original_path=str(spec.get("path") or "/"),
+        tls=str(spec.get("scheme", "HTTP")).upper() == "HTTPS",
+        headers=headers,
+    )
+
+
+def _rewritten(probe: dict[str, Any], path: str) -> dict[str, Any]:
+    kept = {key: value for key, value in probe.items() if key not in _HANDLERS}
+    return {**kept, "httpGet": {"path": path, "port": READINESS_PORT, "scheme": "HTTP"}}
+
+
+def plan(apps: Iterable[Container], ports: PortPlan, enabled: bool) -> ProbePlan:
+    result = ProbePlan()
+    for container in apps:
+        for kind, probe in container.probes.items():
+            handler = next((h for h in _HANDLERS if isinstance(probe.get(h), dict)), None)
+            if handler in (None, "exec"):
+                continue
+            spec = probe[handler]
+            number = _port_number(container, spec.get("port"))
+            app_port = ports.of(container.name, number) if number else None
+            if app_port is None or app_port.socket is None or spec.get("host"):
+                continue
+            where = f"container {container.name} {kind} ({handler} on port {number})"
+            if not enabled:
+                result.warnings.append(
+                    f"{where} will fail: the port listens on a socket and "
+                    'proxy.io/rewrite-probes is "false"'
+                )
+            elif handler == "grpc":
+                result.errors.append(
+                    f"{where}: the port now listens on a socket, which the kubelet cannot "
+                    "probe; leave it out of proxy.io/uds-ports or set proxy.io/upstream: tcp"
+                )
+            else:
+                path = f"/app-health/{container.name}/{KIND_PATHS[kind]}"
+                result.routes.append(_route(path, app_port, handler, spec))
+                result.rewrites.append(Rewrite(container.index, kind, _rewritten(probe, path)))
+    return result
