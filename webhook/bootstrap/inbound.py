@@ -22,10 +22,11 @@ from webhook.bootstrap.objects import (
     typed,
     virtual_host,
 )
-from webhook.names import INBOUND_PORT
+from webhook.names import INBOUND_PORT, PROXY_PORTS
 from webhook.sockets import HTTP2, AppPort
 
 PASSTHROUGH = "inbound|passthrough"
+BLACKHOLE = "inbound|blackhole"
 PASSTHROUGH_SOURCE = "127.0.0.6"
 """Source of passthrough connections (as in Istio), so the app and rules can tell them apart."""
 SOCKET_CHECK_SECONDS = 1
@@ -107,6 +108,21 @@ def passthrough_chain() -> Json:
     return chain(to_loopback, tcp_proxy(PASSTHROUGH, PASSTHROUGH))
 
 
+def _blackhole_chain(port: int) -> Json:
+    """Traffic that reaches 15006 for one of the proxy's own ports is dropped: passing it
+    through to loopback would reach Envoy itself (a loop) or its admin API."""
+    return chain(tcp_proxy(BLACKHOLE, BLACKHOLE), match={"destination_port": port})
+
+
+def blackhole_cluster() -> Json:
+    return {
+        "name": BLACKHOLE,
+        "type": "STATIC",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "load_assignment": {"cluster_name": BLACKHOLE, "endpoints": []},
+    }
+
+
 def passthrough_cluster() -> Json:
     return {
         "name": PASSTHROUGH,
@@ -123,7 +139,7 @@ def inbound_listener(ports: Iterable[AppPort]) -> Json:
     return listener(
         "inbound",
         socket_address("0.0.0.0", INBOUND_PORT),
-        [_chain(port) for port in ports],
+        [*(_chain(port) for port in ports), *(_blackhole_chain(p) for p in PROXY_PORTS)],
         listener_filters=[original_dst()],
         default_filter_chain=passthrough_chain(),
     )

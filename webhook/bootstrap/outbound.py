@@ -84,7 +84,8 @@ def _http_inspector(ports: list[int]) -> Json:
     inspector = typed(
         "envoy.filters.listener.http_inspector", "filters.listener.http_inspector.v3.HttpInspector"
     )
-    inspector["filter_disabled"] = {"not_match": {"or_match": {"rules": wanted}}}
+    sniffed = wanted[0] if len(wanted) == 1 else {"or_match": {"rules": wanted}}
+    inspector["filter_disabled"] = {"not_match": sniffed}
     return inspector
 
 

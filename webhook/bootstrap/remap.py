@@ -1,0 +1,101 @@
+"""Run a pod's bootstrap outside a pod: the test hook, also handy for trying a sidecar
+config on a laptop.
+
+In a pod the proxy owns ports 15000-15090, sockets live under /dev/shm, and iptables sends
+traffic for app port P to the inbound listener, which picks P's filter chain from the
+original destination. Outside a pod none of that holds, so ``remap`` returns a copy where
+
+- every socket path under /dev/shm/ lives under ``socket_dir`` instead;
+- every listener binds 127.0.0.1, on ``proxy_ports[port]`` where the port is mapped;
+- each inbound filter chain for app port P gets a listener of its own on
+  ``proxy_ports[P]`` (the chain itself unchanged), since nothing redirects P to 15006;
+- a cluster that reaches the app over TCP (127.0.0.1:P) reaches ``app_ports[P]``, and the
+  admin cluster follows the admin port.
+
+Everything else (filters, routes, clusters, stats) is exactly what the pod would run.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from webhook.bootstrap.objects import Json, listener, socket_address
+from webhook.names import ADMIN_PORT, PROXY_PORTS, SHM_MOUNT_PATH
+
+
+def _walk(node: Any, visit: Any) -> None:
+    if isinstance(node, dict):
+        visit(node)
+        for value in node.values():
+            _walk(value, visit)
+    elif isinstance(node, list):
+        for item in node:
+            _walk(item, visit)
+
+
+def _move_pipes(bootstrap: Json, socket_dir: Path) -> None:
+    prefix = SHM_MOUNT_PATH + "/"
+
+    def visit(node: Json) -> None:
+        pipe = node.get("pipe")
+        if isinstance(pipe, dict) and str(pipe.get("path", "")).startswith(prefix):
+            pipe["path"] = str(socket_dir / pipe["path"][len(prefix) :])
+
+    _walk(bootstrap, visit)
+
+
+def _split_inbound(listeners: list[Json], proxy_ports: Mapping[int, int]) -> list[Json]:
+    extra = []
+    for item in listeners:
+        if item["name"] != "inbound":
+            continue
+        kept = []
+        for chain in item["filter_chains"]:
+            port = chain.get("filter_chain_match", {}).get("destination_port")
+            if port in proxy_ports and port not in PROXY_PORTS:
+                alone = {k: v for k, v in chain.items() if k != "filter_chain_match"}
+                extra.append(
+                    listener(
+                        f"inbound_{port}", socket_address("127.0.0.1", proxy_ports[port]), [alone]
+                    )
+                )
+            else:
+                kept.append(chain)
+        item["filter_chains"] = kept
+    return extra
+
+
+def _rebind(address: Json, ports: Mapping[int, int]) -> None:
+    socket = address.get("socket_address")
+    if socket:
+        socket["address"] = "127.0.0.1"
+        socket["port_value"] = ports.get(socket["port_value"], socket["port_value"])
+
+
+def remap(
+    bootstrap: Json,
+    *,
+    socket_dir: str | Path,
+    proxy_ports: Mapping[int, int],
+    app_ports: Mapping[int, int] | None = None,
+) -> Json:
+    result = copy.deepcopy(bootstrap)
+    _move_pipes(result, Path(socket_dir))
+    _rebind(result["admin"]["address"], proxy_ports)
+    listeners = result["static_resources"]["listeners"]
+    for item in listeners:
+        _rebind(item["address"], proxy_ports)
+    listeners += _split_inbound(listeners, proxy_ports)
+    targets = {ADMIN_PORT: proxy_ports.get(ADMIN_PORT, ADMIN_PORT), **(app_ports or {})}
+
+    def visit(node: Json) -> None:
+        socket = node.get("socket_address")
+        if isinstance(socket, dict) and socket.get("address") == "127.0.0.1":
+            socket["port_value"] = targets.get(socket["port_value"], socket["port_value"])
+
+    for cluster in result["static_resources"]["clusters"]:
+        _walk(cluster.get("load_assignment", {}), visit)
+    return result
