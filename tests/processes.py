@@ -18,12 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support import ENVOY
 from webhook.bootstrap.remap import remap
 from webhook.names import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROMETHEUS_PORT, READINESS_PORT
 
 PROXY_UID = 1337
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="end-to-end: runs Envoy as UID 1337, which needs root"
+)
+"""CI runs as root, so these never skip there; scripts/test installs nginx and node as root."""
 
 
 def free_port() -> int:

@@ -9,7 +9,14 @@ import socket
 
 import pytest
 
-from tests.processes import Envoy, Nginx, free_port, http_get, shared_folder, wait_for
+from tests.processes import (
+    Envoy,
+    Nginx,
+    free_port,
+    http_get,
+    shared_folder,
+    wait_for,
+)
 from tests.support import apply, bootstrap_of, container
 from webhook.config import MeshConfig
 from webhook.engine import Outcome, inject

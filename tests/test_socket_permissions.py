@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Envoy, http_get, shared_folder, stop, wait_for
+from tests.processes import Envoy, http_get, needs_root, shared_folder, stop, wait_for
 from tests.support import apply, bootstrap_of
 from webhook.config import MeshConfig
 from webhook.engine import inject
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, needs_root]
 
 APPS = Path(__file__).parent / "apps"
 NODE_PLAIN = "require('net').createServer(c => c.end()).listen(process.argv[1])"
@@ -97,7 +97,7 @@ def check_through_envoy(folder: Path, reachable: bool) -> None:
 @pytest.mark.parametrize("name", SERVERS)
 def test_what_each_server_makes_and_whether_envoy_can_connect(folder, name) -> None:
     if name.startswith("node") and shutil.which("node") is None:
-        pytest.fail("node is not installed (.ci/run installs Debian's nodejs)")
+        pytest.fail("node is not installed (scripts/test installs Debian's nodejs as root)")
     command, mode, reachable = SERVERS[name]
     socket = folder / "web-8080.sock"
     server = serve(command, socket, umask=0o022)
