@@ -164,6 +164,8 @@ class Envoy:
     inbound_ports: list[int] = field(default_factory=list)
     concurrency: int = 1
     extra_args: list[str] = field(default_factory=list)
+    config_file: bool = False
+    """Pass the bootstrap as a file (-c) instead of --config-yaml, for configs over 128 KiB."""
     ports: dict[int, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
@@ -174,11 +176,16 @@ class Envoy:
             self.bootstrap, socket_dir=self.folder, proxy_ports=self.ports, app_ports=self.app_ports
         )
         log = (self.folder / f"envoy-{self.ports[ADMIN_PORT]}.log").open("w")
+        config_args = ["--config-yaml", json.dumps(config)]
+        if self.config_file:
+            path = self.folder / f"bootstrap-{self.ports[ADMIN_PORT]}.json"
+            path.write_text(json.dumps(config))
+            path.chmod(0o644)
+            config_args = ["-c", str(path)]
         self.process = subprocess.Popen(
             [
                 ENVOY,
-                "--config-yaml",
-                json.dumps(config),
+                *config_args,
                 "--disable-hot-restart",
                 "--concurrency",
                 str(self.concurrency),

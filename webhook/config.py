@@ -69,7 +69,7 @@ class UpstreamPolicy(_Section):
     max_pending_requests: int = Field(1024, ge=1)
     max_requests: int = Field(1024, ge=1)
     max_retries: int = Field(3, ge=0)
-    consecutive_5xx: int = Field(5, ge=1)
+    consecutive_5xx: int = Field(5, ge=1, alias="consecutive5xx")
     outlier_interval: Duration = 10.0
     base_ejection_time: Duration = 30.0
     max_ejection_percent: int = Field(50, ge=0, le=100)

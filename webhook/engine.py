@@ -20,6 +20,7 @@ from webhook import pod as pods
 from webhook.annotations import pick
 from webhook.config import MeshConfig
 from webhook.names import (
+    ARG_MAX_BYTES,
     INIT_CONTAINER,
     OUTBOUND_UDS_ENV,
     OUTBOUND_UDS_PATH,
@@ -170,9 +171,12 @@ def _build(
     sidecar_plan = bootstrap.SidecarPlan(
         plan.ports, tuple(probe_plan.routes), upstream_list, config.upstream_policy, outbound_socket
     )
+    encoded = bootstrap.encode(bootstrap.build(sidecar_plan))
+    if len(encoded.encode()) > ARG_MAX_BYTES:
+        return deny(Reason.INVALID_POD, [_too_large(len(encoded.encode()), upstream_list)])
     proxy = sidecar.proxy_container(
         image=overrides.image or config.proxy_image,
-        bootstrap=bootstrap.encode(bootstrap.build(sidecar_plan)),
+        bootstrap=encoded,
         workers=sidecar.concurrency(overrides, config, limits.cpu_limit),
         log_level=overrides.log_level or config.log_level,
         limits=limits,
@@ -188,6 +192,15 @@ def _build(
     )
     return InjectionResult(
         Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), warnings
+    )
+
+
+def _too_large(size: int, declared: tuple[upstreams.Upstream, ...]) -> str:
+    return (
+        f"the sidecar's Envoy bootstrap for this pod would be {size:,} bytes, more than the "
+        f"{ARG_MAX_BYTES:,} bytes Linux allows in one container argument; it grows by about "
+        f"900 bytes per declared upstream and this pod declares {len(declared)} in "
+        "proxy.io/upstreams"
     )
 
 

@@ -35,3 +35,7 @@ OUTBOUND_UDS_ENV = "PROXY_OUTBOUND_UDS"
 """Env var with the egress socket, when proxy.io/outbound-uds is on."""
 APP_HEALTH_PATH = "/healthz/app"
 """Readiness of the proxy and of every app socket: the proxy container's readiness probe."""
+
+ARG_MAX_BYTES = 131_071
+"""Longest single argument Linux will exec (MAX_ARG_STRLEN, 128 KiB, less the NUL): the
+bootstrap travels as one."""

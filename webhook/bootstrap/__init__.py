@@ -50,6 +50,7 @@ def build(plan: SidecarPlan) -> Json:
     return {
         "admin": {"address": socket_address("127.0.0.1", ADMIN_PORT)},
         "stats_config": stats_config(),
+        "deferred_stat_options": {"enable_deferred_creation_stats": True},
         "static_resources": {
             "listeners": listeners,
             "clusters": [

@@ -1,0 +1,70 @@
+"""Shared pieces of the benchmarks: generating a pod's bootstrap, pinning, running wrk."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import apply, bootstrap_of  # noqa: E402
+from webhook import engine  # noqa: E402
+from webhook.config import MeshConfig  # noqa: E402
+from webhook.engine import Outcome, inject  # noqa: E402
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def generated_bootstrap(pod: dict, namespace: str = "bench", allow_oversize: bool = False) -> dict:
+    """The bootstrap the engine puts in this pod's proxy container. ``allow_oversize`` lifts
+    the one-argument size limit (the engine denies such pods) to measure large configs."""
+    limit = engine.ARG_MAX_BYTES
+    engine.ARG_MAX_BYTES = 2**31 if allow_oversize else limit
+    try:
+        result = inject(pod, namespace, MeshConfig())
+    finally:
+        engine.ARG_MAX_BYTES = limit
+    assert result.outcome == Outcome.INJECT, result.message
+    return json.loads(bootstrap_of(apply(pod, list(result.patch))))
+
+
+def pin(pid: int, cpu: int) -> None:
+    subprocess.run(
+        ["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True
+    )
+
+
+def wrk(
+    url: str, *, seconds: int, connections: int, cpu: int, script: str | None = None
+) -> dict[str, float]:
+    command = [
+        "taskset",
+        "-c",
+        str(cpu),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        url,
+    ]
+    if script:
+        command[-1:-1] = ["-s", script]
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=True
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError("wrk saw errors:\n" + out)
+
+    def latency(pct: str) -> float:
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)$", out, re.M)
+        assert match, out
+        return float(match.group(1)) * UNITS[match.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rps, out
+    return {"rps": float(rps.group(1)), "p50": latency("50"), "p99": latency("99")}
