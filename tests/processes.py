@@ -5,6 +5,8 @@ Every wait is bounded; every process is killed at teardown even when the test fa
 
 from __future__ import annotations
 
+import atexit
+import functools
 import http.client
 import json
 import os
@@ -31,6 +33,22 @@ needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="end-to-end: runs Envoy as UID 1337, which needs root"
 )
 """CI runs as root, so these never skip there; scripts/test installs nginx and node as root."""
+
+
+@functools.cache
+def proxy_envoy() -> str:
+    """The Envoy binary where UID 1337 can run it: the checkout may sit in a folder only
+    root can enter (a fresh clone under a 0700 temp dir), so link or copy it out."""
+    folder = Path(tempfile.mkdtemp(prefix="proxy-envoy-"))
+    folder.chmod(0o755)
+    target = folder / "envoy"
+    try:
+        os.link(ENVOY, target)
+    except OSError:
+        shutil.copy2(ENVOY, target)
+    target.chmod(0o755)
+    atexit.register(shutil.rmtree, folder, True)
+    return str(target)
 
 
 def free_port() -> int:
@@ -184,7 +202,7 @@ class Envoy:
             config_args = ["-c", str(path)]
         self.process = subprocess.Popen(
             [
-                ENVOY,
+                proxy_envoy(),
                 *config_args,
                 "--disable-hot-restart",
                 "--concurrency",
