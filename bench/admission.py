@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -26,15 +25,14 @@ import timeit
 from pathlib import Path
 
 import orjson
+from common import wrk
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.support import CORPUS, load_case, review  # noqa: E402
-from webhook.config import MeshConfig  # noqa: E402
-from webhook.engine import inject  # noqa: E402
+from tests.processes import free_port
+from tests.support import CORPUS, load_case, review
+from webhook.config import MeshConfig
+from webhook.engine import inject
 
 BODIES = {
     "one-container": "01-web-single",
@@ -66,12 +64,6 @@ def serve(kind: str, port: int, cert: str, key: str) -> None:
     logs.configure("info")
     app = create_app(MeshConfig()) if kind == "injector" else allow_all_app()
     server.run(app, host="127.0.0.1", port=port, cert=Path(cert), key=key)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(kind: str, port: int, certs: Path) -> subprocess.Popen[bytes]:
@@ -113,38 +105,14 @@ def wrk_script(body: str, folder: Path) -> Path:
     return script
 
 
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
 def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            f"https://127.0.0.1:{port}/mutate",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    ).stdout
-    if "Non-2xx" in out:
-        raise RuntimeError("wrk saw non-2xx answers:\n" + out)
-
-    def latency(pct: str) -> float:
-        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
-        return float(value) * UNITS[unit]
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99")}
+    return wrk(
+        f"https://127.0.0.1:{port}/mutate",
+        seconds=seconds,
+        connections=connections,
+        cpu=1,
+        script=str(script),
+    )
 
 
 def engine_only() -> None:
