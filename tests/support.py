@@ -95,8 +95,10 @@ def apply(pod: dict[str, Any], patch: list[dict[str, Any]] | None) -> dict[str, 
     return jsonpatch.apply_patch(pod, patch or [], in_place=False)
 
 
-def container(pod: dict[str, Any], name: str, key: str = "containers") -> dict[str, Any]:
-    return next(c for c in pod["spec"].get(key, []) if c["name"] == name)
+def container(pod: dict[str, Any], name: str, key: str | None = None) -> dict[str, Any]:
+    """A container by name, from ``key`` or else from containers and initContainers."""
+    keys = [key] if key else ["containers", "initContainers"]
+    return next(c for k in keys for c in pod["spec"].get(k, []) if c["name"] == name)
 
 
 def bootstrap_of(pod: dict[str, Any]) -> str:

@@ -83,9 +83,12 @@ def test_injected_pod_is_valid_and_meshed(webhook, case: dict) -> None:
     assert schema_errors(pod) == []
 
     spec = pod["spec"]
-    assert spec["initContainers"][0]["name"] == "proxy-init"
     original_inits = [c["name"] for c in case["pod"]["spec"].get("initContainers", [])]
-    assert [c["name"] for c in spec["initContainers"][1:]] == original_inits
+    # Native sidecar (the default): the proxy starts right after proxy-init, before the
+    # app's own init containers, and keeps running (restartPolicy Always).
+    assert [c["name"] for c in spec["initContainers"]] == ["proxy-init", "proxy", *original_inits]
+    assert spec["initContainers"][1]["restartPolicy"] == "Always"
+    assert "proxy" not in [c["name"] for c in spec["containers"]]
     proxy = container(pod, "proxy")
     shm_volume = next(m["name"] for m in proxy["volumeMounts"] if m["mountPath"] == "/dev/shm")
     for app in spec["containers"]:

@@ -57,7 +57,7 @@ def env(pod: dict, name: str) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container(pod, name).get("env", [])}
 
 
-def arg(pod: dict, flag: str, name: str = "proxy", key: str = "containers") -> str:
+def arg(pod: dict, flag: str, name: str = "proxy", key: str | None = None) -> str:
     args = container(pod, name, key)["args"]
     return args[args.index(flag) + 1]
 

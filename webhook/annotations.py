@@ -207,6 +207,22 @@ ANNOTATIONS += (
         '"true"',
         "Send the app's probes on socket ports through the proxy's port 15021.",
     ),
+    Annotation(
+        "proxy.io/native-sidecar",
+        "native_sidecar",
+        values.boolean,
+        '"true" or "false"',
+        "mesh config `nativeSidecar`",
+        "Run the proxy as a native sidecar (Kubernetes 1.29+): starts before, stops after the app.",
+    ),
+    Annotation(
+        "proxy.io/hold-application-until-proxy-starts",
+        "hold_application",
+        values.boolean,
+        '"true" or "false"',
+        '"false"',
+        "Classic mode: start the proxy first and the app only once Envoy is ready.",
+    ),
 )
 
 BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}
@@ -239,6 +255,8 @@ class Overrides:
     outbound_uds: bool | None = None
     drain_duration: float | None = None
     rewrite_probes: bool | None = None
+    native_sidecar: bool | None = None
+    hold_application: bool | None = None
     raw: Mapping[str, str] = field(default_factory=dict)
     """The annotation strings as the pod gave them, for messages."""
 

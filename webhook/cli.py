@@ -46,7 +46,15 @@ def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--exclude-outbound-ports", default="")
     init.add_argument("--include-outbound-ip-ranges", default="*")
     init.add_argument("--exclude-outbound-ip-ranges", default="")
-    init.add_argument("--dry-run", action="store_true")
+    init.add_argument(
+        "--iptables-backend",
+        choices=["auto", "nft", "legacy"],
+        default="auto",
+        help="which iptables the node uses (auto: detect, as istio-init does)",
+    )
+    init.add_argument(
+        "--dry-run", action="store_true", help="print the rules instead of applying them"
+    )
     init.set_defaults(run=_init_iptables)
 
 
@@ -60,13 +68,37 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _init_iptables(args: argparse.Namespace) -> int:
-    # Fail closed: a pod whose init container "succeeds" without rules would bypass the proxy.
-    print(
-        "proxy-injector init-iptables: programming rules is not implemented in "
-        f"{__version__}; refusing to start the pod without interception",
-        file=sys.stderr,
-    )
-    return 1
+    from webhook import iptables
+    from webhook.interception import Interception, render
+
+    try:
+        spec = Interception.parse(
+            proxy_uid=args.proxy_uid,
+            proxy_gid=args.proxy_gid,
+            inbound_capture_port=args.inbound_capture_port,
+            outbound_capture_port=args.outbound_capture_port,
+            include_inbound_ports=args.include_inbound_ports,
+            exclude_inbound_ports=args.exclude_inbound_ports,
+            exclude_outbound_ports=args.exclude_outbound_ports,
+            include_outbound_ip_ranges=args.include_outbound_ip_ranges,
+            exclude_outbound_ip_ranges=args.exclude_outbound_ip_ranges,
+        )
+        if args.dry_run:
+            wanted = [4, 6] if spec.wants_ipv6() or iptables.ipv6_available() else [4]
+            for family in wanted:
+                print(f"# IPv{family}\n{render(spec, family)}", end="")
+            return 0
+        backend = (
+            iptables.detect_backend() if args.iptables_backend == "auto" else args.iptables_backend
+        )
+        documents = iptables.plan(spec, backend)
+        iptables.apply(documents, backend)
+    except (ValueError, iptables.InterceptionError) as exc:
+        print(f"proxy-injector init-iptables: {exc}", file=sys.stderr)
+        return 1
+    for family, document in documents.items():
+        print(f"# IPv{family}, iptables-{backend}, applied\n{document}", end="")
+    return 0
 
 
 def _certificates(args: argparse.Namespace) -> tuple[Path, Path]:

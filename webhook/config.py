@@ -98,6 +98,13 @@ class MeshConfig(_Section):
     exclude_outbound_ports: Ports = ()
     include_outbound_ip_ranges: CidrsOrAll = Field("*", alias="includeOutboundIPRanges")
     exclude_outbound_ip_ranges: Cidrs = Field((), alias="excludeOutboundIPRanges")
+    dual_stack: bool = True
+    """Envoy also listens on IPv6 (::), so IPv6 traffic the init container redirects lands
+    somewhere. Turn off only for nodes booted with ipv6.disable=1."""
+    native_sidecar: bool = True
+    """The proxy as a native sidecar (an init container with restartPolicy Always, 1.29+)."""
+    deny_proxy_uid_apps: bool = False
+    """Deny, instead of warning about, app containers running as the proxy's UID 1337."""
     drain_duration: Duration = 5.0
     """How long the proxy keeps serving after the pod starts terminating."""
     cluster_domain: Annotated[str, _checked(values.dns_name)] = "cluster.local"

@@ -26,6 +26,7 @@ from webhook.names import (
     OUTBOUND_UDS_PATH,
     PROXY_CONTAINER,
     PROXY_GID,
+    PROXY_UID,
     SHM_VOLUME,
     STATUS_KEY,
 )
@@ -139,6 +140,9 @@ def _build(
     limits, limit_errors = sidecar.resources(overrides, config)
     if plan.annotation_errors or limit_errors:
         return deny(Reason.INVALID_ANNOTATION, [*plan.annotation_errors, *limit_errors])
+    proxy_uid_warnings = _proxy_uid_apps(spec, apps)
+    if proxy_uid_warnings and config.deny_proxy_uid_apps:
+        return deny(Reason.INVALID_POD, proxy_uid_warnings)
     existing_shm, shm_errors = _shm_volume(apps)
     conflicts = _name_conflicts(spec, adds_volume=existing_shm is None)
     if plan.pod_errors or shm_errors or conflicts or probe_plan.errors:
@@ -162,6 +166,7 @@ def _build(
     ops.append(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), init)
     )
+    native = pick(overrides.native_sidecar, config.native_sidecar)
     for app in apps:
         ops += _app_container_ops(app, volume_name, plan.ports, outbound_socket)
     ops += [
@@ -183,16 +188,38 @@ def _build(
         shm_volume_name=volume_name,
         drain_seconds=pick(overrides.drain_duration, config.drain_duration),
     )
-    ops += jp.append("/spec/containers", True, [proxy])
+    ops.append(_proxy_op(proxy, native, bool(overrides.hold_application)))
     warnings = (
         *plan.warnings,
         *probe_plan.warnings,
         *upstream_warnings,
+        *proxy_uid_warnings,
         *(u.warning() for u in parsed.unknown),
     )
     return InjectionResult(
         Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), warnings
     )
+
+
+def _proxy_op(proxy: dict[str, Any], native: bool, hold: bool) -> jp.Op:
+    """Where the proxy goes: right after proxy-init as a native sidecar, so the app's own
+    init containers already have the proxy; else a regular container, first if it must
+    hold the app. Added last, so the app containers' ops above kept their indexes."""
+    if native:
+        return jp.add("/spec/initContainers/1", sidecar.as_native_sidecar(proxy))
+    if hold:
+        return jp.add("/spec/containers/0", sidecar.holding_the_app(proxy))
+    return jp.add("/spec/containers/-", proxy)
+
+
+def _proxy_uid_apps(spec: dict[str, Any], apps: tuple[pods.Container, ...]) -> list[str]:
+    pod_uid = pods.pod_run_as_user(spec)
+    return [
+        f"container {app.name} runs as UID {PROXY_UID}, the proxy's: its traffic is "
+        "never redirected and bypasses the proxy"
+        for app in apps
+        if (app.run_as_user or pod_uid) == PROXY_UID
+    ]
 
 
 def _too_large(size: int, declared: tuple[upstreams.Upstream, ...]) -> str:

@@ -143,6 +143,10 @@ def container(raw: dict[str, Any], index: int, path: str) -> Container:
     )
 
 
+def pod_run_as_user(spec: dict[str, Any]) -> int | None:
+    return _run_as_user(spec, "spec")
+
+
 def containers(spec: dict[str, Any], key: str = "containers") -> tuple[Container, ...]:
     path = f"spec.{key}"
     return tuple(container(raw, i, path) for i, raw in enumerate(objects(spec, key, "spec")))

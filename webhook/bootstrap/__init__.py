@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import orjson
 
 from webhook.bootstrap import health, inbound, outbound
-from webhook.bootstrap.objects import ADMIN_CLUSTER, Json, socket_address, static_cluster
+from webhook.bootstrap.objects import (
+    ADMIN_CLUSTER,
+    Json,
+    also_ipv6,
+    socket_address,
+    static_cluster,
+)
 from webhook.bootstrap.stats import stats_config
 from webhook.config import UpstreamPolicy
 from webhook.names import ADMIN_PORT
@@ -32,6 +38,7 @@ class SidecarPlan:
     policy: UpstreamPolicy
     outbound_socket: str | None
     """Egress Unix socket path, when proxy.io/outbound-uds is on."""
+    dual_stack: bool = True
 
 
 def build(plan: SidecarPlan) -> Json:
@@ -43,6 +50,8 @@ def build(plan: SidecarPlan) -> Json:
         inbound.inbound_listener(plan.ports),
         outbound.outbound_listener(plan.upstreams, plan.policy),
     ]
+    if plan.dual_stack:
+        listeners = [also_ipv6(item) for item in listeners]
     if plan.outbound_socket:
         listeners.append(
             outbound.outbound_uds_listener(plan.outbound_socket, plan.upstreams, plan.policy)

@@ -6,7 +6,8 @@ traffic for app port P to the inbound listener, which picks P's filter chain fro
 original destination. Outside a pod none of that holds, so ``remap`` returns a copy where
 
 - every socket path under /dev/shm/ lives under ``socket_dir`` instead;
-- every listener binds 127.0.0.1, on ``proxy_ports[port]`` where the port is mapped;
+- every listener binds 127.0.0.1 (unless ``loopback_only`` is False, for a network
+  namespace of its own), on ``proxy_ports[port]`` where the port is mapped;
 - each inbound filter chain for app port P gets a listener of its own on
   ``proxy_ports[P]`` (the chain itself unchanged), since nothing redirects P to 15006;
 - a cluster that reaches the app over TCP (127.0.0.1:P) reaches ``app_ports[P]``, and the
@@ -68,10 +69,12 @@ def _split_inbound(listeners: list[Json], proxy_ports: Mapping[int, int]) -> lis
     return extra
 
 
-def _rebind(address: Json, ports: Mapping[int, int]) -> None:
-    socket = address.get("socket_address")
-    if socket:
+def _rebind(item: Json, ports: Mapping[int, int], loopback: bool) -> None:
+    socket = item["address"].get("socket_address")
+    if socket and loopback:
         socket["address"] = "127.0.0.1"
+        item.pop("additional_addresses", None)
+    if socket:
         socket["port_value"] = ports.get(socket["port_value"], socket["port_value"])
 
 
@@ -81,13 +84,14 @@ def remap(
     socket_dir: str | Path,
     proxy_ports: Mapping[int, int],
     app_ports: Mapping[int, int] | None = None,
+    loopback_only: bool = True,
 ) -> Json:
     result = copy.deepcopy(bootstrap)
     _move_pipes(result, Path(socket_dir))
-    _rebind(result["admin"]["address"], proxy_ports)
+    _rebind(result["admin"], proxy_ports, loopback=True)
     listeners = result["static_resources"]["listeners"]
     for item in listeners:
-        _rebind(item["address"], proxy_ports)
+        _rebind(item, proxy_ports, loopback_only)
     listeners += _split_inbound(listeners, proxy_ports)
     targets = {ADMIN_PORT: proxy_ports.get(ADMIN_PORT, ADMIN_PORT), **(app_ports or {})}
 

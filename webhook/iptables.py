@@ -1,0 +1,108 @@
+"""``proxy-injector init-iptables``: apply the interception rules in the pod's network
+namespace with iptables-restore, failing loudly rather than leaving a pod that bypasses
+the proxy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from webhook.interception import JUMPS, Interception, jump_rule, render
+
+BACKENDS = ("nft", "legacy")
+Run = Callable[[list[str], str | None], subprocess.CompletedProcess[str]]
+
+
+class InterceptionError(RuntimeError):
+    pass
+
+
+def _run(command: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@dataclass(frozen=True)
+class Tools:
+    save: str
+    restore: str
+
+
+def tools(backend: str, family: int) -> Tools:
+    prefix = "ip6tables" if family == 6 else "iptables"
+    return Tools(f"{prefix}-{backend}-save", f"{prefix}-{backend}-restore")
+
+
+def _rule_count(backend: str, run: Run) -> int:
+    save = tools(backend, 4).save
+    if shutil.which(save) is None:
+        return -1
+    result = run([save], None)
+    return (
+        sum(line.startswith("-A") for line in result.stdout.splitlines())
+        if result.returncode == 0
+        else -1
+    )
+
+
+def detect_backend(run: Run = _run) -> str:
+    """As istio-init does: the backend that already holds rules in this namespace wins;
+    with none anywhere, the one ``iptables`` itself is."""
+    counts = {backend: _rule_count(backend, run) for backend in BACKENDS}
+    available = [b for b in BACKENDS if counts[b] >= 0]
+    if not available:
+        raise InterceptionError(
+            "no iptables found: neither iptables-nft-save nor "
+            "iptables-legacy-save is installed in the init image"
+        )
+    best = max(available, key=lambda b: counts[b])
+    if counts[best] > 0 or len(available) == 1:
+        return best
+    version = run(["iptables", "--version"], None).stdout if shutil.which("iptables") else ""
+    return "legacy" if "legacy" in version else "nft"
+
+
+def _existing_jumps(backend: str, family: int, run: Run) -> list[str]:
+    result = run([tools(backend, family).save, "-t", "nat"], None)
+    wanted = {jump_rule(b, c) for b, c in JUMPS}
+    return [line for line in result.stdout.splitlines() if line in wanted]
+
+
+def _explain(stderr: str) -> str:
+    if "Permission denied" in stderr or "Operation not permitted" in stderr:
+        return "no permission to change iptables: the init container needs NET_ADMIN and NET_RAW"
+    if "table `nat'" in stderr or "does not exist" in stderr or "Table does not exist" in stderr:
+        return "the kernel has no nat table (iptable_nat / nf_nat not available on this node)"
+    return stderr.strip()[-500:]
+
+
+def ipv6_available() -> bool:
+    return os.path.exists("/proc/net/if_inet6")
+
+
+def families(spec: Interception) -> list[int]:
+    if spec.wants_ipv6() and not ipv6_available():
+        raise InterceptionError("IPv6 ranges were given but this kernel has IPv6 disabled")
+    return [4, 6] if ipv6_available() else [4]
+
+
+def plan(spec: Interception, backend: str, run: Run = _run) -> dict[int, str]:
+    documents = {}
+    for family in families(spec):
+        if shutil.which(tools(backend, family).restore) is None:
+            raise InterceptionError(f"{tools(backend, family).restore} is not installed")
+        documents[family] = render(spec, family, _existing_jumps(backend, family, run))
+    return documents
+
+
+def apply(documents: dict[int, str], backend: str, run: Run = _run) -> None:
+    for family, document in documents.items():
+        result = run([tools(backend, family).restore, "--noflush"], document)
+        if result.returncode != 0:
+            raise InterceptionError(
+                f"IPv{family} rules were not applied: {_explain(result.stderr)}"
+            )
