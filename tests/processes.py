@@ -130,6 +130,8 @@ class Nginx:
     sockets: list[str] = field(default_factory=list)
     tcp_ports: list[int] = field(default_factory=list)
     process: subprocess.Popen | None = None
+    command_prefix: list[str] = field(default_factory=list)
+    """E.g. ``ip netns exec NS``: where nginx runs."""
 
     def start(self) -> Nginx:
         for path in self.sockets:
@@ -154,7 +156,16 @@ class Nginx:
             f" scgi_temp_path {temp};\n sendfile on;\n{''.join(sites)}}}\n"
         )
         self.process = subprocess.Popen(
-            [NGINX, "-p", str(self.folder), "-c", str(conf), "-g", "daemon off;"],
+            [
+                *self.command_prefix,
+                NGINX,
+                "-p",
+                str(self.folder),
+                "-c",
+                str(conf),
+                "-g",
+                "daemon off;",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

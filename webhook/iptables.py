@@ -28,13 +28,14 @@ def _run(command: list[str], stdin: str | None = None) -> subprocess.CompletedPr
 
 @dataclass(frozen=True)
 class Tools:
+    main: str
     save: str
     restore: str
 
 
 def tools(backend: str, family: int) -> Tools:
-    prefix = "ip6tables" if family == 6 else "iptables"
-    return Tools(f"{prefix}-{backend}-save", f"{prefix}-{backend}-restore")
+    name = f"{'ip6tables' if family == 6 else 'iptables'}-{backend}"
+    return Tools(name, f"{name}-save", f"{name}-restore")
 
 
 def _rule_count(backend: str, run: Run) -> int:
@@ -72,10 +73,14 @@ def _existing_jumps(backend: str, family: int, run: Run) -> list[str]:
     return [line for line in result.stdout.splitlines() if line in wanted]
 
 
-def _explain(stderr: str) -> str:
-    if "Permission denied" in stderr or "Operation not permitted" in stderr:
+def _explain(stderr: str, probe: str = "") -> str:
+    """Why a restore failed. Legacy iptables-restore says only "unable to initialize table
+    'nat'" both without NET_ADMIN and without a nat table, so ``probe`` (the error of a
+    plain listing of the nat table) tells them apart."""
+    both = stderr + probe
+    if "Permission denied" in both or "Operation not permitted" in both:
         return "no permission to change iptables: the init container needs NET_ADMIN and NET_RAW"
-    if "table `nat'" in stderr or "does not exist" in stderr or "Table does not exist" in stderr:
+    if "table `nat'" in both or "does not exist" in both or "Table does not exist" in both:
         return "the kernel has no nat table (iptable_nat / nf_nat not available on this node)"
     return stderr.strip()[-500:]
 
@@ -101,8 +106,10 @@ def plan(spec: Interception, backend: str, run: Run = _run) -> dict[int, str]:
 
 def apply(documents: dict[int, str], backend: str, run: Run = _run) -> None:
     for family, document in documents.items():
-        result = run([tools(backend, family).restore, "--noflush"], document)
+        names = tools(backend, family)
+        result = run([names.restore, "--noflush"], document)
         if result.returncode != 0:
+            probe = run([names.main, "-t", "nat", "-S"], None).stderr
             raise InterceptionError(
-                f"IPv{family} rules were not applied: {_explain(result.stderr)}"
+                f"IPv{family} rules were not applied: {_explain(result.stderr, probe)}"
             )

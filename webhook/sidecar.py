@@ -187,7 +187,8 @@ def proxy_container(
 
 HOLD_UNTIL_READY = (
     f"for i in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/{READINESS_PORT} && "
-    f"printf 'GET {READINESS_PATH} HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3 | grep -q ' 200') "
+    f"printf 'GET {READINESS_PATH} HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
+    "  >&3 && head -c 12 <&3 | grep -q ' 200') "
     "2>/dev/null && exit 0; sleep 0.2; done; echo 'Envoy not ready after 60s' >&2; exit 1"
 )
 """postStart of the proxy in classic mode with hold: the kubelet starts the next container

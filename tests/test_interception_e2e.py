@@ -1,0 +1,259 @@
+"""Interception for real: the init container's rules, applied by `proxy-injector
+init-iptables` with exactly the flags the engine put in the pod, inside a network namespace
+standing in for the pod, with Envoy (UID 1337) running the generated bootstrap and nginx
+behind it on a Unix socket. Run against iptables-nft and iptables-legacy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import netns
+from tests.processes import Nginx, proxy_envoy, shared_folder, wait_for
+from tests.support import apply, bootstrap_of, container
+from webhook.bootstrap.remap import remap
+from webhook.config import MeshConfig
+from webhook.engine import Outcome, inject
+from webhook.sidecar import HOLD_UNTIL_READY
+
+why_not = netns.available()
+pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
+
+APP_UID = 4242
+CLI = [sys.executable, "-m", "webhook"]
+
+
+def meshed_pod() -> dict:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "annotations": {
+                "proxy.io/exclude-outbound-ports": "9091",
+                "proxy.io/exclude-outbound-ip-ranges": f"{netns.CLIENT_V4_OTHER}/32,fd31:1::/64",
+            },
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "nginx:1.27",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                }
+            ]
+        },
+    }
+    result = inject(pod, "shop", MeshConfig())
+    assert result.outcome == Outcome.INJECT, result.message
+    return apply(pod, list(result.patch))
+
+
+class Pod:
+    def __init__(self, net: netns.Network, folder: Path, backend: str) -> None:
+        self.net, self.folder, self.backend = net, folder, backend
+        self.spec = meshed_pod()
+
+    def init_args(self) -> list[str]:
+        init = container(self.spec, "proxy-init", "initContainers")
+        assert init["command"] == ["proxy-injector"]
+        return [*init["args"], "--iptables-backend", self.backend]
+
+    def run_init(self) -> subprocess.CompletedProcess[str]:
+        return self.net.run(self.net.pod, *CLI, *self.init_args())
+
+    def start_envoy(self) -> None:
+        config = remap(
+            json.loads(bootstrap_of(self.spec)),
+            socket_dir=self.folder,
+            proxy_ports={},
+            loopback_only=False,
+        )
+        path = self.folder / "bootstrap.json"
+        path.write_text(json.dumps(config))
+        path.chmod(0o644)
+        log = (self.folder / "envoy.log").open("w")
+        self.net.start(
+            self.net.pod,
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            proxy_envoy(),
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+            stdout=log,
+            stderr=log,
+        )
+        wait_for(lambda: self.admin("/ready")[0] == 200, 30, "Envoy ready in the pod")
+
+    def admin(self, path: str) -> tuple[int, str]:
+        return self.net.curl(self.net.pod, f"http://127.0.0.1:15000{path}")
+
+    def stat(self, name: str) -> int:
+        _, body = self.admin("/stats?format=json")
+        for item in json.loads(body or "{}").get("stats", []):
+            if item.get("name") == name and "value" in item:
+                return int(item["value"])
+        return 0
+
+
+def serve_http(
+    net: netns.Network, namespace: str, address: str, port: int, folder: Path, name: str
+) -> None:
+    root = folder / f"site-{name}"
+    root.mkdir()
+    (root / "who.txt").write_text(f"{name}\n")
+    net.start(
+        namespace,
+        sys.executable,
+        "-m",
+        "http.server",
+        str(port),
+        "--bind",
+        address,
+        "--directory",
+        str(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    host = f"[{address}]" if ":" in address else address
+    wait_for(
+        lambda: net.curl(namespace, f"http://{host}:{port}/who.txt")[0] == 200,
+        20,
+        f"{name} serving",
+    )
+
+
+@pytest.fixture(scope="module", params=["nft", "legacy"])
+def pod(request):
+    backend = request.param
+    if shutil.which(f"iptables-{backend}-restore") is None:
+        pytest.fail(f"iptables-{backend} is missing (scripts/test installs Debian's iptables)")
+    net = netns.Network().create()
+    folder = shared_folder()
+    nginx = None
+    try:
+        the_pod = Pod(net, folder, backend)
+        applied = the_pod.run_init()
+        assert applied.returncode == 0, applied.stderr
+        nginx = Nginx(folder, sockets=[str(folder / "web-8080.sock")])
+        nginx.command_prefix = net.exec(net.pod)
+        nginx.start()
+        serve_http(net, net.pod, "127.0.0.1", 7070, folder, "undeclared-port")
+        for address, port, name in (
+            (netns.CLIENT_V4, 9090, "remote"),
+            (netns.CLIENT_V4, 9091, "excluded-port"),
+            (netns.CLIENT_V4_OTHER, 9090, "excluded-cidr"),
+        ):
+            serve_http(net, net.client, address, port, folder, name)
+        if netns.ipv6_available():
+            serve_http(net, net.client, netns.CLIENT_V6, 9090, folder, "remote-v6")
+            serve_http(net, net.client, netns.CLIENT_V6_OTHER, 9090, folder, "excluded-v6")
+        the_pod.start_envoy()
+        yield the_pod
+    finally:
+        if nginx:
+            nginx.stop()
+        net.destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_rules_land_in_the_chosen_backend(pod) -> None:
+    saved = pod.net.run(pod.net.pod, f"iptables-{pod.backend}-save", "-t", "nat").stdout
+    assert ":PROXY_INBOUND" in saved and "-A OUTPUT -p tcp -j PROXY_OUTPUT" in saved
+
+
+def test_inbound_to_a_declared_port_reaches_the_app_through_envoy(pod) -> None:
+    before = pod.stat("http.inbound_8080.downstream_rq_total")
+    status, body = pod.net.curl(pod.net.client, f"http://{netns.POD_V4}:8080/")
+    assert (status, body) == (200, "hello from nginx web-8080.sock")
+    assert pod.stat("http.inbound_8080.downstream_rq_total") == before + 1
+    assert pod.stat("cluster.inbound|8080.upstream_rq_total") >= 1
+
+
+def test_inbound_to_an_undeclared_port_passes_through_to_loopback(pod) -> None:
+    before = pod.stat("cluster.inbound|passthrough.upstream_cx_total")
+    status, body = pod.net.curl(pod.net.client, f"http://{netns.POD_V4}:7070/who.txt")
+    assert (status, body) == (200, "undeclared-port")
+    assert pod.stat("cluster.inbound|passthrough.upstream_cx_total") == before + 1
+
+
+def test_outbound_from_the_app_goes_through_envoy_exactly_once(pod) -> None:
+    before = pod.stat("cluster.outbound|passthrough.upstream_cx_total")
+    status, body = pod.net.curl(
+        pod.net.pod, f"http://{netns.CLIENT_V4}:9090/who.txt", as_uid=APP_UID
+    )
+    assert (status, body) == (200, "remote")
+    # One app connection, one upstream connection: Envoy's own was not redirected again.
+    assert pod.stat("cluster.outbound|passthrough.upstream_cx_total") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (f"http://{netns.CLIENT_V4}:9091/who.txt", "excluded-port"),
+        (f"http://{netns.CLIENT_V4_OTHER}:9090/who.txt", "excluded-cidr"),
+    ],
+)
+def test_excluded_port_and_range_bypass_envoy(pod, url, expected) -> None:
+    before = pod.stat("cluster.outbound|passthrough.upstream_cx_total")
+    assert pod.net.curl(pod.net.pod, url, as_uid=APP_UID) == (200, expected)
+    assert pod.stat("cluster.outbound|passthrough.upstream_cx_total") == before
+
+
+def test_the_proxy_uid_is_never_redirected(pod) -> None:
+    before = pod.stat("cluster.outbound|passthrough.upstream_cx_total")
+    url = f"http://{netns.CLIENT_V4}:9090/who.txt"
+    assert pod.net.curl(pod.net.pod, url, as_uid=1337) == (200, "remote")
+    assert pod.stat("cluster.outbound|passthrough.upstream_cx_total") == before
+
+
+@pytest.mark.skipif(not netns.ipv6_available(), reason="this kernel has no IPv6")
+def test_ipv6_is_intercepted_the_same_way(pod) -> None:
+    inbound = pod.stat("http.inbound_8080.downstream_rq_total")
+    assert pod.net.curl(pod.net.client, f"http://[{netns.POD_V6}]:8080/") == (
+        200,
+        "hello from nginx web-8080.sock",
+    )
+    assert pod.stat("http.inbound_8080.downstream_rq_total") == inbound + 1
+    outbound = pod.stat("cluster.outbound|passthrough.upstream_cx_total")
+    assert pod.net.curl(
+        pod.net.pod, f"http://[{netns.CLIENT_V6}]:9090/who.txt", as_uid=APP_UID
+    ) == (200, "remote-v6")
+    assert pod.net.curl(
+        pod.net.pod, f"http://[{netns.CLIENT_V6_OTHER}]:9090/who.txt", as_uid=APP_UID
+    ) == (200, "excluded-v6")
+    assert pod.stat("cluster.outbound|passthrough.upstream_cx_total") == outbound + 1
+
+
+def test_running_init_iptables_again_changes_nothing(pod) -> None:
+    def rules() -> list[str]:
+        saved = pod.net.run(pod.net.pod, f"iptables-{pod.backend}-save", "-t", "nat").stdout
+        return sorted(line for line in saved.splitlines() if line.startswith("-A"))
+
+    first = rules()
+    again = pod.run_init()
+    assert again.returncode == 0, again.stderr
+    assert rules() == first
+    assert pod.net.curl(pod.net.client, f"http://{netns.POD_V4}:8080/")[0] == 200
+
+
+def test_hold_hook_returns_once_envoy_is_ready(pod) -> None:
+    started = time.monotonic()
+    result = pod.net.run(pod.net.pod, "bash", "-c", HOLD_UNTIL_READY, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 10
