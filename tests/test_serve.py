@@ -115,3 +115,46 @@ def test_readme_example_review_gets_a_patch(webhook) -> None:
     answer = webhook.mutate(example)
     assert answer["response"]["uid"] == example["request"]["uid"]
     assert patch_of(answer)
+
+
+def test_the_installed_package_ships_every_module(tmp_path) -> None:
+    """README's first command installs a wheel, not the checkout: every subpackage must be
+    in it (a missing webhook.bootstrap once broke `serve` only when installed)."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+        ),
+    )
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    import zipfile
+
+    (wheel,) = wheel_dir.glob("proxy_injector-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    expected = {
+        str(path.relative_to(ROOT))
+        for package in ("webhook", "certs")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert expected <= shipped, sorted(expected - shipped)
