@@ -124,3 +124,28 @@ def write_self_signed(directory: Path, names: list[str], days: int = 365) -> Ser
     files.cert.write_bytes(serving.cert_pem())
     write_private(files.key, serving.key_pem())
     return files
+
+
+def service_names(service: str, namespace: str, cluster_domain: str) -> list[str]:
+    """The names the API server may use for a webhook Service."""
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.{cluster_domain}",
+    ]
+
+
+def write_for_service(
+    directory: Path, service: str, namespace: str, cluster_domain: str, days: int
+) -> ServingFiles:
+    """``certs create``: a CA (kept, for renewals) and a serving certificate for a Service."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = create_ca(f"{service}.{namespace} CA", days=max(days * 10, 3650))
+    serving = issue_serving(ca, service_names(service, namespace, cluster_domain), days)
+    files = ServingFiles(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    files.ca.write_bytes(ca.cert_pem())
+    write_private(directory / "ca.key", ca.key_pem())
+    files.cert.write_bytes(serving.cert_pem())
+    write_private(files.key, serving.key_pem())
+    return files

@@ -29,6 +29,12 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--config", type=Path, help="mesh config YAML (default: built-in defaults)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument(
+        "--cert-reload-seconds",
+        type=float,
+        default=10.0,
+        help="how often to look for a renewed certificate (default 10)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -58,12 +64,68 @@ def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
     init.set_defaults(run=_init_iptables)
 
 
+def _certs_parser(commands: argparse._SubParsersAction) -> None:
+    certs = commands.add_parser("certs", help="make and check the webhook's certificates")
+    actions = certs.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a CA and a serving certificate for a Service")
+    create.add_argument("--service", required=True)
+    create.add_argument("--namespace", required=True)
+    create.add_argument("--out", type=Path, required=True)
+    create.add_argument("--days", type=int, default=365)
+    create.add_argument("--cluster-domain", default="cluster.local")
+    create.set_defaults(run=_certs_create)
+    check = actions.add_parser("check", help="is this serving certificate good to use?")
+    check.add_argument("--cert", type=Path, required=True)
+    check.add_argument("--ca", type=Path, required=True)
+    check.add_argument("--name", help="a name the certificate must be valid for")
+    check.set_defaults(run=_certs_check)
+
+
+def _certs_create(args: argparse.Namespace) -> int:
+    from certs.authority import write_for_service
+    from webhook import values
+
+    problems = []
+    for flag, value in (
+        ("--service", args.service),
+        ("--namespace", args.namespace),
+        ("--cluster-domain", args.cluster_domain),
+    ):
+        try:
+            values.dns_name(value)
+        except ValueError as exc:
+            problems.append(f"{flag}: {exc}")
+    if not 1 <= args.days <= 3650:
+        problems.append(f"--days: {args.days} is not 1 to 3650")
+    if problems:
+        print("proxy-injector certs create: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    files = write_for_service(
+        args.out, args.service, args.namespace, args.cluster_domain, args.days
+    )
+    print(f"CA: {files.ca}\ncertificate: {files.cert}\nkey: {files.key}")
+    return 0
+
+
+def _certs_check(args: argparse.Namespace) -> int:
+    from certs.check import check
+
+    try:
+        report = check(args.cert, args.ca, args.name)
+    except ValueError as exc:
+        print(f"proxy-injector certs check: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 1 if report.problems else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="proxy-injector", description=__doc__)
     top.add_argument("--version", action="version", version=f"proxy-injector {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _init_iptables_parser(commands)
+    _certs_parser(commands)
     return top
 
 
@@ -138,6 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
             cert=cert,
             key=key,
             on_loaded=lambda: state.update(ready=True),
+            reload_every=args.cert_reload_seconds,
         )
     except server.CertificateError as exc:
         print(f"proxy-injector serve: {exc}", file=sys.stderr)
