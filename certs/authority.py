@@ -37,12 +37,16 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.UTC)
+def _validity(
+    builder: x509.CertificateBuilder, days: int, now: dt.datetime | None
+) -> x509.CertificateBuilder:
+    now = now or dt.datetime.now(dt.UTC)
     return builder.not_valid_before(now - CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
 
 
-def create_ca(common_name: str = "proxy-injector CA", days: int = 3650) -> KeyPair:
+def create_ca(
+    common_name: str = "proxy-injector CA", days: int = 3650, now: dt.datetime | None = None
+) -> KeyPair:
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
@@ -67,7 +71,7 @@ def create_ca(common_name: str = "proxy-injector CA", days: int = 3650) -> KeyPa
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
-    return KeyPair(_validity(builder, days).sign(key, hashes.SHA256()), key)
+    return KeyPair(_validity(builder, days, now).sign(key, hashes.SHA256()), key)
 
 
 def _san(names: Iterable[str]) -> x509.SubjectAlternativeName:
@@ -80,7 +84,9 @@ def _san(names: Iterable[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def issue_serving(ca: KeyPair, names: list[str], days: int = 365) -> KeyPair:
+def issue_serving(
+    ca: KeyPair, names: list[str], days: int = 365, now: dt.datetime | None = None
+) -> KeyPair:
     """A TLS server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``."""
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
@@ -96,7 +102,7 @@ def issue_serving(ca: KeyPair, names: list[str], days: int = 365) -> KeyPair:
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
     )
-    return KeyPair(_validity(builder, days).sign(ca.key, hashes.SHA256()), key)
+    return KeyPair(_validity(builder, days, now).sign(ca.key, hashes.SHA256()), key)
 
 
 def write_private(path: Path, data: bytes) -> None:

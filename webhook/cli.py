@@ -21,7 +21,7 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--certs-dir",
         type=Path,
-        help="where --self-signed writes ca.crt, tls.crt and tls.key "
+        help="where --self-signed or --manage-certs write the certificate "
         "(default: a new temporary directory)",
     )
     serve.add_argument("--cert", type=Path, help="serving certificate (PEM)")
@@ -29,6 +29,27 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--config", type=Path, help="mesh config YAML (default: built-in defaults)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8443)
+    managed = serve.add_argument_group(
+        "--manage-certs",
+        "keep the serving certificate in a Secret and its CA in the "
+        "MutatingWebhookConfiguration (in-cluster)",
+    )
+    managed.add_argument("--manage-certs", action="store_true")
+    managed.add_argument("--service", default="proxy-injector")
+    managed.add_argument(
+        "--namespace",
+        default=None,
+        help="default: POD_NAMESPACE, else the service account's namespace",
+    )
+    managed.add_argument("--secret", default="proxy-injector-tls")
+    managed.add_argument("--webhook-configuration", default="proxy-injector")
+    managed.add_argument("--cluster-domain", default="cluster.local")
+    managed.add_argument("--renew-check-seconds", type=float, default=3600.0)
+    managed.add_argument(
+        "--kube-api",
+        default=None,
+        help="a plain-HTTP API URL (kubectl proxy) instead of in-cluster config",
+    )
     serve.add_argument(
         "--cert-reload-seconds",
         type=float,
@@ -163,9 +184,51 @@ def _init_iptables(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _managed_certificates(args: argparse.Namespace) -> tuple[Path, Path]:
+    import os
+
+    from kubernetes import client
+
+    from certs.kube import KubeCluster
+    from certs.manager import Target, ensure, keep_renewed, write_files
+
+    namespace = (
+        args.namespace
+        or os.environ.get("POD_NAMESPACE")
+        or (
+            SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+            if SERVICE_ACCOUNT_NAMESPACE.exists()
+            else None
+        )
+    )
+    if not namespace:
+        raise SystemExit("proxy-injector serve: --manage-certs needs --namespace or POD_NAMESPACE")
+    api = None
+    if args.kube_api:
+        configuration = client.Configuration()
+        configuration.host = args.kube_api
+        api = client.ApiClient(configuration)
+    target = Target(
+        args.service, namespace, args.secret, args.webhook_configuration, args.cluster_domain
+    )
+    directory = args.certs_dir or Path(tempfile.mkdtemp(prefix="proxy-injector-"))
+    try:
+        cluster = KubeCluster(api)
+        cert, key = write_files(ensure(cluster, target), directory)
+    except Exception as exc:
+        raise SystemExit(f"proxy-injector serve: --manage-certs: {exc}") from None
+    keep_renewed(cluster, target, directory, args.renew_check_seconds)
+    return cert, key
+
+
 def _certificates(args: argparse.Namespace) -> tuple[Path, Path]:
     from certs.authority import write_self_signed
 
+    if args.manage_certs:
+        return _managed_certificates(args)
     if args.self_signed:
         directory = args.certs_dir or Path(tempfile.mkdtemp(prefix="proxy-injector-"))
         names = ["localhost", "127.0.0.1", "::1"]
