@@ -39,15 +39,15 @@ def tools(backend: str, family: int) -> Tools:
 
 
 def _rule_count(backend: str, run: Run) -> int:
+    """Rules this backend holds; -1 when it is not installed. A save that fails (no
+    NET_ADMIN, say) counts 0: applying will then fail with the real reason."""
     save = tools(backend, 4).save
     if shutil.which(save) is None:
         return -1
     result = run([save], None)
-    return (
-        sum(line.startswith("-A") for line in result.stdout.splitlines())
-        if result.returncode == 0
-        else -1
-    )
+    if result.returncode != 0:
+        return 0
+    return sum(line.startswith("-A") for line in result.stdout.splitlines())
 
 
 def detect_backend(run: Run = _run) -> str:
