@@ -9,7 +9,6 @@ trusting it during the overlap.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
 import os
@@ -125,10 +124,6 @@ def ensure(cluster: Cluster, target: Target, now: dt.datetime | None = None) -> 
             data = winner.data
     cluster.set_ca_bundle(target.webhook_configuration, data["ca.crt"])
     return data
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def write_files(data: dict[str, bytes], directory: Path) -> tuple[Path, Path]:

@@ -144,7 +144,3 @@ def load_case(path: Path) -> dict[str, Any]:
 
 def corpus() -> list[dict[str, Any]]:
     return [load_case(path) for path in sorted(CORPUS.glob("*.yaml"))]
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()

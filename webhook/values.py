@@ -219,8 +219,3 @@ def upstreams(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"{item!r} has no port")
         found[(dns_name(host), _port(port))] = None
     return tuple(found)
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as a protobuf JSON duration ("1.5s")."""
-    return f"{seconds:g}s"

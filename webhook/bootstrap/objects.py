@@ -109,10 +109,6 @@ def listener(name: str, address: Json, filter_chains: list[Json], **extra: Any) 
     return {"name": name, "address": address, "filter_chains": filter_chains, **extra}
 
 
-def any_address(port: int) -> Json:
-    return socket_address("0.0.0.0", port)
-
-
 def also_ipv6(item: Json) -> Json:
     """Listen on [::]:port as well (a second, IPv6-only socket), for dual-stack pods."""
     port = item["address"]["socket_address"]["port_value"]
