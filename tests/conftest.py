@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop
+
 
 @dataclass
 class Webhook:
@@ -89,11 +91,6 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
             wait_healthy(client, url, process)
             yield Webhook(url, certs / "ca.crt", client, process, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
         log.close()
         out.close()

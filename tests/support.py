@@ -144,3 +144,24 @@ def load_case(path: Path) -> dict[str, Any]:
 
 def corpus() -> list[dict[str, Any]]:
     return [load_case(path) for path in sorted(CORPUS.glob("*.yaml"))]
+
+
+def proxy_injector(
+    *args: str,
+    prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``proxy-injector`` command line (optionally behind ``prefix``, e.g. ip netns
+    exec) to completion."""
+    import os
+    import sys
+
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "webhook", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import sys
 
 from cryptography import x509
 
 from certs.authority import create_ca, issue_serving
 from certs.check import check
+from tests.support import proxy_injector
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", "certs", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return proxy_injector("certs", *args)
 
 
 def test_create_makes_an_ecdsa_ca_and_a_serving_cert_for_the_service(tmp_path) -> None:

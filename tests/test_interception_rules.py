@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
 from tests import netns
+from tests.support import proxy_injector
 from webhook import iptables
 from webhook.interception import Interception, render
 
@@ -133,14 +132,7 @@ def test_a_kernel_without_the_nat_table_fails_with_a_reason() -> None:
 def init_iptables(
     *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "webhook", "init-iptables", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    return proxy_injector("init-iptables", *args, env=env, prefix=prefix)
 
 
 def test_dry_run_prints_the_rules_and_applies_nothing() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import patch_of
+from tests.support import patch_of, proxy_injector
 
 ROOT = Path(__file__).parent.parent
 
@@ -66,13 +66,7 @@ def test_certificate_is_not_valid_for_other_names(webhook) -> None:
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", "serve", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return proxy_injector("serve", *args)
 
 
 def test_serve_without_certificates_says_what_to_give() -> None:
