@@ -176,7 +176,7 @@ def _build(
     sidecar_plan = bootstrap.SidecarPlan(
         plan.ports, tuple(probe_plan.routes), upstream_list, config.upstream_policy, outbound_socket
     )
-    encoded = bootstrap.encode(bootstrap.build(sidecar_plan))
+    encoded = bootstrap.encoded(sidecar_plan)
     if len(encoded.encode()) > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(len(encoded.encode()), upstream_list)])
     proxy = sidecar.proxy_container(

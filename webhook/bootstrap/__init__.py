@@ -11,6 +11,7 @@ metrics), ``stats`` (which stats are kept), ``remap`` (running a bootstrap outsi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import orjson
 
@@ -73,3 +74,10 @@ def build(plan: SidecarPlan) -> Json:
 
 def encode(bootstrap: Json) -> str:
     return orjson.dumps(bootstrap).decode()
+
+
+@lru_cache(maxsize=512)
+def encoded(plan: SidecarPlan) -> str:
+    """The bootstrap as the proxy's argument. Pods of one Deployment share a plan, so a
+    scale-up builds it once (a SidecarPlan is immutable and hashable; at most ~5 MB held)."""
+    return encode(build(plan))
