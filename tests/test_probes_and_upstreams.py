@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support import CORPUS, apply, bootstrap_of, container, load_case
+from tests.support import CORPUS, apply, bootstrap_of, container, envoy_validate, load_case
 from webhook.config import MeshConfig
 from webhook.engine import Outcome, inject
 from webhook.upstreams import resolve
@@ -130,7 +130,8 @@ def test_declared_upstreams_get_clusters_with_the_mesh_policy() -> None:
     reviews = clusters["outbound|9080||reviews.shop"]
     assert reviews["type"] == "STRICT_DNS"
     assert reviews["outlier_detection"]["consecutive_5xx"] == 5
-    assert reviews["circuit_breakers"]["thresholds"][0]["max_connections"] == 1024
+    assert reviews["lb_policy"] == "RANDOM"
+    assert "circuit_breakers" not in reviews  # the mesh defaults are Envoy's own
     assert "outbound|forward-proxy" in clusters
     env = {e["name"]: e["value"] for e in container(pod, "productpage")["env"]}
     assert env["PROXY_OUTBOUND_UDS"] == "/dev/shm/proxy-outbound.sock"
@@ -172,3 +173,29 @@ def test_drain_duration_keeps_the_proxy_up_and_sets_envoys_drain_time() -> None:
 def test_socket_group_is_added_only_where_it_is_safe(name, fs_group) -> None:
     pod, _ = injected(case(name), "data" if name.startswith("24") else "shop")
     assert pod["spec"].get("securityContext", {}).get("fsGroup") == fs_group
+
+
+def test_circuit_breakers_other_than_envoys_defaults_are_set_per_upstream() -> None:
+    from webhook.config import from_mapping
+
+    pod = case("31-declared-upstreams")
+    config = from_mapping({"upstreamPolicy": {"maxConnections": 64, "lbPolicy": "ROUND_ROBIN"}})
+    result = inject(pod, "shop", config)
+    clusters = {
+        c["name"]: c
+        for c in json.loads(bootstrap_of(apply(pod, list(result.patch))))["static_resources"][
+            "clusters"
+        ]
+    }
+    reviews = clusters["outbound|9080||reviews.shop"]
+    assert reviews["circuit_breakers"]["thresholds"] == [
+        {
+            "max_connections": 64,
+            "max_pending_requests": 1024,
+            "max_requests": 1024,
+            "max_retries": 3,
+        }
+    ]
+    assert reviews["lb_policy"] == "ROUND_ROBIN"
+    checked = envoy_validate(bootstrap_of(apply(pod, list(result.patch))))
+    assert checked.returncode == 0, checked.stderr[-2000:]
