@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--app-sndbuf", default="", help="nginx's socket send buffer (listen ... sndbuf=), e.g. 4m"
+    )
     args = parser.parse_args()
     folder = shared_folder()
     nginx_port = free_port()
@@ -53,7 +56,12 @@ def main() -> None:
     static.mkdir()
     for size in SIZES.values():
         (static / f"{size}.bin").write_bytes(b"x" * size)
-    nginx = Nginx(folder, sockets=[str(folder / "web-8080.sock")], tcp_ports=[nginx_port])
+    nginx = Nginx(
+        folder,
+        sockets=[str(folder / "web-8080.sock")],
+        tcp_ports=[nginx_port],
+        listen_options=f" sndbuf={args.app_sndbuf}" if args.app_sndbuf else "",
+    )
     envoys = {}
     try:
         nginx.start()
@@ -74,7 +82,8 @@ def main() -> None:
                 wrk(url, seconds=2, connections=args.connections, cpu=1)  # warm-up
             ratios: dict[str, list[float]] = {"rps": [], "p50": [], "p99": []}
             print(
-                f"\n{label} responses, {args.pairs} pairs x {args.seconds}s, "
+                f"\n{label} responses, app sndbuf {args.app_sndbuf or 'default'}, "
+                f"{args.pairs} pairs x {args.seconds}s, "
                 f"{args.connections} connections, Envoy --concurrency 1 on CPU 0:"
             )
             for pair in range(args.pairs):

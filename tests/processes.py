@@ -113,7 +113,7 @@ def status_or_none(port: int | str, path: str) -> int | None:
 
 NGINX_SITE = """
     server {{
-        listen {listen};
+        listen {listen}{options};
         location = /healthz {{ return 200 "ok\\n"; }}
         location = /headers {{ return 200 "x-probe=$http_x_probe host=$host args=$args\\n"; }}
         location /static/ {{ root {root}; }}
@@ -132,16 +132,22 @@ class Nginx:
     process: subprocess.Popen | None = None
     command_prefix: list[str] = field(default_factory=list)
     """E.g. ``ip netns exec NS``: where nginx runs."""
+    listen_options: str = ""
+    """Extra ``listen`` parameters, e.g. " sndbuf=4m"."""
 
     def start(self) -> Nginx:
         for path in self.sockets:
             Path(path).unlink(missing_ok=True)
         sites = [
-            NGINX_SITE.format(listen=f"unix:{p}", root=self.folder, name=Path(p).name)
+            NGINX_SITE.format(
+                listen=f"unix:{p}", options=self.listen_options, root=self.folder, name=Path(p).name
+            )
             for p in self.sockets
         ]
         sites += [
-            NGINX_SITE.format(listen=f"127.0.0.1:{p}", root=self.folder, name=p)
+            NGINX_SITE.format(
+                listen=f"127.0.0.1:{p}", options=self.listen_options, root=self.folder, name=p
+            )
             for p in self.tcp_ports
         ]
         conf = self.folder / "nginx.conf"
