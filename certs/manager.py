@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from certs.authority import create_ca, issue_serving, service_names, write_private
 from certs.check import due_for_renewal, names_of, signed_by_any
@@ -78,8 +79,6 @@ def _still_valid_cas(data: dict[str, bytes] | None, now: dt.datetime) -> list[by
         previous = x509.load_pem_x509_certificates((data or {})["ca.crt"])
     except (KeyError, ValueError):
         return []
-    from cryptography.hazmat.primitives import serialization
-
     return [
         ca.public_bytes(serialization.Encoding.PEM)
         for ca in previous[:1]

@@ -164,9 +164,6 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         "mesh config `excludeOutboundIPRanges`",
         "Outbound destinations that bypass Envoy.",
     ),
-)
-
-ANNOTATIONS += (
     Annotation(
         "proxy.io/http-ports",
         "http_ports",
