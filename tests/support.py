@@ -165,3 +165,13 @@ def proxy_injector(
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+def start_proxy_injector(*args: str, **popen: Any) -> subprocess.Popen:
+    """Start the ``proxy-injector`` command line in the background (stop it with
+    ``tests.processes.stop``)."""
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **popen.pop("env", {})}
+    return subprocess.Popen([sys.executable, "-m", "webhook", *args], env=env, **popen)

@@ -7,7 +7,6 @@ import base64
 import datetime as dt
 import ssl
 import subprocess
-import sys
 import threading
 import time
 
@@ -21,6 +20,8 @@ from certs.kube import KubeCluster
 from certs.manager import Target, ensure
 from tests.conftest import free_port, wait_healthy
 from tests.fake_kube import FakeKube
+from tests.processes import stop
+from tests.support import proxy_injector, start_proxy_injector
 
 TARGET = Target("proxy-injector", "proxy-system", "proxy-injector-tls", "proxy-injector")
 LATER = dt.timedelta(days=300)
@@ -171,22 +172,17 @@ def test_two_replicas_renewing_at_once_end_up_with_one_certificate() -> None:
 
 def test_serve_manage_certs_is_trusted_through_the_published_ca_bundle(fake, tmp_path) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "serve",
-            "--manage-certs",
-            "--kube-api",
-            fake.url,
-            "--namespace",
-            "proxy-system",
-            "--port",
-            str(port),
-            "--certs-dir",
-            str(tmp_path),
-        ],
+    process = start_proxy_injector(
+        "serve",
+        "--manage-certs",
+        "--kube-api",
+        fake.url,
+        "--namespace",
+        "proxy-system",
+        "--port",
+        str(port),
+        "--certs-dir",
+        str(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -203,29 +199,19 @@ def test_serve_manage_certs_is_trusted_through_the_published_ca_bundle(fake, tmp
         assert "proxy-injector.proxy-system.svc" in names_of(served)
         assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
 
 
 def test_serve_manage_certs_without_an_api_fails_clearly(tmp_path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "serve",
-            "--manage-certs",
-            "--kube-api",
-            "http://127.0.0.1:9",
-            "--namespace",
-            "proxy-system",
-            "--certs-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = proxy_injector(
+        "serve",
+        "--manage-certs",
+        "--kube-api",
+        "http://127.0.0.1:9",
+        "--namespace",
+        "proxy-system",
+        "--certs-dir",
+        str(tmp_path),
     )
     assert result.returncode != 0
     assert "--manage-certs:" in result.stderr

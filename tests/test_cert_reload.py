@@ -7,8 +7,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +17,8 @@ from cryptography import x509
 
 from certs.authority import create_ca, issue_serving, write_private
 from tests.conftest import free_port, wait_healthy
-from tests.support import CORPUS, load_case, review
+from tests.processes import stop
+from tests.support import CORPUS, load_case, review, start_proxy_injector
 
 NAMES = ["localhost", "127.0.0.1"]
 
@@ -62,21 +61,16 @@ def server(secret_mount, tmp_path):
     _, folder, ca_file, _ = secret_mount
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "serve",
-            "--cert",
-            str(folder / "tls.crt"),
-            "--key",
-            str(folder / "tls.key"),
-            "--port",
-            str(port),
-            "--cert-reload-seconds",
-            "0.2",
-        ],
+    process = start_proxy_injector(
+        "serve",
+        "--cert",
+        str(folder / "tls.crt"),
+        "--key",
+        str(folder / "tls.key"),
+        "--port",
+        str(port),
+        "--cert-reload-seconds",
+        "0.2",
         stdout=log,
         stderr=log,
     )
@@ -85,8 +79,7 @@ def server(secret_mount, tmp_path):
             wait_healthy(client, f"https://localhost:{port}", process)
         yield port, tmp_path / "serve.log"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
         log.close()
 
 

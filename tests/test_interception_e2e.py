@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.processes import Nginx, proxy_envoy, shared_folder, wait_for
+from tests.processes import Nginx, proxy_envoy, shared_folder, stat_value, wait_for
 from tests.support import apply, bootstrap_of, container
 from webhook.bootstrap.remap import remap
 from webhook.config import MeshConfig
@@ -104,11 +104,7 @@ class Pod:
         return self.net.curl(self.net.pod, f"http://127.0.0.1:15000{path}")
 
     def stat(self, name: str) -> int:
-        _, body = self.admin("/stats?format=json")
-        for item in json.loads(body or "{}").get("stats", []):
-            if item.get("name") == name and "value" in item:
-                return int(item["value"])
-        return 0
+        return stat_value(self.admin("/stats?format=json")[1], name)
 
 
 def serve_http(
