@@ -5,7 +5,6 @@ behind it on a Unix socket. Run against iptables-nft and iptables-legacy."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -15,18 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.processes import Nginx, proxy_envoy, shared_folder, stat_value, wait_for
-from tests.support import apply, bootstrap_of, container
-from webhook.bootstrap.remap import remap
-from webhook.config import MeshConfig
-from webhook.engine import Outcome, inject
-from webhook.sidecar import HOLD_UNTIL_READY
+from tests.meshed_pod import MeshedPod, injected
+from tests.processes import Nginx, shared_folder, wait_for
+from webhook.lifecycle import HOLD_UNTIL_READY
 
 why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
 
 APP_UID = 4242
-CLI = [sys.executable, "-m", "webhook"]
 
 
 def meshed_pod() -> dict:
@@ -50,61 +45,7 @@ def meshed_pod() -> dict:
             ]
         },
     }
-    result = inject(pod, "shop", MeshConfig())
-    assert result.outcome == Outcome.INJECT, result.message
-    return apply(pod, list(result.patch))
-
-
-class Pod:
-    def __init__(self, net: netns.Network, folder: Path, backend: str) -> None:
-        self.net, self.folder, self.backend = net, folder, backend
-        self.spec = meshed_pod()
-
-    def init_args(self) -> list[str]:
-        init = container(self.spec, "proxy-init", "initContainers")
-        assert init["command"] == ["proxy-injector"]
-        return [*init["args"], "--iptables-backend", self.backend]
-
-    def run_init(self) -> subprocess.CompletedProcess[str]:
-        return self.net.run(self.net.pod, *CLI, *self.init_args())
-
-    def start_envoy(self) -> None:
-        config = remap(
-            json.loads(bootstrap_of(self.spec)),
-            socket_dir=self.folder,
-            proxy_ports={},
-            loopback_only=False,
-        )
-        path = self.folder / "bootstrap.json"
-        path.write_text(json.dumps(config))
-        path.chmod(0o644)
-        log = (self.folder / "envoy.log").open("w")
-        self.net.start(
-            self.net.pod,
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            proxy_envoy(),
-            "-c",
-            str(path),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "warning",
-            stdout=log,
-            stderr=log,
-        )
-        wait_for(lambda: self.admin("/ready")[0] == 200, 30, "Envoy ready in the pod")
-
-    def admin(self, path: str) -> tuple[int, str]:
-        return self.net.curl(self.net.pod, f"http://127.0.0.1:15000{path}")
-
-    def stat(self, name: str) -> int:
-        return stat_value(self.admin("/stats?format=json")[1], name)
+    return injected(pod)
 
 
 def serve_http(
@@ -143,7 +84,7 @@ def pod(request):
     folder = shared_folder()
     nginx = None
     try:
-        the_pod = Pod(net, folder, backend)
+        the_pod = MeshedPod(net, folder, backend, meshed_pod())
         applied = the_pod.run_init()
         assert applied.returncode == 0, applied.stderr
         nginx = Nginx(folder, sockets=[str(folder / "web-8080.sock")])

@@ -7,6 +7,7 @@ import pytest
 from tests.support import CORPUS, apply, container, load_case, review, schema_errors
 from webhook.config import MeshConfig, from_mapping
 from webhook.engine import Outcome, inject
+from webhook.pod import InvalidPod
 
 
 def injected(pod: dict, config: MeshConfig | None = None) -> tuple[dict, tuple[str, ...]]:
@@ -63,12 +64,63 @@ def test_classic_mode_with_hold_starts_the_proxy_first_and_waits_for_envoy() -> 
     hook = containers[0]["lifecycle"]["postStart"]["exec"]["command"]
     assert hook[:2] == ["bash", "-c"]
     assert "/dev/tcp/127.0.0.1/15021" in hook[2]
-    assert containers[0]["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert containers[0]["lifecycle"]["preStop"]["exec"]["command"][:2] == ["bash", "-c"]
     # The app container's own patches (mount, env, probes) landed on the app, not the proxy.
     cart = container(pod, "cart")
     assert cart["readinessProbe"]["httpGet"]["path"] == "/app-health/cart/readyz"
     assert any(m["mountPath"] == "/dev/shm" for m in cart["volumeMounts"])
     assert schema_errors(pod) == []
+
+
+def test_a_native_sidecar_keeps_serving_for_the_drain_duration_once_the_app_is_gone() -> None:
+    pod, _ = injected(annotated("01-web-single", {"proxy.io/drain-duration": "20s"}))
+    proxy = pod["spec"]["initContainers"][1]
+    assert proxy["lifecycle"] == {"preStop": {"sleep": {"seconds": 20}}}
+
+
+def test_a_classic_proxy_waits_for_the_app_within_the_pods_grace_period() -> None:
+    pod = annotated(
+        "01-web-single", {"proxy.io/native-sidecar": "false", "proxy.io/drain-duration": "3s"}
+    )
+    pod["spec"]["terminationGracePeriodSeconds"] = 45
+    pod, _ = injected(pod)
+    script = container(pod, "proxy")["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "/drain_listeners?inboundonly&graceful" in script
+    assert "for i in $(seq 90)" in script  # 45 s in half-second steps
+    assert "(( i > 6 ))" in script  # not before the drain duration
+    assert schema_errors(pod) == []
+
+
+@pytest.mark.parametrize("native", ["true", "false"])
+def test_no_drain_duration_means_no_pre_stop_hook(native) -> None:
+    pod, _ = injected(
+        annotated(
+            "01-web-single",
+            {"proxy.io/native-sidecar": native, "proxy.io/drain-duration": "0s"},
+        )
+    )
+    proxies = pod["spec"]["initContainers"] + pod["spec"]["containers"]
+    assert "lifecycle" not in next(c for c in proxies if c["name"] == "proxy")
+
+
+def test_a_drain_longer_than_the_grace_period_is_warned_about() -> None:
+    pod = annotated("01-web-single", {"proxy.io/drain-duration": "1m"})
+    _, warnings = injected(pod)
+    assert warnings == (
+        "the proxy's drain duration (60s) is longer than the pod's "
+        "terminationGracePeriodSeconds (30); the kubelet stops the proxy when the grace "
+        "period ends",
+    )
+
+
+@pytest.mark.parametrize("grace", [-1, "30", 2.5, True])
+def test_a_bad_grace_period_is_denied_naming_the_field(grace) -> None:
+    pod = annotated("01-web-single", {"proxy.io/native-sidecar": "false"})
+    pod["spec"]["terminationGracePeriodSeconds"] = grace
+    with pytest.raises(InvalidPod) as error:
+        inject(pod, "shop", MeshConfig())
+    assert error.value.path == "spec.terminationGracePeriodSeconds"
+    assert repr(grace) in str(error.value)
 
 
 def test_mesh_config_can_default_to_classic_mode() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from webhook import __version__, bootstrap, probes, sidecar, sockets, upstreams
+from webhook import __version__, bootstrap, lifecycle, probes, sidecar, sockets, upstreams
 from webhook import annotations as annotation_table
 from webhook import patch as jp
 from webhook import pod as pods
@@ -179,6 +179,7 @@ def _build(
     encoded = bootstrap.encoded(sidecar_plan)
     if len(encoded.encode()) > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(len(encoded.encode()), upstream_list)])
+    drain_seconds = pick(overrides.drain_duration, config.drain_duration)
     proxy = sidecar.proxy_container(
         image=overrides.image or config.proxy_image,
         bootstrap=encoded,
@@ -186,7 +187,11 @@ def _build(
         log_level=overrides.log_level or config.log_level,
         limits=limits,
         shm_volume_name=volume_name,
-        drain_seconds=pick(overrides.drain_duration, config.drain_duration),
+        drain_seconds=drain_seconds,
+    )
+    grace_seconds = pods.termination_grace_seconds(spec)
+    proxy = lifecycle.stopping_after_the_app(
+        proxy, native=native, drain_seconds=drain_seconds, grace_seconds=grace_seconds
     )
     ops.append(_proxy_op(proxy, native, bool(overrides.hold_application)))
     warnings = (
@@ -194,6 +199,7 @@ def _build(
         *probe_plan.warnings,
         *upstream_warnings,
         *proxy_uid_warnings,
+        *lifecycle.grace_warnings(drain_seconds, grace_seconds),
         *(u.warning() for u in parsed.unknown),
     )
     return InjectionResult(
@@ -208,7 +214,7 @@ def _proxy_op(proxy: dict[str, Any], native: bool, hold: bool) -> jp.Op:
     if native:
         return jp.add("/spec/initContainers/1", sidecar.as_native_sidecar(proxy))
     if hold:
-        return jp.add("/spec/containers/0", sidecar.holding_the_app(proxy))
+        return jp.add("/spec/containers/0", lifecycle.holding_the_app(proxy))
     return jp.add("/spec/containers/-", proxy)
 
 

@@ -147,6 +147,21 @@ def pod_run_as_user(spec: dict[str, Any]) -> int | None:
     return _run_as_user(spec, "spec")
 
 
+DEFAULT_GRACE_SECONDS = 30
+
+
+def termination_grace_seconds(spec: dict[str, Any]) -> int:
+    """spec.terminationGracePeriodSeconds, with the API server's default."""
+    value = spec.get("terminationGracePeriodSeconds")
+    if value is None:
+        return DEFAULT_GRACE_SECONDS
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidPod(
+            "spec.terminationGracePeriodSeconds", f"expected seconds >= 0, got {value!r}"
+        )
+    return value
+
+
 def containers(spec: dict[str, Any], key: str = "containers") -> tuple[Container, ...]:
     path = f"spec.{key}"
     return tuple(container(raw, i, path) for i, raw in enumerate(objects(spec, key, "spec")))

@@ -178,22 +178,7 @@ def proxy_container(
         },
         "volumeMounts": [shm_mount(shm_volume_name)],
     }
-    if drain_seconds >= 1:
-        # Keep serving while endpoints are withdrawn and the app finishes in-flight requests;
-        # Envoy itself exits at once on SIGTERM.
-        container["lifecycle"] = {"preStop": {"sleep": {"seconds": math.ceil(drain_seconds)}}}
     return container
-
-
-HOLD_UNTIL_READY = (
-    f"for i in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/{READINESS_PORT} && "
-    f"printf 'GET {READINESS_PATH} HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
-    "  >&3 && head -c 12 <&3 | grep -q ' 200') "
-    "2>/dev/null && exit 0; sleep 0.2; done; echo 'Envoy not ready after 60s' >&2; exit 1"
-)
-"""postStart of the proxy in classic mode with hold: the kubelet starts the next container
-only once this returns, i.e. once Envoy is ready (needs bash, as the envoyproxy/envoy image
-has; not the distroless one)."""
 
 
 def as_native_sidecar(proxy: Json) -> Json:
@@ -208,14 +193,6 @@ def as_native_sidecar(proxy: Json) -> Json:
             "failureThreshold": 600,
         },
     }
-
-
-def holding_the_app(proxy: Json) -> Json:
-    lifecycle = {
-        **proxy.get("lifecycle", {}),
-        "postStart": {"exec": {"command": ["bash", "-c", HOLD_UNTIL_READY]}},
-    }
-    return {**proxy, "lifecycle": lifecycle}
 
 
 def _listed(items: tuple[int, ...] | tuple[str, ...] | str) -> str:

@@ -1,4 +1,9 @@
-"""The smallest ASGI and WSGI apps, for serving on a Unix socket in tests."""
+"""The smallest ASGI and WSGI apps, for serving on a Unix socket in tests.
+
+``/slow?<seconds>`` answers after that many seconds: a request still in flight when the
+app is told to stop."""
+
+import asyncio
 
 BODY = b"hello over a unix socket\n"
 
@@ -6,6 +11,8 @@ BODY = b"hello over a unix socket\n"
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(float(scope["query_string"] or 0))
     await send(
         {
             "type": "http.response.start",

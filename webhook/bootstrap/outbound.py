@@ -117,6 +117,8 @@ def outbound_listener(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy) -
         chains,
         listener_filters=filters,
         default_filter_chain=chain(tcp_proxy(PASSTHROUGH, PASSTHROUGH)),
+        stat_prefix="outbound",
+        traffic_direction="OUTBOUND",
     )
 
 
@@ -133,7 +135,13 @@ def outbound_uds_listener(
     hcm = http_connection_manager(
         "outbound_uds", _routes(upstreams, policy, FORWARD_PROXY), [forward]
     )
-    return listener("outbound_uds", pipe_address(path, UDS_MODE), [chain(hcm)])
+    return listener(
+        "outbound_uds",
+        pipe_address(path, UDS_MODE),
+        [chain(hcm)],
+        stat_prefix="outbound_uds",
+        traffic_direction="OUTBOUND",
+    )
 
 
 def passthrough_cluster() -> Json:

@@ -60,7 +60,10 @@ def _split_inbound(listeners: list[Json], proxy_ports: Mapping[int, int]) -> lis
                 alone = {k: v for k, v in chain.items() if k != "filter_chain_match"}
                 extra.append(
                     listener(
-                        f"inbound_{port}", socket_address("127.0.0.1", proxy_ports[port]), [alone]
+                        f"inbound_{port}",
+                        socket_address("127.0.0.1", proxy_ports[port]),
+                        [alone],
+                        traffic_direction="INBOUND",
                     )
                 )
             else:

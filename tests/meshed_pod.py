@@ -1,0 +1,82 @@
+"""An injected pod for real inside a network namespace the test made: the init container's
+rules applied by `proxy-injector init-iptables` with exactly the flags the engine put in
+the pod, and Envoy (UID 1337) running the pod's generated bootstrap on the real ports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import netns
+from tests.processes import proxy_envoy, stat_value, wait_for
+from tests.support import apply, bootstrap_of, container
+from webhook.bootstrap.remap import remap
+from webhook.config import MeshConfig
+from webhook.engine import Outcome, inject
+
+CLI = [sys.executable, "-m", "webhook"]
+
+
+def injected(pod: dict) -> dict:
+    result = inject(pod, "shop", MeshConfig())
+    assert result.outcome == Outcome.INJECT, result.message
+    return apply(pod, list(result.patch))
+
+
+class MeshedPod:
+    def __init__(self, net: netns.Network, folder: Path, backend: str, spec: dict) -> None:
+        self.net, self.folder, self.backend, self.spec = net, folder, backend, spec
+        self.envoy: subprocess.Popen | None = None
+        self.app: subprocess.Popen | None = None
+
+    def init_args(self) -> list[str]:
+        init = container(self.spec, "proxy-init", "initContainers")
+        assert init["command"] == ["proxy-injector"]
+        return [*init["args"], "--iptables-backend", self.backend]
+
+    def run_init(self) -> subprocess.CompletedProcess[str]:
+        return self.net.run(self.net.pod, *CLI, *self.init_args())
+
+    def as_proxy(self, *command: str) -> list[str]:
+        """``command`` inside the pod as the proxy's user, as the proxy container runs it."""
+        ids = ["--reuid", "1337", "--regid", "1337", "--clear-groups"]
+        return self.net.exec(self.net.pod, "setpriv", *ids, *command)
+
+    def proxy_flags(self, *names: str) -> list[str]:
+        """These flags of the proxy container, with the values the engine gave them."""
+        proxies = [*self.spec["spec"]["containers"], *self.spec["spec"]["initContainers"]]
+        args = next(c for c in proxies if c["name"] == "proxy")["args"]
+        return [part for i, a in enumerate(args) if a in names for part in args[i : i + 2]]
+
+    def start_envoy(self) -> None:
+        config = remap(
+            json.loads(bootstrap_of(self.spec)),
+            socket_dir=self.folder,
+            proxy_ports={},
+            loopback_only=False,
+        )
+        path = self.folder / "bootstrap.json"
+        path.write_text(json.dumps(config))
+        path.chmod(0o644)
+        log = (self.folder / "envoy.log").open("w")
+        flags = [
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+            *self.proxy_flags("--drain-time-s", "--drain-strategy"),
+        ]
+        self.envoy = subprocess.Popen(
+            self.as_proxy(proxy_envoy(), "-c", str(path), *flags), stdout=log, stderr=log
+        )
+        self.net.processes.append(self.envoy)
+        wait_for(lambda: self.admin("/ready")[0] == 200, 30, "Envoy ready in the pod")
+
+    def admin(self, path: str) -> tuple[int, str]:
+        return self.net.curl(self.net.pod, f"http://127.0.0.1:15000{path}")
+
+    def stat(self, name: str) -> int:
+        return stat_value(self.admin("/stats?format=json")[1], name)

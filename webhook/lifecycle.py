@@ -1,0 +1,104 @@
+"""When the proxy starts and stops relative to the app.
+
+A native sidecar (Kubernetes 1.29+) gets the order from the kubelet: started before the
+app, stopped after it. A regular proxy container does not, so two hooks give it:
+
+- start-up (``proxy.io/hold-application``): the proxy is the first container and its
+  postStart hook returns only once Envoy is ready; the kubelet starts the next container
+  only then;
+- shutdown: the kubelet sends SIGTERM to the app and runs the proxy's preStop hook at the
+  same time. The hook drains the inbound listeners (clients are told to close their
+  connections) and returns, so the proxy is stopped, only once the drain duration has
+  passed and the app holds no connection through the proxy any more: its in-flight
+  requests, inbound or outbound, have finished. The pod's grace period bounds the wait.
+
+Both hooks talk to Envoy on loopback from bash (``/dev/tcp``), as the envoyproxy/envoy
+image has it; the distroless image has no shell.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import quote
+
+from webhook.names import ADMIN_PORT, READINESS_PATH, READINESS_PORT
+
+Json = dict[str, Any]
+
+HOLD_UNTIL_READY = (
+    f"for i in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/{READINESS_PORT} && "
+    f"printf 'GET {READINESS_PATH} HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
+    "  >&3 && head -c 12 <&3 | grep -q ' 200') "
+    "2>/dev/null && exit 0; sleep 0.2; done; echo 'Envoy not ready after 60s' >&2; exit 1"
+)
+
+APP_CONNECTIONS = (
+    r"^(cluster\.inbound[^.]*\.upstream_cx_active"
+    r"|listener\.outbound(_uds)?\.downstream_cx_active)$"
+)
+"""Envoy's gauges of connections that belong to the app: Envoy to the app's ports and
+sockets, and the app to the outbound listeners."""
+
+_ADMIN = (
+    f"admin() {{ exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT} && printf "
+    "'%s %s HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
+    '"$1" "$2" >&3; }; '
+)
+_APP_CONNECTIONS = (
+    "app_connections() { local n=0 line; "
+    f"admin GET '/stats?usedonly&filter={quote(APP_CONNECTIONS, safe='')}' 2>/dev/null "
+    "|| { echo 0; return; }; "
+    "while IFS= read -r line; do [[ $line =~ ^(cluster|listener)\\.[^\\ ]+:\\ ([0-9]+) ]] "
+    "&& n=$((n + BASH_REMATCH[2])); done <&3; echo $n; }; "
+)
+
+
+def outlive_the_app(drain_seconds: float, grace_seconds: int) -> str:
+    """The preStop script of a regular proxy container (see the module's docstring)."""
+    return (
+        _ADMIN
+        + _APP_CONNECTIONS
+        + "admin POST '/drain_listeners?inboundonly&graceful' 2>/dev/null && cat <&3 >/dev/null; "
+        + "held=unknown; "
+        f"for i in $(seq {2 * grace_seconds}); do "
+        f"(( i > {2 * math.ceil(drain_seconds)} )) && {{ held=$(app_connections); "
+        "(( held == 0 )) && exit 0; }; sleep 0.5; done; "
+        'echo "the app still holds $held connection(s) through the proxy after '
+        f'{grace_seconds}s" >&2; exit 1'
+    )
+
+
+def stopping_after_the_app(
+    proxy: Json, *, native: bool, drain_seconds: float, grace_seconds: int
+) -> Json:
+    """The proxy's preStop hook. A native sidecar is stopped after the app by the kubelet,
+    so it only keeps serving for the drain duration (the ``sleep`` handler: Kubernetes
+    1.30, or 1.29 with PodLifecycleSleepAction); a regular container waits for the app."""
+    if drain_seconds < 1:
+        return proxy
+    if native:
+        return _with_hook(proxy, "preStop", {"sleep": {"seconds": math.ceil(drain_seconds)}})
+    return _with_hook(proxy, "preStop", _bash(outlive_the_app(drain_seconds, grace_seconds)))
+
+
+def grace_warnings(drain_seconds: float, grace_seconds: int) -> tuple[str, ...]:
+    if drain_seconds <= grace_seconds:
+        return ()
+    return (
+        f"the proxy's drain duration ({drain_seconds:g}s) is longer than the pod's "
+        f"terminationGracePeriodSeconds ({grace_seconds}); the kubelet stops the proxy "
+        "when the grace period ends",
+    )
+
+
+def holding_the_app(proxy: Json) -> Json:
+    return _with_hook(proxy, "postStart", _bash(HOLD_UNTIL_READY))
+
+
+def _with_hook(proxy: Json, kind: str, hook: Json) -> Json:
+    return {**proxy, "lifecycle": {**proxy.get("lifecycle", {}), kind: hook}}
+
+
+def _bash(script: str) -> Json:
+    return {"exec": {"command": ["bash", "-c", script]}}
