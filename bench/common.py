@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,6 +31,12 @@ def generated_bootstrap(pod: dict, namespace: str = "bench", allow_oversize: boo
         engine.ARG_MAX_BYTES = limit
     assert result.outcome == Outcome.INJECT, result.message
     return json.loads(bootstrap_of(apply(pod, list(result.patch))))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin(pid: int, cpu: int) -> None:

@@ -4,9 +4,18 @@ The engine generates the sidecar bootstrap for one pod twice, in UDS mode and in
 (``proxy.io/upstream: tcp``); both run (remapped by the documented test hook) in front of
 the same nginx, which listens on a socket and on a TCP port. Envoy is pinned to CPU 0 with
 ``--concurrency 1``; nginx (one worker) and wrk share CPU 1. Runs alternate UDS / TCP, and
-the figure that counts is the median of the pairwise ratios.
+the figure that counts is the median of the pairwise ratios. Each run also reports
+Envoy's own CPU time per request (user + system, from /proc), the cost the socket cuts.
+
+``--profile`` then samples Envoy under load with ``perf`` (Debian's linux-perf) in each
+mode and prints where its CPU goes: receiving from the app (``tcp_recvmsg`` or
+``unix_stream_read_generic``, with what they call), TCP sends, loopback softirq work and
+Envoy's own code. The client leg is TCP in both modes, so what TCP mode spends receiving
+from the app plus the send and softirq work UDS mode does not do is all a socket can
+save: an upper bound on the UDS/TCP ratio.
 
     .venv/bin/python bench/uds_vs_tcp.py [--pairs 5] [--seconds 10] [--connections 32]
+        [--profile]
 
 Needs root (Envoy runs as UID 1337, as in a pod), Debian's nginx-light and wrk.
 """
@@ -14,10 +23,13 @@ Needs root (Envoy runs as UID 1337, as in a pod), Debian's nginx-light and wrk.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
+import subprocess
+import tempfile
 
-from common import generated_bootstrap, pin, wrk
+from common import cpu_seconds, generated_bootstrap, pin, wrk
 
 from tests.processes import Envoy, Nginx, free_port, shared_folder
 
@@ -41,11 +53,92 @@ def pod(upstream: str) -> dict:
     }
 
 
+def measured_run(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
+    before = cpu_seconds(pid)
+    result = wrk(url, seconds=args.seconds, connections=args.connections, cpu=1)
+    requests = result["rps"] * args.seconds
+    return {**result, "cpu_us": (cpu_seconds(pid) - before) / requests * 1e6}
+
+
+def summary(run: dict[str, float]) -> str:
+    return (
+        f"{run['rps']:6.0f} req/s p50 {run['p50']:5.2f} ms p99 {run['p99']:5.2f} ms "
+        f"Envoy {run['cpu_us']:3.0f} us/req"
+    )
+
+
+PROFILED = {
+    "receiving from the app": ("tcp_recvmsg", "unix_stream_read_generic"),
+    "softirq (loopback delivery)": ("handle_softirqs",),
+    "TCP sends (client; app in TCP mode)": ("tcp_sendmsg",),
+}
+
+
+def cpu_profile(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
+    """Percent of Envoy's samples under each PROFILED group, and in Envoy's own code."""
+    seconds = max(3, args.seconds // 2)
+    with tempfile.NamedTemporaryFile(suffix=".perf") as data:
+        record = subprocess.Popen(
+            [
+                "perf",
+                "record",
+                "-q",
+                "-g",
+                "-o",
+                data.name,
+                "-p",
+                str(pid),
+                "--",
+                "sleep",
+                str(seconds),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wrk(url, seconds=seconds + 1, connections=args.connections, cpu=1)
+        record.wait(timeout=60)
+        report = ["perf", "report", "-i", data.name, "--stdio", "-g", "none"]
+        by_symbol = subprocess.run(
+            [*report, "--children", "--sort", "sym"], capture_output=True, text=True, timeout=300
+        ).stdout
+        by_object = subprocess.run(
+            [*report, "--no-children", "--sort", "dso"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
+    children = {
+        m.group(2): float(m.group(1))
+        for m in re.finditer(r"^\s+([\d.]+)%\s+[\d.]+%\s+\[k\]\s+(\S+)\s*$", by_symbol, re.M)
+    }
+    shares = {g: sum(children.get(s, 0.0) for s in syms) for g, syms in PROFILED.items()}
+    own = re.search(r"^\s+([\d.]+)%\s+envoy\s*$", by_object, re.M)
+    return {**shares, "Envoy's own code": float(own.group(1)) if own else 0.0}
+
+
+def print_profiles(envoys: dict, urls: dict[str, str], args: argparse.Namespace) -> None:
+    if shutil.which("perf") is None:
+        print("  --profile needs perf (Debian's linux-perf)")
+        return
+    profiles = {m: cpu_profile(envoys[m].process.pid, urls[m], args) for m in urls}
+    print("  where Envoy's CPU goes (perf, % of its samples):")
+    for group, tcp in profiles["tcp"].items():
+        print(f"    {group:28s} UDS {profiles['uds'][group]:5.1f} %  TCP {tcp:5.1f} %")
+    extra = sum(max(0.0, profiles["tcp"][g] - profiles["uds"][g]) for g in list(PROFILED)[1:])
+    leg = profiles["tcp"]["receiving from the app"] + extra
+    print(
+        f"  TCP mode's app leg: {leg:.1f} % (receiving, plus the send and softirq work UDS "
+        f"mode does not do); a socket costing nothing would make UDS at most "
+        f"{100 / (100 - leg):.2f}x TCP"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--profile", action="store_true", help="where Envoy's CPU goes (perf)")
     parser.add_argument(
         "--app-sndbuf", default="", help="nginx's socket send buffer (listen ... sndbuf=), e.g. 4m"
     )
@@ -86,24 +179,25 @@ def main() -> None:
                 f"{args.pairs} pairs x {args.seconds}s, "
                 f"{args.connections} connections, Envoy --concurrency 1 on CPU 0:"
             )
+            cpu: dict[str, list[float]] = {"uds": [], "tcp": []}
             for pair in range(args.pairs):
-                runs = {
-                    m: wrk(u, seconds=args.seconds, connections=args.connections, cpu=1)
-                    for m, u in urls.items()
-                }
+                runs = {}
+                for mode, url in urls.items():
+                    runs[mode] = measured_run(envoys[mode].process.pid, url, args)
+                    cpu[mode].append(runs[mode]["cpu_us"])
                 uds, tcp = runs["uds"], runs["tcp"]
                 ratios["rps"].append(uds["rps"] / tcp["rps"])
                 ratios["p50"].append(uds["p50"] / tcp["p50"])
                 ratios["p99"].append(uds["p99"] / tcp["p99"])
-                print(
-                    f"  pair {pair + 1}: UDS {uds['rps']:8.0f} req/s p50 {uds['p50']:6.2f} ms "
-                    f"p99 {uds['p99']:6.2f} ms | TCP {tcp['rps']:8.0f} req/s "
-                    f"p50 {tcp['p50']:6.2f} ms p99 {tcp['p99']:6.2f} ms"
-                )
+                print(f"  pair {pair + 1}: UDS {summary(uds)} | TCP {summary(tcp)}")
             print(
                 "  median UDS/TCP: "
                 + ", ".join(f"{m} {statistics.median(v):.2f}x" for m, v in ratios.items())
+                + f"; Envoy CPU per request UDS {statistics.median(cpu['uds']):.0f} us, "
+                f"TCP {statistics.median(cpu['tcp']):.0f} us"
             )
+            if args.profile:
+                print_profiles(envoys, urls, args)
     finally:
         for envoy in envoys.values():
             envoy.stop()
