@@ -168,7 +168,11 @@ pods = st.builds(
     ),
     st.lists(containers, max_size=3),
     st.dictionaries(
-        st.sampled_from(["initContainers", "volumes", "hostNetwork"]), json_values, max_size=2
+        st.sampled_from(
+            ["initContainers", "volumes", "hostNetwork", "terminationGracePeriodSeconds"]
+        ),
+        json_values,
+        max_size=2,
     ),
 )
 requests = pods.map(review) | json_values.map(

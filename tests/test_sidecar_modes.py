@@ -86,7 +86,7 @@ def test_a_classic_proxy_waits_for_the_app_within_the_pods_grace_period() -> Non
     pod, _ = injected(pod)
     script = container(pod, "proxy")["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "/drain_listeners?inboundonly&graceful" in script
-    assert "for i in $(seq 90)" in script  # 45 s in half-second steps
+    assert "for ((i = 1; i <= 90; i++))" in script  # 45 s in half-second steps
     assert "(( i > 6 ))" in script  # not before the drain duration
     assert schema_errors(pod) == []
 

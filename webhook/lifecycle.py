@@ -61,7 +61,7 @@ def outlive_the_app(drain_seconds: float, grace_seconds: int) -> str:
         + _APP_CONNECTIONS
         + "admin POST '/drain_listeners?inboundonly&graceful' 2>/dev/null && cat <&3 >/dev/null; "
         + "held=unknown; "
-        f"for i in $(seq {2 * grace_seconds}); do "
+        f"for ((i = 1; i <= {2 * grace_seconds}; i++)); do "
         f"(( i > {2 * math.ceil(drain_seconds)} )) && {{ held=$(app_connections); "
         "(( held == 0 )) && exit 0; }; sleep 0.5; done; "
         'echo "the app still holds $held connection(s) through the proxy after '
