@@ -10,9 +10,10 @@ Envoy's own CPU time per request (user + system, from /proc), the cost the socke
 ``--profile`` then samples Envoy under load with ``perf`` (Debian's linux-perf) in each
 mode and prints where its CPU goes: receiving from the app (``tcp_recvmsg`` or
 ``unix_stream_read_generic``, with what they call), TCP sends, loopback softirq work and
-Envoy's own code. The client leg is TCP in both modes, so what TCP mode spends receiving
-from the app plus the send and softirq work UDS mode does not do is all a socket can
-save: an upper bound on the UDS/TCP ratio.
+Envoy's own code. The client leg is TCP in both modes, so UDS mode's work apart from
+receiving from the app is what both must do at least: the UDS/TCP ratio can at most reach
+TCP's cost over that (a socket costing nothing), or over that plus the copy out of the
+socket (a socket costing only its copy).
 
     .venv/bin/python bench/uds_vs_tcp.py [--pairs 5] [--seconds 10] [--connections 32]
         [--profile]
@@ -67,8 +68,10 @@ def summary(run: dict[str, float]) -> str:
     )
 
 
+RECEIVING, COPYING = "receiving from the app", "  of which copying to Envoy"
 PROFILED = {
-    "receiving from the app": ("tcp_recvmsg", "unix_stream_read_generic"),
+    RECEIVING: ("tcp_recvmsg", "unix_stream_read_generic"),
+    COPYING: ("_copy_to_iter",),
     "softirq (loopback delivery)": ("handle_softirqs",),
     "TCP sends (client; app in TCP mode)": ("tcp_sendmsg",),
 }
@@ -116,20 +119,27 @@ def cpu_profile(pid: int, url: str, args: argparse.Namespace) -> dict[str, float
     return {**shares, "Envoy's own code": float(own.group(1)) if own else 0.0}
 
 
-def print_profiles(envoys: dict, urls: dict[str, str], args: argparse.Namespace) -> None:
+def print_profiles(
+    envoys: dict, urls: dict[str, str], cpu_us: dict[str, float], args: argparse.Namespace
+) -> None:
+    """Shares of Envoy's samples per mode, and two bounds on the UDS/TCP ratio from them:
+    UDS mode's work apart from receiving from the app is what both modes must do at least
+    (the client leg is TCP either way), plus, for a socket, at least the copy."""
     if shutil.which("perf") is None:
         print("  --profile needs perf (Debian's linux-perf)")
         return
     profiles = {m: cpu_profile(envoys[m].process.pid, urls[m], args) for m in urls}
     print("  where Envoy's CPU goes (perf, % of its samples):")
     for group, tcp in profiles["tcp"].items():
-        print(f"    {group:28s} UDS {profiles['uds'][group]:5.1f} %  TCP {tcp:5.1f} %")
-    extra = sum(max(0.0, profiles["tcp"][g] - profiles["uds"][g]) for g in list(PROFILED)[1:])
-    leg = profiles["tcp"]["receiving from the app"] + extra
+        print(f"    {group:36s} UDS {profiles['uds'][group]:5.1f} %  TCP {tcp:5.1f} %")
+    uds = profiles["uds"]
+    shared_us = cpu_us["uds"] * (100 - uds[RECEIVING]) / 100
+    copy_us = cpu_us["uds"] * uds[COPYING] / 100
     print(
-        f"  TCP mode's app leg: {leg:.1f} % (receiving, plus the send and softirq work UDS "
-        f"mode does not do); a socket costing nothing would make UDS at most "
-        f"{100 / (100 - leg):.2f}x TCP"
+        f"  both modes: {shared_us:.0f} us/req besides receiving from the app; TCP mode "
+        f"{cpu_us['tcp']:.0f} us/req in all. UDS at most {cpu_us['tcp'] / shared_us:.2f}x "
+        f"TCP with a socket costing nothing, "
+        f"{cpu_us['tcp'] / (shared_us + copy_us):.2f}x with one costing only its copy"
     )
 
 
@@ -197,7 +207,8 @@ def main() -> None:
                 f"TCP {statistics.median(cpu['tcp']):.0f} us"
             )
             if args.profile:
-                print_profiles(envoys, urls, args)
+                medians = {m: statistics.median(v) for m, v in cpu.items()}
+                print_profiles(envoys, urls, medians, args)
     finally:
         for envoy in envoys.values():
             envoy.stop()
