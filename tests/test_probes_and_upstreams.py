@@ -152,13 +152,16 @@ def test_http_ports_by_name_or_annotation_get_http_chains_and_grpc_gets_http2() 
     assert names[15001] == "envoy.filters.network.tcp_proxy"
 
 
-def test_drain_duration_keeps_the_proxy_up_and_sets_envoys_drain_time() -> None:
-    pod, _ = injected(case("35-grpc-server-drain"))
-    proxy = container(pod, "proxy")
-    assert proxy["lifecycle"] == {"preStop": {"sleep": {"seconds": 30}}}
+def test_drain_duration_sets_envoys_drain_time_and_the_classic_proxys_shortest_stay() -> None:
+    native, _ = injected(case("35-grpc-server-drain"))
+    proxy = container(native, "proxy")
     assert proxy["args"][proxy["args"].index("--drain-time-s") + 1] == "30"
-    default, _ = injected(case("01-web-single"))
-    assert container(default, "proxy")["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    assert "lifecycle" not in proxy  # the kubelet stops it after the app
+    pod = case("35-grpc-server-drain")
+    pod["metadata"]["annotations"]["proxy.io/native-sidecar"] = "false"
+    classic, _ = injected(pod)
+    script = container(classic, "proxy")["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "(( i > 60 ))" in script and "i <= 90;" in script  # 30 s drain, 45 s grace
 
 
 @pytest.mark.parametrize(

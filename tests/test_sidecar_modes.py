@@ -72,10 +72,10 @@ def test_classic_mode_with_hold_starts_the_proxy_first_and_waits_for_envoy() -> 
     assert schema_errors(pod) == []
 
 
-def test_a_native_sidecar_keeps_serving_for_the_drain_duration_once_the_app_is_gone() -> None:
-    pod, _ = injected(annotated("01-web-single", {"proxy.io/drain-duration": "20s"}))
-    proxy = pod["spec"]["initContainers"][1]
-    assert proxy["lifecycle"] == {"preStop": {"sleep": {"seconds": 20}}}
+def test_a_native_sidecar_has_no_stop_hook_since_the_kubelet_stops_it_after_the_app() -> None:
+    pod, warnings = injected(annotated("01-web-single", {"proxy.io/drain-duration": "1m"}))
+    assert "lifecycle" not in pod["spec"]["initContainers"][1]
+    assert warnings == ()
 
 
 def test_a_classic_proxy_waits_for_the_app_within_the_pods_grace_period() -> None:
@@ -103,8 +103,10 @@ def test_no_drain_duration_means_no_pre_stop_hook(native) -> None:
     assert "lifecycle" not in next(c for c in proxies if c["name"] == "proxy")
 
 
-def test_a_drain_longer_than_the_grace_period_is_warned_about() -> None:
-    pod = annotated("01-web-single", {"proxy.io/drain-duration": "1m"})
+def test_a_classic_drain_longer_than_the_grace_period_is_warned_about() -> None:
+    pod = annotated(
+        "01-web-single", {"proxy.io/drain-duration": "1m", "proxy.io/native-sidecar": "false"}
+    )
     _, warnings = injected(pod)
     assert warnings == (
         "the proxy's drain duration (60s) is longer than the pod's "

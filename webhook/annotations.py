@@ -194,7 +194,8 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         values.duration,
         "a duration like 5s or 1m30s, at most 1h",
         "mesh config `drainDuration`",
-        "How long the proxy keeps serving once the pod is terminating.",
+        "How long a proxy in a regular container (not a native sidecar) drains once the "
+        "pod is terminating before it waits for the app to finish.",
     ),
     Annotation(
         "proxy.io/rewrite-probes",

@@ -199,7 +199,7 @@ def _build(
         *probe_plan.warnings,
         *upstream_warnings,
         *proxy_uid_warnings,
-        *lifecycle.grace_warnings(drain_seconds, grace_seconds),
+        *lifecycle.grace_warnings(native, drain_seconds, grace_seconds),
         *(u.warning() for u in parsed.unknown),
     )
     return InjectionResult(

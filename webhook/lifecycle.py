@@ -1,7 +1,11 @@
 """When the proxy starts and stops relative to the app.
 
 A native sidecar (Kubernetes 1.29+) gets the order from the kubelet: started before the
-app, stopped after it. A regular proxy container does not, so two hooks give it:
+app, stopped only once the app has exited. It needs no hook: with the app gone there is
+nothing left to drain, and a proxy that went on accepting would only turn the connections
+of clients that have not yet seen the pod leave into 503s instead of refusals they retry
+elsewhere at once. A regular proxy container is stopped together with the app, so two
+hooks give it the order:
 
 - start-up (``proxy.io/hold-application``): the proxy is the first container and its
   postStart hook returns only once Envoy is ready; the kubelet starts the next container
@@ -72,18 +76,14 @@ def outlive_the_app(drain_seconds: float, grace_seconds: int) -> str:
 def stopping_after_the_app(
     proxy: Json, *, native: bool, drain_seconds: float, grace_seconds: int
 ) -> Json:
-    """The proxy's preStop hook. A native sidecar is stopped after the app by the kubelet,
-    so it only keeps serving for the drain duration (the ``sleep`` handler: Kubernetes
-    1.30, or 1.29 with PodLifecycleSleepAction); a regular container waits for the app."""
-    if drain_seconds < 1:
+    """The proxy's preStop hook: none for a native sidecar (see the module's docstring)."""
+    if native or drain_seconds < 1:
         return proxy
-    if native:
-        return _with_hook(proxy, "preStop", {"sleep": {"seconds": math.ceil(drain_seconds)}})
     return _with_hook(proxy, "preStop", _bash(outlive_the_app(drain_seconds, grace_seconds)))
 
 
-def grace_warnings(drain_seconds: float, grace_seconds: int) -> tuple[str, ...]:
-    if drain_seconds <= grace_seconds:
+def grace_warnings(native: bool, drain_seconds: float, grace_seconds: int) -> tuple[str, ...]:
+    if native or drain_seconds <= grace_seconds:
         return ()
     return (
         f"the proxy's drain duration ({drain_seconds:g}s) is longer than the pod's "
