@@ -256,6 +256,17 @@ def test_namespace_rule_when_namespace_labels_are_known(
     assert result.reason.code == expected
 
 
+@pytest.mark.parametrize(
+    "windows",
+    [{"os": {"name": "windows"}}, {"nodeSelector": {"kubernetes.io/os": "windows"}}],
+)
+def test_a_windows_pod_is_admitted_unchanged(windows) -> None:
+    pod = load_case(CORPUS / "01-web-single.yaml")["pod"]
+    pod["spec"].update(windows)
+    result = inject(pod, "shop", DEFAULTS)
+    assert (result.outcome, result.reason.code, result.patch) == (Outcome.SKIP, "windows_pod", ())
+
+
 def test_custom_never_inject_namespaces() -> None:
     config = from_mapping({"neverInjectNamespaces": ["monitoring"]})
     assert inject(pod_with([app()]), "monitoring", config).reason.code == "namespace_never_inject"

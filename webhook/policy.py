@@ -21,6 +21,7 @@ class Reason(Enum):
     OPTED_OUT_BY_ANNOTATION = ("opted_out_by_annotation", 'the pod sets proxy.io/inject: "false"')
     OPTED_OUT_BY_LABEL = ("opted_out_by_label", 'the pod is labelled proxy.io/inject: "false"')
     HOST_NETWORK = ("host_network", "the pod uses the host's network namespace")
+    WINDOWS = ("windows_pod", "the pod runs on Windows nodes, where Envoy and iptables do not")
     ALREADY_INJECTED = ("already_injected", "the pod already has the sidecar")
     NAMESPACE_NEVER_INJECT = (
         "namespace_never_inject",
@@ -59,6 +60,13 @@ def _inject_flag(source: Mapping[str, Any], what: str) -> bool | None:
         raise InvalidInjectValue(message.replace("annotation", what, 1)) from None
 
 
+def _windows(spec: dict[str, Any]) -> bool:
+    os, selector = spec.get("os"), spec.get("nodeSelector")
+    return (isinstance(os, dict) and os.get("name") == "windows") or (
+        isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows"
+    )
+
+
 def _already_injected(annotations: Mapping[str, str], spec: dict[str, Any]) -> bool:
     if STATUS_KEY in annotations:
         return True
@@ -87,6 +95,8 @@ def decide(
         return Reason.OPTED_OUT_BY_LABEL
     if spec.get("hostNetwork") is True:
         return Reason.HOST_NETWORK
+    if _windows(spec):
+        return Reason.WINDOWS
     if _already_injected(annotations, spec):
         return Reason.ALREADY_INJECTED
     if namespace in config.never_inject_namespaces:
