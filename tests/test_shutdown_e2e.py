@@ -150,3 +150,12 @@ def test_draining_tells_clients_to_close_and_the_wait_ends_with_the_grace_period
         r"the app still holds [12] connection\(s\) through the proxy after 3s\n",
         hook.stderr.read(),
     )
+
+
+def test_with_envoy_already_gone_the_hook_returns_after_the_drain_duration(pod) -> None:
+    pod.envoy.kill()
+    pod.envoy.wait(timeout=10)
+    started = time.monotonic()
+    hook = pre_stop(pod, outlive_the_app(drain_seconds=1, grace_seconds=20))
+    assert hook.wait(timeout=30) == 0, hook.stderr.read()
+    assert time.monotonic() - started < 10  # not the 20 s grace period

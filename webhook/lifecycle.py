@@ -45,16 +45,18 @@ APP_CONNECTIONS = (
 sockets, and the app to the outbound listeners."""
 
 _ADMIN = (
+    # Prints Envoy's answer; gives up on a read after 2 s, so a hung admin cannot hold
+    # the loop below past its bound.
     f"admin() {{ exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT} && printf "
     "'%s %s HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
-    '"$1" "$2" >&3; }; '
+    '"$1" "$2" >&3 && while IFS= read -r -t 2 line; do echo "$line"; done <&3; }; '
 )
 _APP_CONNECTIONS = (
-    "app_connections() { local n=0 line; "
-    f"admin GET '/stats?usedonly&filter={quote(APP_CONNECTIONS, safe='')}' 2>/dev/null "
-    "|| { echo 0; return; }; "
-    "while IFS= read -r line; do [[ $line =~ ^(cluster|listener)\\.[^\\ ]+:\\ ([0-9]+) ]] "
-    "&& n=$((n + BASH_REMATCH[2])); done <&3; echo $n; }; "
+    "app_connections() { local n=0 line; while IFS= read -r line; do "
+    "[[ $line =~ ^(cluster|listener)\\.[^\\ ]+:\\ ([0-9]+) ]] && "
+    "n=$((n + BASH_REMATCH[2])); "
+    f"done < <(admin GET '/stats?usedonly&filter={quote(APP_CONNECTIONS, safe='')}' "
+    "2>/dev/null); echo $n; }; "
 )
 
 
@@ -63,7 +65,7 @@ def outlive_the_app(drain_seconds: float, grace_seconds: int) -> str:
     return (
         _ADMIN
         + _APP_CONNECTIONS
-        + "admin POST '/drain_listeners?inboundonly&graceful' 2>/dev/null && cat <&3 >/dev/null; "
+        + "admin POST '/drain_listeners?inboundonly&graceful' >/dev/null 2>&1; "
         + "held=unknown; "
         f"for ((i = 1; i <= {2 * grace_seconds}; i++)); do "
         f"(( i > {2 * math.ceil(drain_seconds)} )) && {{ held=$(app_connections); "
