@@ -37,7 +37,8 @@ from tests.processes import Envoy, Nginx, free_port, shared_folder
 SIZES = {"1 KiB": 1024, "256 KiB": 256 * 1024}
 
 
-def pod(upstream: str) -> dict:
+def pod(upstream: str, port_name: str = "http") -> dict:
+    """The benchmarked pod; a port named http2 makes Envoy speak HTTP/2 to the app."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -47,7 +48,7 @@ def pod(upstream: str) -> dict:
                 {
                     "name": "web",
                     "image": "nginx:1.27",
-                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "ports": [{"name": port_name, "containerPort": 8080}],
                 }
             ]
         },
@@ -150,6 +151,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", action="store_true", help="where Envoy's CPU goes (perf)")
     parser.add_argument(
+        "--app-protocol",
+        choices=["http1", "h2"],
+        default="http1",
+        help="what Envoy speaks to the app (h2: the port is named http2, nginx serves h2c)",
+    )
+    parser.add_argument(
         "--app-sndbuf", default="", help="nginx's socket send buffer (listen ... sndbuf=), e.g. 4m"
     )
     args = parser.parse_args()
@@ -164,6 +171,7 @@ def main() -> None:
         sockets=[str(folder / "web-8080.sock")],
         tcp_ports=[nginx_port],
         listen_options=f" sndbuf={args.app_sndbuf}" if args.app_sndbuf else "",
+        http2=args.app_protocol == "h2",
     )
     envoys = {}
     try:
@@ -171,7 +179,7 @@ def main() -> None:
         pin(nginx.process.pid, 1)
         for mode in ("uds", "tcp"):
             envoys[mode] = Envoy(
-                generated_bootstrap(pod(mode)),
+                generated_bootstrap(pod(mode, "http2" if args.app_protocol == "h2" else "http")),
                 folder,
                 inbound_ports=[8080],
                 app_ports={8080: nginx_port},
@@ -185,7 +193,8 @@ def main() -> None:
                 wrk(url, seconds=2, connections=args.connections, cpu=1)  # warm-up
             ratios: dict[str, list[float]] = {"rps": [], "p50": [], "p99": []}
             print(
-                f"\n{label} responses, app sndbuf {args.app_sndbuf or 'default'}, "
+                f"\n{label} responses, {args.app_protocol} to the app, app sndbuf "
+                f"{args.app_sndbuf or 'default'}, "
                 f"{args.pairs} pairs x {args.seconds}s, "
                 f"{args.connections} connections, Envoy --concurrency 1 on CPU 0:"
             )

@@ -134,20 +134,21 @@ class Nginx:
     """E.g. ``ip netns exec NS``: where nginx runs."""
     listen_options: str = ""
     """Extra ``listen`` parameters, e.g. " sndbuf=4m"."""
+    http2: bool = False
+    """Serve HTTP/2 without TLS (prior knowledge, as Envoy speaks it to an h2c app)."""
 
     def start(self) -> Nginx:
         for path in self.sockets:
             Path(path).unlink(missing_ok=True)
+        options = self.listen_options + (" http2" if self.http2 else "")
         sites = [
             NGINX_SITE.format(
-                listen=f"unix:{p}", options=self.listen_options, root=self.folder, name=Path(p).name
+                listen=f"unix:{p}", options=options, root=self.folder, name=Path(p).name
             )
             for p in self.sockets
         ]
         sites += [
-            NGINX_SITE.format(
-                listen=f"127.0.0.1:{p}", options=self.listen_options, root=self.folder, name=p
-            )
+            NGINX_SITE.format(listen=f"127.0.0.1:{p}", options=options, root=self.folder, name=p)
             for p in self.tcp_ports
         ]
         conf = self.folder / "nginx.conf"
@@ -159,7 +160,7 @@ class Nginx:
             "events { worker_connections 1024; }\n"
             f"http {{\n access_log off;\n client_body_temp_path {temp};\n"
             f" proxy_temp_path {temp};\n fastcgi_temp_path {temp};\n uwsgi_temp_path {temp};\n"
-            f" scgi_temp_path {temp};\n sendfile on;\n{''.join(sites)}}}\n"
+            f" scgi_temp_path {temp};\n sendfile on;\n{self._keepalive()}{''.join(sites)}}}\n"
         )
         self.process = subprocess.Popen(
             [
@@ -178,11 +179,22 @@ class Nginx:
         wait_for(
             lambda: (
                 all(Path(p).exists() for p in self.sockets)
-                and all(status_or_none(p, "/healthz") == 200 for p in self.tcp_ports)
+                and all(self._serving(p) for p in self.tcp_ports)
             ),
             what="nginx listening",
         )
         return self
+
+    def _keepalive(self) -> str:
+        # Over HTTP/2 nginx ends a connection after keepalive_requests (1000) streams with
+        # a GOAWAY, which fails the streams in flight: allow many more.
+        return " keepalive_requests 1000000;\n" if self.http2 else ""
+
+    def _serving(self, port: int) -> bool:
+        if not self.http2:
+            return status_or_none(port, "/healthz") == 200
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
 
     def stop(self) -> None:
         if self.process:
