@@ -63,7 +63,7 @@ def test_classic_mode_with_hold_starts_the_proxy_first_and_waits_for_envoy() -> 
     assert [c["name"] for c in containers] == ["proxy", "cart"]
     hook = containers[0]["lifecycle"]["postStart"]["exec"]["command"]
     assert hook[:2] == ["bash", "-c"]
-    assert "/dev/tcp/127.0.0.1/15021" in hook[2]
+    assert "http 15021 GET /healthz/ready" in hook[2] and "/dev/tcp/127.0.0.1/$1" in hook[2]
     assert containers[0]["lifecycle"]["preStop"]["exec"]["command"][:2] == ["bash", "-c"]
     # The app container's own patches (mount, env, probes) landed on the app, not the proxy.
     cart = container(pod, "cart")

@@ -7,9 +7,9 @@ of clients that have not yet seen the pod leave into 503s instead of refusals th
 elsewhere at once. A regular proxy container is stopped together with the app, so two
 hooks give it the order:
 
-- start-up (``proxy.io/hold-application``): the proxy is the first container and its
-  postStart hook returns only once Envoy is ready; the kubelet starts the next container
-  only then;
+- start-up (``proxy.io/hold-application-until-proxy-starts``): the proxy is the first
+  container and its postStart hook returns only once Envoy is ready; the kubelet starts
+  the next container only then;
 - shutdown: the kubelet sends SIGTERM to the app and runs the proxy's preStop hook at the
   same time. The hook drains the inbound listeners (clients are told to close their
   connections) and returns, so the proxy is stopped, only once the drain duration has
@@ -30,11 +30,18 @@ from webhook.names import ADMIN_PORT, READINESS_PATH, READINESS_PORT
 
 Json = dict[str, Any]
 
+_HTTP = (
+    # `http PORT METHOD PATH` prints Envoy's answer. A read gives up after 2 s, so a hung
+    # Envoy cannot hold a hook's loop past its bound.
+    "http() { exec 3<>/dev/tcp/127.0.0.1/$1 && printf "
+    "'%s %s HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
+    '"$2" "$3" >&3 && while IFS= read -r -t 2 line; do echo "$line"; done <&3; }; '
+)
+
 HOLD_UNTIL_READY = (
-    f"for i in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/{READINESS_PORT} && "
-    f"printf 'GET {READINESS_PATH} HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
-    "  >&3 && head -c 12 <&3 | grep -q ' 200') "
-    "2>/dev/null && exit 0; sleep 0.2; done; echo 'Envoy not ready after 60s' >&2; exit 1"
+    _HTTP + "for i in $(seq 300); do "
+    f"http {READINESS_PORT} GET {READINESS_PATH} 2>/dev/null | head -n 1 | grep -q ' 200 ' "
+    "&& exit 0; sleep 0.2; done; echo 'Envoy not ready after 60s' >&2; exit 1"
 )
 
 APP_CONNECTIONS = (
@@ -44,28 +51,21 @@ APP_CONNECTIONS = (
 """Envoy's gauges of connections that belong to the app: Envoy to the app's ports and
 sockets, and the app to the outbound listeners."""
 
-_ADMIN = (
-    # Prints Envoy's answer; gives up on a read after 2 s, so a hung admin cannot hold
-    # the loop below past its bound.
-    f"admin() {{ exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT} && printf "
-    "'%s %s HTTP/1.1\\r\\nHost: proxy\\r\\nConnection: close\\r\\n\\r\\n' "
-    '"$1" "$2" >&3 && while IFS= read -r -t 2 line; do echo "$line"; done <&3; }; '
-)
 _APP_CONNECTIONS = (
     "app_connections() { local n=0 line; while IFS= read -r line; do "
     "[[ $line =~ ^(cluster|listener)\\.[^\\ ]+:\\ ([0-9]+) ]] && "
     "n=$((n + BASH_REMATCH[2])); "
-    f"done < <(admin GET '/stats?usedonly&filter={quote(APP_CONNECTIONS, safe='')}' "
-    "2>/dev/null); echo $n; }; "
+    f"done < <(http {ADMIN_PORT} GET "
+    f"'/stats?usedonly&filter={quote(APP_CONNECTIONS, safe='')}' 2>/dev/null); echo $n; }}; "
 )
 
 
 def outlive_the_app(drain_seconds: float, grace_seconds: int) -> str:
     """The preStop script of a regular proxy container (see the module's docstring)."""
     return (
-        _ADMIN
+        _HTTP
         + _APP_CONNECTIONS
-        + "admin POST '/drain_listeners?inboundonly&graceful' >/dev/null 2>&1; "
+        + f"http {ADMIN_PORT} POST '/drain_listeners?inboundonly&graceful' >/dev/null 2>&1; "
         + "held=unknown; "
         f"for ((i = 1; i <= {2 * grace_seconds}; i++)); do "
         f"(( i > {2 * math.ceil(drain_seconds)} )) && {{ held=$(app_connections); "
