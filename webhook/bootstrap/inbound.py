@@ -142,7 +142,6 @@ def inbound_listener(ports: Iterable[AppPort]) -> Json:
         [*(_chain(port) for port in ports), *(_blackhole_chain(p) for p in PROXY_PORTS)],
         listener_filters=[original_dst()],
         default_filter_chain=passthrough_chain(),
-        stat_prefix="inbound",
         traffic_direction="INBOUND",
     )
 

@@ -106,7 +106,14 @@ def original_dst() -> Json:
 
 
 def listener(name: str, address: Json, filter_chains: list[Json], **extra: Any) -> Json:
-    return {"name": name, "address": address, "filter_chains": filter_chains, **extra}
+    """Its stats are under listener.<name>. rather than the address."""
+    return {
+        "name": name,
+        "stat_prefix": name,
+        "address": address,
+        "filter_chains": filter_chains,
+        **extra,
+    }
 
 
 def also_ipv6(item: Json) -> Json:

@@ -117,7 +117,6 @@ def outbound_listener(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy) -
         chains,
         listener_filters=filters,
         default_filter_chain=chain(tcp_proxy(PASSTHROUGH, PASSTHROUGH)),
-        stat_prefix="outbound",
         traffic_direction="OUTBOUND",
     )
 
@@ -136,11 +135,7 @@ def outbound_uds_listener(
         "outbound_uds", _routes(upstreams, policy, FORWARD_PROXY), [forward]
     )
     return listener(
-        "outbound_uds",
-        pipe_address(path, UDS_MODE),
-        [chain(hcm)],
-        stat_prefix="outbound_uds",
-        traffic_direction="OUTBOUND",
+        "outbound_uds", pipe_address(path, UDS_MODE), [chain(hcm)], traffic_direction="OUTBOUND"
     )
 
 

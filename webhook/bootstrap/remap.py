@@ -63,7 +63,7 @@ def _split_inbound(listeners: list[Json], proxy_ports: Mapping[int, int]) -> lis
                         f"inbound_{port}",
                         socket_address("127.0.0.1", proxy_ports[port]),
                         [alone],
-                        traffic_direction="INBOUND",
+                        traffic_direction=item["traffic_direction"],
                     )
                 )
             else:
