@@ -33,6 +33,24 @@ def generated_bootstrap(pod: dict, namespace: str = "bench", allow_oversize: boo
     return json.loads(bootstrap_of(apply(pod, list(result.patch))))
 
 
+def one_container_pod(annotations: dict[str, str], port_name: str = "http") -> dict:
+    """A pod whose one container serves port 8080; the annotations pick what to measure."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "annotations": annotations},
+        "spec": {
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "web:1",
+                    "ports": [{"name": port_name, "containerPort": 8080}],
+                }
+            ]
+        },
+    }
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -19,8 +19,9 @@ import json
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 
-from common import generated_bootstrap
+from common import generated_bootstrap, one_container_pod
 
 from tests.processes import Envoy, shared_folder
 
@@ -28,25 +29,9 @@ from tests.processes import Envoy, shared_folder
 def bootstrap_for(upstreams: int) -> dict:
     """The generated bootstrap; past the argument limit the engine denies the pod, so build
     it from the engine's parts directly."""
-    return generated_bootstrap(pod(upstreams), allow_oversize=True)
-
-
-def pod(upstreams: int) -> dict:
     names = ",".join(f"svc-{i}.apps:8080" for i in range(upstreams))
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "app-0", "annotations": {"proxy.io/upstreams": names}},
-        "spec": {
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "app:1",
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                }
-            ]
-        },
-    }
+    pod = one_container_pod({"proxy.io/upstreams": names})
+    return generated_bootstrap(pod, allow_oversize=True)
 
 
 def rss_anon_kib(pid: int) -> int:
@@ -79,18 +64,24 @@ def anon_by_origin(pid: int) -> dict[str, int]:
     return result
 
 
-def measure(bootstrap: dict, concurrency: int, settle: float, detail: bool = False):
+@dataclass(frozen=True)
+class Sample:
+    rss_anon_kib: int
+    by_origin: dict[str, int]
+    allocated_kib: int
+    """What Envoy's allocator holds for it (admin /memory)."""
+
+
+def measure(bootstrap: dict, concurrency: int, settle: float) -> Sample:
     folder = shared_folder()
     # 1,000 upstreams do not fit in one argument (the engine denies such pods): use a file.
     envoy = Envoy(bootstrap, folder, concurrency=concurrency, config_file=True)
     try:
         envoy.start()
         time.sleep(settle)
-        rss = rss_anon_kib(envoy.process.pid)
-        if not detail:
-            return rss
+        pid = envoy.process.pid
         allocated = int(json.loads(envoy.admin("/memory")[1])["allocated"]) // 1024
-        return rss, anon_by_origin(envoy.process.pid), allocated
+        return Sample(rss_anon_kib(pid), anon_by_origin(pid), allocated)
     finally:
         envoy.stop()
         shutil.rmtree(folder, ignore_errors=True)
@@ -113,7 +104,7 @@ def main() -> None:
     results: dict[tuple[str, int], list[int]] = {key: [] for key in configs}
     for _ in range(args.runs):
         for key, bootstrap in configs.items():
-            results[key].append(measure(bootstrap, args.concurrency, args.settle))
+            results[key].append(measure(bootstrap, args.concurrency, args.settle).rss_anon_kib)
     print(
         f"RssAnon once ready (+{args.settle:g}s), Envoy --concurrency {args.concurrency}, "
         f"median of {args.runs} alternating runs:"
@@ -136,12 +127,12 @@ def main() -> None:
         "admin": configs[("generated", 5)]["admin"],
         "static_resources": {"listeners": [], "clusters": []},
     }
-    floor, origins, allocated = measure(empty, args.concurrency, args.settle, detail=True)
+    floor = measure(empty, args.concurrency, args.settle)
     print(
-        f"  floor: Envoy with only its admin listener {floor / 1024:.1f} MiB: its binary's "
-        f"data {origins['binary'] / 1024:.1f} MiB, heap and stacks "
-        f"{origins['heap and stacks'] / 1024:.1f} MiB ({allocated / 1024:.1f} MiB allocated "
-        "by Envoy at start-up, per its /memory)"
+        f"  floor: Envoy with only its admin listener {floor.rss_anon_kib / 1024:.1f} MiB: its "
+        f"binary's data {floor.by_origin['binary'] / 1024:.1f} MiB, heap and stacks "
+        f"{floor.by_origin['heap and stacks'] / 1024:.1f} MiB "
+        f"({floor.allocated_kib / 1024:.1f} MiB allocated by Envoy at start-up)"
     )
 
 

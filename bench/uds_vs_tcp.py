@@ -30,29 +30,11 @@ import statistics
 import subprocess
 import tempfile
 
-from common import cpu_seconds, generated_bootstrap, pin, wrk
+from common import cpu_seconds, generated_bootstrap, one_container_pod, pin, wrk
 
 from tests.processes import Envoy, Nginx, free_port, shared_folder
 
 SIZES = {"1 KiB": 1024, "256 KiB": 256 * 1024}
-
-
-def pod(upstream: str, port_name: str = "http") -> dict:
-    """The benchmarked pod; a port named http2 makes Envoy speak HTTP/2 to the app."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web-0", "annotations": {"proxy.io/upstream": upstream}},
-        "spec": {
-            "containers": [
-                {
-                    "name": "web",
-                    "image": "nginx:1.27",
-                    "ports": [{"name": port_name, "containerPort": 8080}],
-                }
-            ]
-        },
-    }
 
 
 def measured_run(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
@@ -173,13 +155,15 @@ def main() -> None:
         listen_options=f" sndbuf={args.app_sndbuf}" if args.app_sndbuf else "",
         http2=args.app_protocol == "h2",
     )
+    # A port named http2 makes Envoy speak HTTP/2 to the app.
+    port_name = "http2" if args.app_protocol == "h2" else "http"
     envoys = {}
     try:
         nginx.start()
         pin(nginx.process.pid, 1)
         for mode in ("uds", "tcp"):
             envoys[mode] = Envoy(
-                generated_bootstrap(pod(mode, "http2" if args.app_protocol == "h2" else "http")),
+                generated_bootstrap(one_container_pod({"proxy.io/upstream": mode}, port_name)),
                 folder,
                 inbound_ports=[8080],
                 app_ports={8080: nginx_port},
