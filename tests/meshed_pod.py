@@ -70,7 +70,7 @@ class MeshedPod:
             *self.proxy_flags("--drain-time-s", "--drain-strategy"),
         ]
         self.envoy = subprocess.Popen(
-            self.as_proxy(proxy_envoy(), "-c", str(path), *flags), stdout=log, stderr=log
+            self.as_proxy(proxy_envoy(), "-c", str(path), *flags), cwd="/", stdout=log, stderr=log
         )
         self.net.processes.append(self.envoy)
         wait_for(lambda: self.admin("/ready")[0] == 200, 30, "Envoy ready in the pod")

@@ -1,7 +1,9 @@
 """Pod termination with the proxy as a regular container, for real: the kubelet sends
 SIGTERM to the app and runs the proxy's preStop hook at the same time, and stops the proxy
-once the hook returns. The app is uvicorn on a Unix socket (UID 4242), the proxy the
-generated bootstrap in Envoy (UID 1337), in a network namespace with the pod's rules."""
+once the hook returns. The app is uvicorn on a Unix socket, the proxy the generated
+bootstrap in Envoy (UID 1337), in a network namespace with the pod's rules. The app runs
+as root: its interpreter may sit in a checkout other users cannot enter (fresh clones in
+0700 temp directories), and any UID but 1337 is the app to the rules and the hooks."""
 
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
 
 APPS = str(Path(__file__).parent / "apps")
-APP_UID = 4242
 URL = f"http://{netns.POD_V4}:8080"
 IN_FLIGHT = "cluster.inbound|8080.upstream_rq_total", "cluster.inbound|8080.upstream_rq_completed"
 
@@ -66,18 +67,12 @@ def pod():
         applied = the_pod.run_init()
         assert applied.returncode == 0, applied.stderr
         socket = folder / "web-8080.sock"
-        ids = ["--reuid", str(APP_UID), "--regid", str(APP_UID), "--clear-groups"]
         uvicorn = [sys.executable, "-m", "uvicorn", "hello:app", "--uds", str(socket)]
         the_pod.app = net.start(
-            net.pod,
-            "setpriv",
-            *ids,
-            *uvicorn,
-            cwd=APPS,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            net.pod, *uvicorn, cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(socket.exists, 20, "the app's socket")
+        wait_for(lambda: socket.exists() or the_pod.app.poll() is not None, 20, "the app")
+        assert the_pod.app.poll() is None, "the app exited"
         the_pod.start_envoy()
         wait_for(lambda: net.curl(net.client, f"{URL}/")[0] == 200, 20, "the app via the proxy")
         yield the_pod
@@ -99,7 +94,10 @@ def request_in_flight(pod: MeshedPod, seconds: float) -> subprocess.Popen:
 
 
 def pre_stop(pod: MeshedPod, script: str) -> subprocess.Popen:
-    hook = subprocess.Popen(pod.as_proxy("bash", "-c", script), stderr=subprocess.PIPE, text=True)
+    # cwd /: the proxy's user may not enter the checkout, as in a container.
+    hook = subprocess.Popen(
+        pod.as_proxy("bash", "-c", script), cwd="/", stderr=subprocess.PIPE, text=True
+    )
     pod.net.processes.append(hook)
     return hook
 
