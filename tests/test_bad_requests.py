@@ -44,16 +44,25 @@ def post(webhook, content: bytes | str) -> tuple[int, dict]:
             "request.kind: expected an object, got 'Pod'",
         ),
         (json.dumps(review("a pod")), "request.object: expected a Pod object, got 'a pod'"),
-        (
-            json.dumps(review({"spec": {"containers": "web"}})),
-            "request.object: pod field spec.containers: expected a list, got str",
-        ),
     ],
 )
 def test_malformed_request_gets_400_with_a_json_error(webhook, body, expected) -> None:
     status, payload = post(webhook, body)
     assert status == 400
     assert expected in payload["error"]
+
+
+def test_a_pod_with_a_wrong_type_is_denied_naming_the_field(webhook) -> None:
+    """The envelope is sound, so the API server gets an answer it can show, not a failed
+    webhook call."""
+    status, payload = post(webhook, json.dumps(review({"spec": {"containers": "web"}})))
+    assert status == 200
+    assert payload["response"]["allowed"] is False
+    assert payload["response"]["status"]["code"] == 400
+    assert (
+        "pod field spec.containers: expected a list, got str"
+        in (payload["response"]["status"]["message"])
+    )
 
 
 def test_body_over_3_mib_is_refused_from_its_content_length(webhook) -> None:

@@ -13,6 +13,7 @@ import yaml
 from tests.support import object_errors
 from webhook.cli import parser
 from webhook.config import MeshConfig, from_mapping
+from webhook.serving import Limits
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -105,6 +106,13 @@ def test_the_deployment_runs_a_command_line_that_exists(objects) -> None:
     args = parser().parse_args(webhook["args"])
     assert args.command == "serve"
     assert (args.host, args.port) == ("0.0.0.0", 8443)
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pre_stop = int(webhook["lifecycle"]["preStop"]["exec"]["command"][1])
+    # preStop, the drain, the settle second and the wait for requests in progress fit in
+    # the grace period, or the kubelet kills the webhook with requests unanswered.
+    limits = Limits()
+    needed = pre_stop + args.drain_seconds + limits.settle_seconds + limits.shutdown_timeout
+    assert needed < pod["terminationGracePeriodSeconds"]
     mounts = {m["mountPath"] for m in webhook["volumeMounts"]}
     assert Path(args.config).parent.as_posix() in mounts
     if args.manage_certs:

@@ -1,7 +1,11 @@
 """AdmissionReview in, AdmissionReview out: the envelope around the engine.
 
 ``review`` takes the raw body and returns the response body plus the fields of the log line.
-A malformed request raises ``BadRequest`` (HTTP 400); nothing else escapes.
+A malformed envelope raises ``BadRequest`` (HTTP 400): without a uid there is nothing to
+answer. Once the uid is known every outcome is an AdmissionReview, so the API server shows
+our reason: an invalid pod is denied with code 400, and an exception nobody foresaw is
+denied with code 500 (reason InternalError) and handed back in ``Reviewed.error`` for
+the log.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import orjson
 
 from webhook import engine
 from webhook.config import MeshConfig
+from webhook.limits import PROBLEM_CHARS, clip
 from webhook.pod import InvalidPod
 from webhook.policy import Reason
 
@@ -33,6 +38,8 @@ class Reviewed:
     outcome: str
     reason: str
     message: str
+    error: BaseException | None = None
+    """An exception the engine did not foresee, for the log with its traceback."""
 
 
 def _field(parent: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
@@ -49,7 +56,7 @@ def _kind(value: Any) -> str:
     return (
         "nothing"
         if value is None
-        else repr(value)
+        else repr(clip(value, 60))
         if isinstance(value, str)
         else type(value).__name__
     )
@@ -89,23 +96,17 @@ def review(body: bytes, config: MeshConfig) -> Reviewed:
     operation = _field(request, "operation", str, "request")
     namespace = _field(request, "namespace", str, "request", required=False)
     pod = request.get("object")
-    is_pod = kind.get("group", "") == "" and kind.get("kind") == "Pod"
-    if not is_pod or request.get("subResource"):
-        result = engine.skip(Reason.NOT_A_POD)
-    elif operation != "CREATE":
-        result = engine.skip(Reason.NOT_CREATE)
-    else:
-        if not isinstance(pod, dict):
-            raise BadRequest(f"request.object: expected a Pod object, got {_kind(pod)}")
-        namespace = namespace or _pod_namespace(pod) or "default"
-        try:
-            result = engine.inject(pod, namespace, config)
-        except InvalidPod as exc:
-            raise BadRequest(f"request.object: {exc}") from None
-    response = _response(uid, result)
-    body_out = orjson.dumps(
-        {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
-    )
+    error: BaseException | None = None
+    try:
+        namespace, result = _decide(request, kind, operation, namespace, pod, config)
+        body_out = _encode(api_version, uid, result)
+    except BadRequest:
+        raise
+    except Exception as exc:
+        error = exc.__cause__ if isinstance(exc, engine.InternalError) else exc
+        field = exc.field if isinstance(exc, engine.InternalError) else "the answer"
+        result = _internal_error(field, error)
+        body_out = _encode(api_version, uid, result)
     return Reviewed(
         body_out,
         uid,
@@ -114,6 +115,43 @@ def review(body: bytes, config: MeshConfig) -> Reviewed:
         result.outcome,
         result.reason.code,
         result.message,
+        error,
+    )
+
+
+def _decide(
+    request: dict[str, Any],
+    kind: dict[str, Any],
+    operation: str,
+    namespace: str,
+    pod: Any,
+    config: MeshConfig,
+) -> tuple[str, engine.InjectionResult]:
+    is_pod = kind.get("group", "") == "" and kind.get("kind") == "Pod"
+    if not is_pod or request.get("subResource"):
+        return namespace, engine.skip(Reason.NOT_A_POD)
+    if operation != "CREATE":
+        return namespace, engine.skip(Reason.NOT_CREATE)
+    if not isinstance(pod, dict):
+        raise BadRequest(f"request.object: expected a Pod object, got {_kind(pod)}")
+    namespace = namespace or _pod_namespace(pod) or "default"
+    try:
+        return namespace, engine.inject(pod, namespace, config)
+    except InvalidPod as exc:
+        return namespace, engine.deny(Reason.INVALID_POD, [str(exc)])
+
+
+def _internal_error(field: str, error: BaseException | None) -> engine.InjectionResult:
+    kind = type(error).__name__ if error else "error"
+    detail = clip(str(error), PROBLEM_CHARS) if error else ""
+    message = f"internal error while reading {field}: {kind}" + (f": {detail}" if detail else "")
+    return engine.InjectionResult(engine.Outcome.DENY, Reason.INTERNAL_ERROR, message)
+
+
+def _encode(api_version: str, uid: str, result: engine.InjectionResult) -> bytes:
+    response = _response(uid, result)
+    return orjson.dumps(
+        {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
     )
 
 
@@ -123,12 +161,16 @@ def _pod_namespace(pod: dict[str, Any]) -> str:
     return namespace if isinstance(namespace, str) else ""
 
 
+_STATUS = {Reason.INTERNAL_ERROR: (500, "InternalError")}
+
+
 def _response(uid: str, result: engine.InjectionResult) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid, "allowed": result.outcome != engine.Outcome.DENY}
     if result.outcome == engine.Outcome.DENY:
+        code, reason = _STATUS.get(result.reason, (400, "BadRequest"))
         response["status"] = {
-            "code": 400,
-            "reason": "BadRequest",
+            "code": code,
+            "reason": reason,
             "message": f"proxy-injector: {result.message}",
         }
     if result.patch:

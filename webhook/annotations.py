@@ -7,14 +7,14 @@ all come from ``ANNOTATIONS``: add an annotation here and it exists everywhere.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
-from webhook import values
+from webhook import limits, values
 from webhook.names import INJECT_KEY, PREFIX, STATUS_KEY
+from webhook.values import quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +269,7 @@ class Unknown:
 
     def warning(self) -> str:
         hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
-        return f"unknown annotation {self.key} is ignored{hint}"
+        return f"unknown annotation {limits.clip(self.key, 80)} is ignored{hint}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,13 +284,6 @@ def pick(override: Any, default: Any) -> Any:
     return default if override is None else override
 
 
-def quote(value: str, limit: int = 120) -> str:
-    """A value as it may appear in a message: JSON-quoted, so newlines cannot forge lines."""
-    if len(value) > limit:
-        value = value[:limit] + "..."
-    return json.dumps(value)
-
-
 def invalid(key: str, value: str, problem: str) -> str:
     annotation = BY_KEY[key]
     return (
@@ -298,7 +291,13 @@ def invalid(key: str, value: str, problem: str) -> str:
     )
 
 
+_SUGGESTED_KEY_CHARS = 100
+"""Keys longer than any known one by this much cannot be a typo of one."""
+
+
 def suggest(key: str) -> str | None:
+    if len(key) > _SUGGESTED_KEY_CHARS:
+        return None
     close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.75)
     return close[0] if close else None
 
@@ -314,7 +313,9 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
             continue
         annotation = BY_KEY.get(key)
         if annotation is None:
-            unknown.append(Unknown(key, suggest(key)))
+            # Only the first few are ever shown, so only they get a (costly) suggestion.
+            shown = len(unknown) < limits.WARNINGS
+            unknown.append(Unknown(key, suggest(key) if shown else None))
             continue
         raw[key] = value
         try:

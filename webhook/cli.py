@@ -9,6 +9,7 @@ from pathlib import Path
 
 from webhook import __version__, config
 from webhook.names import INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
+from webhook.serving import Lifecycle, Limits
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -57,7 +58,44 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
         help="how often to look for a renewed certificate (default 10)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    defaults = Limits()
+    serve.add_argument(
+        "--drain-seconds",
+        type=_seconds,
+        default=defaults.drain_seconds,
+        help="after SIGTERM, how long to go on answering (each response closing its "
+        "connection; /readyz fails) before the listener closes (default %(default)g); keep "
+        "preStop + this + 16 under terminationGracePeriodSeconds",
+    )
+    serve.add_argument(
+        "--header-timeout-seconds",
+        type=_seconds,
+        default=defaults.header_timeout,
+        help="a request's headers must arrive within this long (default %(default)g)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_count,
+        default=defaults.max_connections,
+        help="connections served at once; more are closed as they arrive (default %(default)d)",
+    )
     serve.set_defaults(run=_serve)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 to 3600 seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number 1 to 1000000")
+    return int(text)
 
 
 def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
@@ -253,8 +291,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"proxy-injector serve: {exc}", file=sys.stderr)
         return 2
     cert, key = _certificates(args)
-    state = {"ready": False}
-    app = create_app(mesh, ready=lambda: state["ready"])
+    lifecycle = Lifecycle()
+    app = create_app(mesh, ready=lifecycle.ready)
+    limits = Limits(
+        header_timeout=args.header_timeout_seconds,
+        max_connections=args.max_connections,
+        drain_seconds=args.drain_seconds,
+    )
     try:
         server.run(
             app,
@@ -262,7 +305,8 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             cert=cert,
             key=key,
-            on_loaded=lambda: state.update(ready=True),
+            lifecycle=lifecycle,
+            limits=limits,
             reload_every=args.cert_reload_seconds,
         )
     except server.CertificateError as exc:

@@ -6,6 +6,7 @@ call ``inject`` and nothing below it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -13,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from webhook import __version__, bootstrap, lifecycle, probes, sidecar, sockets, upstreams
+from webhook import __version__, bootstrap, lifecycle, limits, probes, sidecar, sockets, upstreams
 from webhook import annotations as annotation_table
 from webhook import patch as jp
 from webhook import pod as pods
@@ -53,7 +54,25 @@ def skip(reason: Reason) -> InjectionResult:
 
 
 def deny(reason: Reason, problems: list[str] | tuple[str, ...]) -> InjectionResult:
-    return InjectionResult(Outcome.DENY, reason, "; ".join(problems))
+    shown = limits.first(problems, limits.PROBLEMS, limits.PROBLEM_CHARS, "problems")
+    return InjectionResult(Outcome.DENY, reason, "; ".join(shown))
+
+
+class InternalError(Exception):
+    """The engine failed in a way it did not foresee; ``__cause__`` is the exception."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"internal error while reading {field}")
+        self.field = field
+
+
+class _Reading:
+    """Which part of the pod the engine is reading, for an ``InternalError``."""
+
+    __slots__ = ("field",)
+
+    def __init__(self) -> None:
+        self.field = "the pod"
 
 
 def inject(
@@ -62,9 +81,27 @@ def inject(
     config: MeshConfig,
     namespace_labels: Mapping[str, str] | None = None,
 ) -> InjectionResult:
-    """Raises ``pod.InvalidPod`` when a field the engine reads has the wrong type."""
+    """Raises ``pod.InvalidPod`` when a field the engine reads has the wrong type, and
+    ``InternalError`` naming the part being read for anything else that goes wrong."""
+    reading = _Reading()
+    try:
+        return _inject(pod, namespace, config, namespace_labels, reading)
+    except pods.InvalidPod:
+        raise
+    except Exception as exc:
+        raise InternalError(reading.field) from exc
+
+
+def _inject(
+    pod: Any,
+    namespace: str,
+    config: MeshConfig,
+    namespace_labels: Mapping[str, str] | None,
+    reading: _Reading,
+) -> InjectionResult:
     if not isinstance(pod, dict):
         raise pods.InvalidPod("(pod)", "expected an object")
+    reading.field = "metadata"
     metadata = pods.mapping(pod, "metadata", "pod")
     spec = pods.mapping(pod, "spec", "pod")
     annotations = pods.string_map(metadata, "annotations", "metadata")
@@ -75,10 +112,23 @@ def inject(
         return deny(Reason.INVALID_ANNOTATION, [str(exc)])
     if reason is not Reason.INJECTED:
         return skip(reason)
+    reading.field = "metadata.annotations"
+    size = sum(len(key) + len(value) for key, value in annotations.items())
+    if size > limits.ANNOTATIONS_BYTES:
+        return deny(Reason.INVALID_POD, [_annotations_too_large(size)])
     parsed = annotation_table.parse(annotations)
     if parsed.errors:
         return deny(Reason.INVALID_ANNOTATION, parsed.errors)
-    return _build(metadata, spec, namespace, parsed, config)
+    return _build(pod, spec, namespace, parsed, config, reading)
+
+
+def _annotations_too_large(size: int) -> str:
+    # Characters, which are never more than bytes: when this says too large, so would the
+    # API server, which checks the pod only after the mutating webhooks.
+    return (
+        f"metadata.annotations: {size:,} characters, more than the "
+        f"{limits.ANNOTATIONS_BYTES:,} bytes the API server accepts for keys and values"
+    )
 
 
 def _name_conflicts(spec: dict[str, Any], adds_volume: bool) -> list[str]:
@@ -127,65 +177,87 @@ def _fs_group_op(spec: dict[str, Any], plan: sockets.PortPlan) -> list[jp.Op]:
 
 
 def _build(
-    metadata: dict[str, Any],
+    pod: dict[str, Any],
     spec: dict[str, Any],
     namespace: str,
     parsed: annotation_table.Parsed,
     config: MeshConfig,
+    reading: _Reading,
 ) -> InjectionResult:
     overrides = parsed.overrides
+    reading.field = "spec.containers"
+    too_many = _too_many_containers(spec)
+    if too_many:
+        return deny(Reason.INVALID_POD, [too_many])
     apps = pods.containers(spec)
+    if not apps:
+        return deny(Reason.INVALID_POD, ["spec.containers: a pod needs at least one container"])
+    declared = overrides.upstreams or ()
+    # Checked before anything per port is built: a pod with tens of thousands of ports
+    # would otherwise cost seconds only to be refused for its size.
+    sized = bootstrap.least_size(sockets.least_ports(apps, overrides, config), 0, len(declared))
+    if sized > ARG_MAX_BYTES:
+        return deny(Reason.INVALID_POD, [_too_large(sized, len(declared), at_least=True)])
     plan = sockets.plan(apps, overrides, config)
+    reading.field = "the app containers' probes"
     probe_plan = probes.plan(apps, plan, pick(overrides.rewrite_probes, True))
-    limits, limit_errors = sidecar.resources(overrides, config)
+    reading.field = "the proxy's resources"
+    resources, limit_errors = sidecar.resources(overrides, config)
     if plan.annotation_errors or limit_errors:
         return deny(Reason.INVALID_ANNOTATION, [*plan.annotation_errors, *limit_errors])
+    reading.field = "spec.securityContext"
     proxy_uid_warnings = _proxy_uid_apps(spec, apps)
     if proxy_uid_warnings and config.deny_proxy_uid_apps:
         return deny(Reason.INVALID_POD, proxy_uid_warnings)
+    reading.field = "spec.volumes and spec.initContainers"
     existing_shm, shm_errors = _shm_volume(apps)
     conflicts = _name_conflicts(spec, adds_volume=existing_shm is None)
     if plan.pod_errors or shm_errors or conflicts or probe_plan.errors:
         return deny(
             Reason.INVALID_POD, [*plan.pod_errors, *shm_errors, *conflicts, *probe_plan.errors]
         )
-    upstream_list, upstream_warnings = upstreams.resolve(
-        overrides.upstreams or (), namespace, config.cluster_domain
-    )
+    reading.field = "proxy.io/upstreams"
     outbound_socket = OUTBOUND_UDS_PATH if overrides.outbound_uds else None
+    sized = bootstrap.least_size(len(plan.ports), len(probe_plan.routes), len(declared))
+    if sized > ARG_MAX_BYTES:
+        return deny(Reason.INVALID_POD, [_too_large(sized, len(declared), at_least=True)])
+    upstream_list, upstream_warnings = upstreams.resolve(declared, namespace, config.cluster_domain)
 
+    reading.field = "spec"
     volume_name = existing_shm or SHM_VOLUME
-    ops: list[jp.Op] = [_status_op(metadata, parsed, existing_shm)]
+    ops: list[jp.Op] = [_status_op(pod, parsed, existing_shm)]
     if existing_shm is None:
         volume = sidecar.shm_volume(sidecar.shm_size(apps, overrides, config))
         ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), [volume])
     ops += _fs_group_op(spec, plan)
     init = sidecar.init_container(
-        image=config.init_image, args=sidecar.init_args(overrides, config), limits=limits
+        image=config.init_image, args=sidecar.init_args(overrides, config), limits=resources
     )
+    long_args = _too_long_args(init)
+    if long_args:
+        return deny(Reason.INVALID_ANNOTATION, long_args)
     ops.append(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), init)
     )
     native = pick(overrides.native_sidecar, config.native_sidecar)
     for app in apps:
-        ops += _app_container_ops(app, volume_name, plan.ports, outbound_socket)
-    ops += [
-        jp.replace(jp.pointer("spec", "containers", r.container_index, r.kind), r.probe)
-        for r in probe_plan.rewrites
-    ]
+        ops += _app_container_ops(app, volume_name, plan, outbound_socket)
+    ops += _probe_ops(probe_plan.rewrites)
+    reading.field = "the sidecar's bootstrap"
     sidecar_plan = bootstrap.SidecarPlan(
         plan.ports, tuple(probe_plan.routes), upstream_list, config.upstream_policy, outbound_socket
     )
     encoded = bootstrap.encoded(sidecar_plan)
     if len(encoded.encode()) > ARG_MAX_BYTES:
-        return deny(Reason.INVALID_POD, [_too_large(len(encoded.encode()), upstream_list)])
+        return deny(Reason.INVALID_POD, [_too_large(len(encoded.encode()), len(declared))])
+    reading.field = "spec.terminationGracePeriodSeconds"
     drain_seconds = pick(overrides.drain_duration, config.drain_duration)
     proxy = sidecar.proxy_container(
         image=overrides.image or config.proxy_image,
         bootstrap=encoded,
-        workers=sidecar.concurrency(overrides, config, limits.cpu_limit),
+        workers=sidecar.concurrency(overrides, config, resources.cpu_limit),
         log_level=overrides.log_level or config.log_level,
-        limits=limits,
+        limits=resources,
         shm_volume_name=volume_name,
         drain_seconds=drain_seconds,
     )
@@ -194,17 +266,64 @@ def _build(
         proxy, native=native, drain_seconds=drain_seconds, grace_seconds=grace_seconds
     )
     ops.append(_proxy_op(proxy, native, bool(overrides.hold_application)))
-    warnings = (
-        *plan.warnings,
-        *probe_plan.warnings,
-        *upstream_warnings,
-        *proxy_uid_warnings,
-        *lifecycle.grace_warnings(native, drain_seconds, grace_seconds),
-        *(u.warning() for u in parsed.unknown),
+    warnings = limits.first(
+        [
+            *plan.warnings,
+            *probe_plan.warnings,
+            *upstream_warnings,
+            *proxy_uid_warnings,
+            *lifecycle.grace_warnings(native, drain_seconds, grace_seconds),
+            *(u.warning() for u in parsed.unknown[: limits.WARNINGS]),
+        ],
+        limits.WARNINGS,
+        limits.WARNING_CHARS,
+        "warnings",
     )
+    if len(parsed.unknown) > limits.WARNINGS:
+        warnings = _count_all(warnings, len(parsed.unknown) - limits.WARNINGS)
     return InjectionResult(
-        Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), warnings
+        Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), tuple(warnings)
     )
+
+
+def _too_many_containers(spec: dict[str, Any]) -> str | None:
+    count = len(pods.array(spec, "containers", "spec")) + len(
+        pods.array(spec, "initContainers", "spec")
+    )
+    if count <= limits.CONTAINERS:
+        return None
+    return (
+        f"spec.containers and spec.initContainers: {count:,} containers, more than the "
+        f"{limits.CONTAINERS:,} proxy-injector injects a pod with"
+    )
+
+
+def _count_all(warnings: list[str], unlisted: int) -> list[str]:
+    """Unknown keys past the first few were never turned into warnings: count them too."""
+    if len(warnings) < limits.WARNINGS:
+        return [*warnings, f"... and {unlisted:,} more unknown annotations"]
+    return [*warnings[:-1], f"... and {unlisted + 1:,} more warnings"]
+
+
+def _probe_ops(rewrites: list[probes.Rewrite]) -> list[jp.Op]:
+    ops: list[jp.Op] = []
+    for rewrite in rewrites:
+        base = ("spec", "containers", rewrite.container_index, rewrite.kind)
+        ops += [jp.remove(jp.pointer(*base, handler)) for handler in rewrite.removed]
+        ops.append(jp.add(jp.pointer(*base, "httpGet"), rewrite.http_get))
+    return ops
+
+
+def _too_long_args(container: dict[str, Any]) -> list[str]:
+    """The annotations an init container flag comes from can hold more than one argument
+    may: such a pod would fail to start, so it is denied here."""
+    args = container["args"]
+    return [
+        f"container {container['name']} would get {flag} {len(value.encode()):,} bytes long, "
+        f"more than the {ARG_MAX_BYTES:,} bytes Linux allows in one argument"
+        for flag, value in itertools.pairwise(args)
+        if len(value) * 4 > ARG_MAX_BYTES and len(value.encode()) > ARG_MAX_BYTES
+    ]
 
 
 def _proxy_op(proxy: dict[str, Any], native: bool, hold: bool) -> jp.Op:
@@ -228,46 +347,51 @@ def _proxy_uid_apps(spec: dict[str, Any], apps: tuple[pods.Container, ...]) -> l
     ]
 
 
-def _too_large(size: int, declared: tuple[upstreams.Upstream, ...]) -> str:
+def _too_large(size: int, declared: int, at_least: bool = False) -> str:
+    would_be = "would be at least" if at_least else "would be"
     return (
-        f"the sidecar's Envoy bootstrap for this pod would be {size:,} bytes, more than the "
+        f"the sidecar's Envoy bootstrap for this pod {would_be} {size:,} bytes, more than the "
         f"{ARG_MAX_BYTES:,} bytes Linux allows in one container argument; it grows by about "
-        f"900 bytes per declared upstream and this pod declares {len(declared)} in "
+        f"900 bytes per declared upstream and this pod declares {declared:,} in "
         "proxy.io/upstreams"
     )
 
 
 def _status_op(
-    metadata: dict[str, Any], parsed: annotation_table.Parsed, existing_shm: str | None
+    pod: dict[str, Any], parsed: annotation_table.Parsed, existing_shm: str | None
 ) -> jp.Op:
-    status = {
+    ignored = parsed.unknown[: limits.IGNORED_KEYS]
+    status: dict[str, Any] = {
         "version": __version__,
         "containers": [PROXY_CONTAINER],
         "initContainers": [INIT_CONTAINER],
         "volumes": [] if existing_shm else [SHM_VOLUME],
-        "ignoredAnnotations": [u.key for u in parsed.unknown],
+        "ignoredAnnotations": [limits.clip(u.key, limits.KEY_CHARS) for u in ignored],
     }
-    exists = metadata.get("annotations") is not None
-    return jp.set_key("/metadata/annotations", exists, STATUS_KEY, orjson.dumps(status).decode())
+    if len(parsed.unknown) > len(ignored):
+        status["ignoredAnnotationsNotListed"] = len(parsed.unknown) - len(ignored)
+    encoded = orjson.dumps(status).decode()
+    return jp.set_nested(pod, ("metadata", "annotations"), STATUS_KEY, encoded)
 
 
 def _app_container_ops(
     app: pods.Container,
     volume: str,
-    ports: tuple[sockets.AppPort, ...],
+    plan: sockets.PortPlan,
     outbound_socket: str | None,
 ) -> list[jp.Op]:
     base = jp.pointer("spec", "containers", app.index)
     ops: list[jp.Op] = []
     if app.shm_volume is None:
         ops += jp.append(base + "/volumeMounts", app.has_mounts, [sidecar.shm_mount(volume)])
-    wanted = sockets.env_for(app.name, ports)
+    wanted = plan.env_for(app.name)
     if outbound_socket:
         wanted.append({"name": OUTBOUND_UDS_ENV, "value": outbound_socket})
     new_env = []
+    positions = app.env_positions({var["name"] for var in wanted}) if wanted else {}
     for var in wanted:
-        if var["name"] in app.env_names:
-            index = app.env_names.index(var["name"])
+        index = positions.get(var["name"])
+        if index is not None:
             ops.append(jp.replace(f"{base}/env/{index}", var))
         else:
             new_env.append(var)

@@ -8,6 +8,8 @@ import time
 
 import orjson
 
+from webhook.limits import LOG_FIELD_CHARS, LOG_TRACEBACK_CHARS, clip
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
@@ -18,12 +20,24 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": clip(record.getMessage(), LOG_FIELD_CHARS),
         }
-        line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        line.update(
+            (k, clip(v, LOG_FIELD_CHARS) if isinstance(v, str) else v)
+            for k, v in vars(record).items()
+            if k not in _STANDARD
+        )
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = _tail(self.formatException(record.exc_info))
         return orjson.dumps(line, default=str).decode()
+
+
+def _tail(traceback: str) -> str:
+    """The end of a traceback, where the failing line and the error are."""
+    if len(traceback) <= LOG_TRACEBACK_CHARS:
+        return traceback
+    cut = len(traceback) - LOG_TRACEBACK_CHARS
+    return f"({cut:,} characters cut) ..." + traceback[cut:]
 
 
 def configure(level: str = "info") -> None:

@@ -16,6 +16,10 @@ def add(path: str, value: Any) -> Op:
     return {"op": "add", "path": path, "value": value}
 
 
+def remove(path: str) -> Op:
+    return {"op": "remove", "path": path}
+
+
 def replace(path: str, value: Any) -> Op:
     return {"op": "replace", "path": path, "value": value}
 
@@ -39,3 +43,18 @@ def set_key(path: str, exists: bool, key: str, value: Any) -> Op:
     if exists:
         return add(path + pointer(key), value)
     return add(path, {key: value})
+
+
+def set_nested(parent: dict[str, Any], path: tuple[str, ...], key: str, value: Any) -> Op:
+    """Set ``key`` in the object at ``path`` below ``parent`` (the pod), creating every
+    object on the way that the pod lacks or has as null."""
+    node: Any = parent
+    for depth, part in enumerate(path):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            created: Any = {key: value}
+            for missing in reversed(path[depth + 1 :]):
+                created = {missing: created}
+            return add(pointer(*path[: depth + 1]), created)
+        node = child
+    return add(pointer(*path, key), value)

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from webhook import values
+from webhook import quantity
+from webhook.limits import KEY_CHARS, PROBLEM_CHARS, clip
 from webhook.names import SHM_MOUNT_PATH
+from webhook.values import quote
 
 
 class InvalidPod(ValueError):
     def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"pod field {path}: {problem}")
+        super().__init__(f"pod field {clip(path, KEY_CHARS)}: {clip(problem, PROBLEM_CHARS)}")
         self.path = path
 
 
@@ -41,9 +43,9 @@ def array(parent: dict[str, Any], key: str, path: str) -> list[Any]:
 
 def objects(parent: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
     items = array(parent, key, path)
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise InvalidPod(f"{path}.{key}[{index}]", "expected an object")
+    if not all(type(item) is dict for item in items):
+        index = next(i for i, item in enumerate(items) if not isinstance(item, dict))
+        raise InvalidPod(f"{path}.{key}[{index}]", "expected an object")
     return items
 
 
@@ -67,55 +69,91 @@ def text(parent: dict[str, Any], key: str, path: str, default: str = "") -> str:
 PROBE_KINDS = ("livenessProbe", "readinessProbe", "startupProbe")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per port and per container, and frozen dataclasses are slow to
+# make. Nothing changes them after ``container`` returns.
+@dataclass(slots=True)
 class Port:
     number: int
     name: str
     protocol: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Container:
     index: int
     name: str
     ports: tuple[Port, ...]
+    """TCP ports only: nothing else is proxied or probed."""
     memory_limit: Decimal | None
     shm_volume: str | None
     """Volume this container already mounts at /dev/shm, if any."""
     has_mounts: bool
     has_env: bool
-    env_names: tuple[str, ...]
+    env: list[dict[str, Any]]
     run_as_user: int | None
     probes: dict[str, dict[str, Any]]
     """livenessProbe / readinessProbe / startupProbe, as the pod gives them."""
 
+    def env_positions(self, names: set[str] | frozenset[str]) -> dict[str, int]:
+        """Where each of ``names`` first appears in env; one pass, read only when needed."""
+        found: dict[str, int] = {}
+        for position, var in enumerate(self.env):
+            name = var.get("name")
+            if type(name) is not str:
+                if name is None:
+                    continue
+                raise InvalidPod(
+                    f"spec.containers[{self.index}].env[{position}].name", "expected a string"
+                )
+            if name in names and name not in found:
+                found[name] = position
+        return found
 
-def _port(raw: dict[str, Any], path: str) -> Port:
-    number = raw.get("containerPort")
-    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
-        raise InvalidPod(f"{path}.containerPort", f"expected a port 1..65535, got {number!r}")
-    return Port(
-        number,
-        text(raw, "name", path),
-        text(raw, "protocol", path, "TCP") or "TCP",
-    )
+
+def _tcp_ports(raw: dict[str, Any], here: str) -> tuple[Port, ...]:
+    found = []
+    for position, port in enumerate(objects(raw, "ports", here)):
+        number, name, protocol = port.get("containerPort"), port.get("name"), port.get("protocol")
+        if type(number) is not int or not 1 <= number <= 65535:
+            where = f"{here}.ports[{position}].containerPort"
+            raise InvalidPod(where, f"expected a port 1..65535, got {number!r}")
+        for key, value in (("name", name), ("protocol", protocol)):
+            if value is not None and type(value) is not str:
+                where = f"{here}.ports[{position}].{key}"
+                raise InvalidPod(where, f"expected a string, got {type(value).__name__}")
+        if not protocol or protocol == "TCP":
+            found.append(Port(number, name or "", "TCP"))
+    return tuple(found)
 
 
 def _memory_limit(raw: dict[str, Any], path: str) -> Decimal | None:
+    """The limit in bytes; 0 (no limit for the kubelet) reads as none, and one beyond an
+    int64, which the API server accepts, as the int64 maximum."""
     limits = mapping(mapping(raw, "resources", path), "limits", f"{path}.resources")
     value = limits.get("memory")
     if value is None:
         return None
+    where = f"{path}.resources.limits.memory"
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidPod(where, f"expected a quantity, got {type(value).__name__}")
     try:
-        return values.quantity(str(value))
+        amount = quantity.parse(str(value))
+    except quantity.TooLarge:
+        return quantity.MAX
     except ValueError as exc:
-        raise InvalidPod(f"{path}.resources.limits.memory", f"{value!r}: {exc}") from None
+        raise InvalidPod(where, f"{quote(str(value))}: {exc}") from None
+    return amount or None
 
 
 def _shm_volume(raw: dict[str, Any], path: str) -> str | None:
-    for index, mount in enumerate(objects(raw, "volumeMounts", path)):
-        if text(mount, "mountPath", f"{path}.volumeMounts[{index}]").rstrip("/") == SHM_MOUNT_PATH:
-            return text(mount, "name", f"{path}.volumeMounts[{index}]")
+    for position, mount in enumerate(objects(raw, "volumeMounts", path)):
+        mount_path = mount.get("mountPath")
+        if type(mount_path) is not str:
+            if mount_path is None:
+                continue
+            raise InvalidPod(f"{path}.volumeMounts[{position}].mountPath", "expected a string")
+        if mount_path.rstrip("/") == SHM_MOUNT_PATH:
+            return text(mount, "name", f"{path}.volumeMounts[{position}]")
     return None
 
 
@@ -126,20 +164,17 @@ def _run_as_user(raw: dict[str, Any], path: str) -> int | None:
 
 def container(raw: dict[str, Any], index: int, path: str) -> Container:
     here = f"{path}[{index}]"
-    env = objects(raw, "env", here)
     return Container(
-        index=index,
-        name=text(raw, "name", here),
-        ports=tuple(
-            _port(p, f"{here}.ports[{i}]") for i, p in enumerate(objects(raw, "ports", here))
-        ),
-        memory_limit=_memory_limit(raw, here),
-        shm_volume=_shm_volume(raw, here),
-        has_mounts="volumeMounts" in raw and raw["volumeMounts"] is not None,
-        has_env="env" in raw and raw["env"] is not None,
-        env_names=tuple(text(e, "name", f"{here}.env") for e in env),
-        run_as_user=_run_as_user(raw, here),
-        probes={kind: mapping(raw, kind, here) for kind in PROBE_KINDS if raw.get(kind)},
+        index,
+        text(raw, "name", here),
+        _tcp_ports(raw, here),
+        _memory_limit(raw, here),
+        _shm_volume(raw, here),
+        raw.get("volumeMounts") is not None,
+        raw.get("env") is not None,
+        objects(raw, "env", here),
+        _run_as_user(raw, here),
+        {kind: mapping(raw, kind, here) for kind in PROBE_KINDS if raw.get(kind)},
     )
 
 

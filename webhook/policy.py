@@ -37,6 +37,7 @@ class Reason(Enum):
     )
     INVALID_ANNOTATION = ("invalid_annotation", "a proxy.io annotation has an invalid value")
     INVALID_POD = ("invalid_pod", "the pod cannot be injected as it is")
+    INTERNAL_ERROR = ("internal_error", "the webhook failed on this pod")
     NOT_A_POD = ("not_a_pod", "the webhook only injects pods")
     NOT_CREATE = ("not_create", "the webhook only injects pods when they are created")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.names import READINESS_PORT
-from webhook.pod import Container
+from webhook.pod import Container, objects, text
 from webhook.sockets import AppPort, PortPlan
 
 KIND_PATHS = {"livenessProbe": "livez", "readinessProbe": "readyz", "startupProbe": "startupz"}
@@ -33,9 +33,13 @@ class ProbeRoute:
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
+    """The probe's handlers other than httpGet are removed and httpGet is set; the rest of
+    the probe (timings, thresholds) stays where it is, never copied into the patch."""
+
     container_index: int
     kind: str
-    probe: dict[str, Any]
+    removed: tuple[str, ...]
+    http_get: dict[str, Any]
 
 
 @dataclass
@@ -54,26 +58,29 @@ def _port_number(container: Container, port: Any) -> int | None:
     return None
 
 
-def _route(path: str, port: AppPort, handler: str, spec: dict[str, Any]) -> ProbeRoute:
+def _route(path: str, port: AppPort, handler: str, spec: dict[str, Any], where: str) -> ProbeRoute:
+    """``where`` is the handler's field path, for errors about its contents."""
     if handler == "tcpSocket":
         return ProbeRoute(path, port, connect_only=True)
+    listed = objects(spec, "httpHeaders", where)
     headers = tuple(
-        (str(h.get("name", "")), str(h.get("value", "")))
-        for h in spec.get("httpHeaders") or ()
-        if isinstance(h, dict) and h.get("name")
+        (name, text(h, "value", f"{where}.httpHeaders[{i}]"))
+        for i, h in enumerate(listed)
+        if (name := text(h, "name", f"{where}.httpHeaders[{i}]"))
     )
     return ProbeRoute(
         path,
         port,
-        original_path=str(spec.get("path") or "/"),
-        tls=str(spec.get("scheme", "HTTP")).upper() == "HTTPS",
+        original_path=text(spec, "path", where) or "/",
+        tls=text(spec, "scheme", where, "HTTP").upper() == "HTTPS",
         headers=headers,
     )
 
 
-def _rewritten(probe: dict[str, Any], path: str) -> dict[str, Any]:
-    kept = {key: value for key, value in probe.items() if key not in _HANDLERS}
-    return {**kept, "httpGet": {"path": path, "port": READINESS_PORT, "scheme": "HTTP"}}
+def _rewrite(container: Container, kind: str, probe: dict[str, Any], path: str) -> Rewrite:
+    removed = tuple(h for h in _HANDLERS if h in probe and h != "httpGet")
+    target = {"path": path, "port": READINESS_PORT, "scheme": "HTTP"}
+    return Rewrite(container.index, kind, removed, target)
 
 
 def plan(apps: Iterable[Container], ports: PortPlan, enabled: bool) -> ProbePlan:
@@ -101,6 +108,7 @@ def plan(apps: Iterable[Container], ports: PortPlan, enabled: bool) -> ProbePlan
                 )
             else:
                 path = f"/app-health/{container.name}/{KIND_PATHS[kind]}"
-                result.routes.append(_route(path, app_port, handler, spec))
-                result.rewrites.append(Rewrite(container.index, kind, _rewritten(probe, path)))
+                field = f"spec.containers[{container.index}].{kind}.{handler}"
+                result.routes.append(_route(path, app_port, handler, spec, field))
+                result.rewrites.append(_rewrite(container, kind, probe, path))
     return result

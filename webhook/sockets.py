@@ -11,10 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from webhook import values
-from webhook.annotations import Overrides, pick, quote
+from webhook.annotations import Overrides, pick
 from webhook.config import MeshConfig
 from webhook.names import PROXY_PORTS, SUN_PATH_MAX, UDS_PATH_ENV
 from webhook.pod import Container, Port
+from webhook.values import quote
 
 TCP, HTTP, HTTP2 = "tcp", "http", "h2"
 _HTTP2_NAMES = ("http2", "grpc", "h2c")
@@ -40,11 +41,21 @@ class PortPlan:
     warnings: tuple[str, ...]
     annotation_errors: tuple[str, ...]
     pod_errors: tuple[str, ...]
+    by_key: dict[tuple[str, int], AppPort] = field(default_factory=dict)
+    sockets: dict[str, list[AppPort]] = field(default_factory=dict)
+    """Each container's ports that Envoy reaches over a socket, in order."""
 
     def of(self, container: str, number: int) -> AppPort | None:
-        return next(
-            (p for p in self.ports if p.container == container and p.number == number), None
-        )
+        return self.by_key.get((container, number))
+
+    def env_for(self, container: str) -> list[dict[str, str]]:
+        """Env vars telling one app container where to listen: the first port, then each."""
+        own = self.sockets.get(container)
+        if not own:
+            return []
+        env = [{"name": UDS_PATH_ENV, "value": own[0].socket or ""}]
+        env += [{"name": f"{UDS_PATH_ENV}_{p.number}", "value": p.socket or ""} for p in own]
+        return env
 
 
 @dataclass
@@ -58,26 +69,41 @@ class _Planner:
     owners: dict[int, str] = field(default_factory=dict)
     by_path: dict[str, AppPort] = field(default_factory=dict)
     matched: set[int | str] = field(default_factory=set)
+    # The annotations' lists as sets, made once: a pod may have tens of thousands of ports.
+    include: frozenset[int] | None = None
+    """None: every port."""
+    exclude: frozenset[int] = frozenset()
+    http_refs: frozenset[int | str] = frozenset()
+    uds_refs: frozenset[int | str] | None = None
+    """None: every port."""
+    uds: bool = True
 
-    def intercepted(self, number: int) -> bool:
+    def __post_init__(self) -> None:
         include = pick(self.overrides.include_inbound_ports, self.config.include_inbound_ports)
         exclude = pick(self.overrides.exclude_inbound_ports, self.config.exclude_inbound_ports)
-        return (include == values.ALL or number in include) and number not in exclude
+        self.include = None if include == values.ALL else frozenset(include)
+        self.exclude = frozenset(exclude)
+        self.http_refs = frozenset(self.overrides.http_ports or ())
+        refs = self.overrides.uds_ports
+        self.uds_refs = None if refs is None else frozenset(refs)
+        self.uds = pick(self.overrides.upstream, self.config.upstream) == "uds"
+
+    def intercepted(self, number: int) -> bool:
+        return (self.include is None or number in self.include) and number not in self.exclude
 
     def protocol(self, port: Port) -> str:
-        listed = self.overrides.http_ports or ()
-        self.matched.update({port.number, port.name} & set(listed))
+        named = {port.number, port.name} & self.http_refs
+        self.matched.update(named)
         if port.name.startswith(_HTTP2_NAMES):
             return HTTP2
-        if port.name.startswith("http") or {port.number, port.name} & set(listed):
+        if port.name.startswith("http") or named:
             return HTTP
         return TCP
 
     def socket(self, container: Container, port: Port) -> str | None:
-        refs = self.overrides.uds_ports
-        self.matched.update({port.number, port.name} & set(refs or ()))
-        uds = pick(self.overrides.upstream, self.config.upstream) == "uds"
-        if not uds or (refs is not None and not {port.number, port.name} & set(refs)):
+        named = {port.number, port.name} & (self.uds_refs or frozenset())
+        self.matched.update(named)
+        if not self.uds or (self.uds_refs is not None and not named):
             return None
         template = self.overrides.uds_path or self.config.uds_path
         path = template.format(container=container.name, port=port.number)
@@ -130,6 +156,19 @@ class _Planner:
                 )
 
 
+def least_ports(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> int:
+    """How many ports ``plan`` will hold at the least: one per intercepted port number."""
+    planner = _Planner(overrides, config)
+    return len(
+        {
+            port.number
+            for container in containers
+            for port in container.ports
+            if port.number not in PROXY_PORTS and planner.intercepted(port.number)
+        }
+    )
+
+
 def plan(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> PortPlan:
     planner = _Planner(overrides, config)
     for container in containers:
@@ -137,11 +176,18 @@ def plan(containers: Iterable[Container], overrides: Overrides, config: MeshConf
             planner.add(container, port)
     planner.unmatched("proxy.io/uds-ports", overrides.uds_ports)
     planner.unmatched("proxy.io/http-ports", overrides.http_ports)
+    by_key = {(p.container, p.number): p for p in planner.ports}
+    sockets: dict[str, list[AppPort]] = {}
+    for port in planner.ports:
+        if port.socket:
+            sockets.setdefault(port.container, []).append(port)
     return PortPlan(
         tuple(planner.ports),
         tuple(planner.warnings),
         tuple(planner.annotation_errors),
         tuple(planner.pod_errors),
+        by_key,
+        sockets,
     )
 
 
@@ -152,13 +198,3 @@ def _socket_problem(socket: str, taken: dict[str, AppPort]) -> str | None:
         other = taken[socket]
         return f"the same path as container {other.container} port {other.number}"
     return None
-
-
-def env_for(container: str, ports: Iterable[AppPort]) -> list[dict[str, str]]:
-    """Env vars telling one app container where to listen: the first port, then each."""
-    own = [p for p in ports if p.container == container and p.socket]
-    if not own:
-        return []
-    env = [{"name": UDS_PATH_ENV, "value": own[0].socket or ""}]
-    env += [{"name": f"{UDS_PATH_ENV}_{p.number}", "value": p.socket or ""} for p in own]
-    return env

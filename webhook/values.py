@@ -8,18 +8,17 @@ every pod of a Deployment, so each distinct string is parsed once.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from decimal import Decimal
-from functools import lru_cache
+from functools import lru_cache, wraps
+from typing import TypeVar
 
-from kubernetes.utils.quantity import parse_quantity
-
+from webhook import quantity as quantities
 from webhook.names import SHM_MOUNT_PATH
 
 ALL = "*"
-
-_QUANTITY = re.compile(r"^\+?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,499}$")
 _SOCKET_TEMPLATE = re.compile(r"^[A-Za-z0-9._/{}-]+$")
@@ -27,6 +26,32 @@ _SOCKET_TEMPLATE = re.compile(r"^[A-Za-z0-9._/{}-]+$")
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 
 Parser = Callable[[str], object]
+T = TypeVar("T")
+
+CACHED_TEXT_CHARS = 1024
+"""Only values up to this long are cached: a cache of huge strings would be a memory sink."""
+
+
+def cached(maxsize: int) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
+    """lru_cache for the short values that recur on every pod of a Deployment."""
+
+    def decorate(parse: Callable[[str], T]) -> Callable[[str], T]:
+        remembered = lru_cache(maxsize=maxsize)(parse)
+
+        @wraps(parse)
+        def parse_text(text: str) -> T:
+            return remembered(text) if len(text) <= CACHED_TEXT_CHARS else parse(text)
+
+        return parse_text
+
+    return decorate
+
+
+def quote(value: str, limit: int = 120) -> str:
+    """A value as it may appear in a message: JSON-quoted, so newlines cannot forge lines."""
+    if len(value) > limit:
+        value = value[:limit] + "..."
+    return json.dumps(value)
 
 
 def boolean(text: str) -> bool:
@@ -39,7 +64,7 @@ def boolean(text: str) -> bool:
 
 
 def int_range(low: int, high: int) -> Callable[[str], int]:
-    @lru_cache(maxsize=256)
+    @cached(maxsize=256)
     def parse(text: str) -> int:
         value = text.strip()
         if not re.fullmatch(r"[+-]?\d{1,9}", value):
@@ -62,19 +87,16 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-@lru_cache(maxsize=1024)
+@cached(maxsize=1024)
 def quantity(text: str) -> Decimal:
-    """A positive Kubernetes resource quantity ("500m", "1.5Gi", "2")."""
-    value = text.strip()
-    if not _QUANTITY.match(value):
-        raise ValueError("not a Kubernetes quantity")
-    amount = parse_quantity(value)
+    """A positive Kubernetes resource quantity ("500m", "1.5Gi", "2", "1e3")."""
+    amount = quantities.parse(text)
     if amount <= 0:
         raise ValueError("must be greater than zero")
     return amount
 
 
-@lru_cache(maxsize=1024)
+@cached(maxsize=1024)
 def image(text: str) -> str:
     value = text.strip()
     if not _IMAGE.match(value):
@@ -92,7 +114,7 @@ def _port(item: str) -> int:
     return int(item)
 
 
-@lru_cache(maxsize=1024)
+@cached(maxsize=1024)
 def ports(text: str) -> tuple[int, ...]:
     """A comma-separated list of port numbers."""
     if text.strip() == ALL:
@@ -100,7 +122,7 @@ def ports(text: str) -> tuple[int, ...]:
     return tuple(sorted({_port(item) for item in _items(text)}))
 
 
-@lru_cache(maxsize=1024)
+@cached(maxsize=1024)
 def ports_or_all(text: str) -> tuple[int, ...] | str:
     """A comma-separated list of port numbers, or ``*`` for every port."""
     if text.strip() == ALL:
@@ -108,7 +130,7 @@ def ports_or_all(text: str) -> tuple[int, ...] | str:
     return ports(text)
 
 
-@lru_cache(maxsize=1024)
+@cached(maxsize=1024)
 def port_refs(text: str) -> tuple[int | str, ...]:
     """A comma-separated list of container port numbers or port names."""
     refs: list[int | str] = []
@@ -122,6 +144,11 @@ def port_refs(text: str) -> tuple[int | str, ...]:
     return tuple(refs)
 
 
+MAX_CIDRS = 1024
+"""Ranges in one list: each is an iptables rule every new connection walks past, and each
+takes microseconds to read, so a long list is refused rather than read."""
+
+
 def _cidr(item: str) -> str:
     try:
         return str(ipaddress.ip_network(item, strict=False))
@@ -129,15 +156,18 @@ def _cidr(item: str) -> str:
         raise ValueError(f"{item!r} is not an IPv4 or IPv6 address or CIDR") from None
 
 
-@lru_cache(maxsize=1024)
+@cached(maxsize=1024)
 def cidrs(text: str) -> tuple[str, ...]:
     """A comma-separated list of IPv4/IPv6 CIDRs; host bits are allowed, as iptables allows."""
     if text.strip() == ALL:
         raise ValueError("'*' is not allowed here")
-    return tuple(dict.fromkeys(_cidr(item) for item in _items(text)))
+    listed = dict.fromkeys(_items(text))
+    if len(listed) > MAX_CIDRS:
+        raise ValueError(f"{len(listed):,} ranges, more than the {MAX_CIDRS:,} one list may hold")
+    return tuple(dict.fromkeys(_cidr(item) for item in listed))
 
 
-@lru_cache(maxsize=1024)
+@cached(maxsize=1024)
 def cidrs_or_all(text: str) -> tuple[str, ...] | str:
     """A comma-separated list of CIDRs, or ``*`` for every destination."""
     if text.strip() == ALL:
@@ -145,7 +175,7 @@ def cidrs_or_all(text: str) -> tuple[str, ...] | str:
     return cidrs(text)
 
 
-@lru_cache(maxsize=256)
+@cached(maxsize=256)
 def socket_template(text: str) -> str:
     """An absolute socket path under /dev/shm with optional {container} and {port} fields."""
     value = text.strip()
@@ -182,7 +212,7 @@ def format_bytes(amount: Decimal) -> str:
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 
 
-@lru_cache(maxsize=256)
+@cached(maxsize=256)
 def duration(text: str) -> float:
     """A Go-style duration ("5s", "1m30s", "500ms") in seconds, at most one hour."""
     value = text.strip()
@@ -209,7 +239,7 @@ def dns_name(text: str) -> str:
     return text
 
 
-@lru_cache(maxsize=256)
+@cached(maxsize=256)
 def upstreams(text: str) -> tuple[tuple[str, int], ...]:
     """Comma-separated ``service:port`` dependencies, e.g. "reviews.shop:9080,ratings:9080"."""
     found: dict[tuple[str, int], None] = {}

@@ -81,3 +81,21 @@ def encoded(plan: SidecarPlan) -> str:
     """The bootstrap as the proxy's argument. Pods of one Deployment share a plan, so a
     scale-up builds it once (a SidecarPlan is immutable and hashable; at most ~5 MB held)."""
     return encode(build(plan))
+
+
+# What the smallest of each item adds to the encoded bootstrap, rounded down (the
+# tests measure them): enough to refuse a pod that cannot fit before building anything.
+LEAST_BYTES = 6000
+LEAST_BYTES_PER_PORT = 450
+LEAST_BYTES_PER_PROBE = 250
+LEAST_BYTES_PER_UPSTREAM = 650
+
+
+def least_size(ports: int, probes: int, upstreams: int) -> int:
+    """A lower bound on the size of the encoded bootstrap of a plan with these counts."""
+    return (
+        LEAST_BYTES
+        + ports * LEAST_BYTES_PER_PORT
+        + probes * LEAST_BYTES_PER_PROBE
+        + upstreams * LEAST_BYTES_PER_UPSTREAM
+    )
