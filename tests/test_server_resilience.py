@@ -1,0 +1,290 @@
+"""The running server under clients that misbehave, and while it shuts down: keep-alive
+connections survive errors, slow headers are cut off, connections are bounded, the event
+loop stays free during a large review, and SIGTERM loses no request.
+
+Each test runs `proxy-injector serve` for real over TLS, verified against its CA."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests import hostile
+from tests.processes import free_port, stop, wait_for
+from tests.support import CORPUS, load_case, review
+from webhook import app as app_module
+from webhook.admission import review as real_review
+from webhook.app import create_app
+from webhook.config import MeshConfig
+
+WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
+BROKEN_ENGINE = """
+import sys
+from webhook import engine
+def broken(*args, **kwargs):
+    raise KeyError("containerPort")
+engine.probes.plan = broken
+from webhook.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@dataclass
+class Served:
+    port: int
+    ca: Path
+    process: object
+    log: Path
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def connection(self, timeout: float = 10) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(
+            "localhost", self.port, context=self.context(), timeout=timeout
+        )
+
+    def tls_socket(self) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        return self.context().wrap_socket(raw, server_hostname="localhost")
+
+
+@contextmanager
+def served(tmp_path: Path, *flags: str, broken_engine: bool = False) -> Iterator[Served]:
+    """`proxy-injector serve --self-signed` in a process of its own; with ``broken_engine``
+    its engine raises an exception nobody foresaw."""
+    import os
+    import subprocess
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    prefix = ["-c", BROKEN_ENGINE] if broken_engine else ["-m", "webhook"]
+    args = ["serve", "--self-signed", "--certs-dir", str(tmp_path), "--port", str(port), *flags]
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, *prefix, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    server = Served(port, tmp_path / "ca.crt", process, log)
+    try:
+        wait_for(lambda: server.ca.exists() and _answers(server), 30, "serve to start")
+        yield server
+    finally:
+        stop(process)
+
+
+def _answers(server: Served) -> bool:
+    try:
+        return status(server.connection(), "GET", "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def status(connection: http.client.HTTPSConnection, method: str, path: str, body: bytes = b""):
+    connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    return response.status, response.read(), response.getheader("connection")
+
+
+def test_a_bad_request_and_an_internal_error_keep_the_connection(tmp_path) -> None:
+    with served(tmp_path, broken_engine=True) as server:
+        connection = server.connection()
+        code, _, _ = status(connection, "POST", "/mutate", b"{not json")
+        assert code == 400
+        kept = connection.sock
+        code, body, header = status(connection, "POST", "/mutate", json.dumps(review(WEB)).encode())
+        assert code == 200
+        answer = json.loads(body)["response"]
+        assert answer["status"]["code"] == 500
+        assert answer["status"]["reason"] == "InternalError"
+        assert header != "close"
+        code, _, _ = status(connection, "GET", "/healthz")
+        assert code == 200
+        assert connection.sock is kept, "the server closed the keep-alive connection"
+    logged = [json.loads(line) for line in server.log.read_text().splitlines()]
+    failed = [line for line in logged if line["msg"] == "admission failed"]
+    assert failed and "KeyError: 'containerPort'" in failed[0]["exception"]
+
+
+def test_slow_headers_are_cut_off_while_others_are_served(tmp_path) -> None:
+    with served(tmp_path, "--header-timeout-seconds", "1") as server:
+        slow = server.tls_socket()
+        started = time.monotonic()
+        closed_after = None
+        header = b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 40
+        try:
+            for byte in header:
+                slow.sendall(bytes([byte]))
+                # Meanwhile a well-behaved client is answered.
+                assert status(server.connection(), "GET", "/healthz")[0] == 200
+                time.sleep(0.2)
+                if time.monotonic() - started > 6:
+                    break
+        except OSError:
+            closed_after = time.monotonic() - started
+        slow.settimeout(5)
+        try:
+            reply = slow.recv(1024)
+        except OSError:
+            reply = b""
+        closed_after = closed_after or time.monotonic() - started
+        slow.close()
+        assert reply in (
+            b"",
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        assert closed_after < 4, f"a slow client held its connection {closed_after:.1f} s"
+
+
+def test_connections_past_the_limit_are_closed_and_the_rest_served(tmp_path) -> None:
+    with served(tmp_path, "--max-connections", "3") as server:
+        held = [server.connection() for _ in range(3)]
+        for connection in held:
+            assert status(connection, "GET", "/healthz")[0] == 200
+        extra = server.tls_socket()
+        extra.settimeout(5)
+        try:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            reply = extra.recv(1024)
+        except OSError:
+            reply = b""
+        assert reply == b"", "a connection over the limit was served"
+        extra.close()
+        for connection in held:
+            assert status(connection, "GET", "/healthz")[0] == 200
+            connection.close()
+        wait_for(lambda: _answers(server), 10, "a connection to be served again")
+
+
+def test_a_large_review_runs_off_the_event_loop(monkeypatch) -> None:
+    """While a 3 MiB review is in progress, /healthz and small reviews are answered."""
+    started = threading.Event()
+
+    def slow_review(body: bytes, config: MeshConfig):
+        if len(body) > app_module.INLINE_BODY:
+            started.set()
+            time.sleep(1.5)  # holds its thread, as a CPU-bound review would
+        return real_review(body, config)
+
+    monkeypatch.setattr(app_module, "review", slow_review)
+    app = create_app(MeshConfig())
+    large = hostile.body(hostile.env_and_ports())
+    assert app_module.INLINE_BODY < len(large) <= app_module.MAX_BODY
+    small = json.dumps(review(WEB)).encode()
+    finished: dict[str, float] = {}
+
+    async def call(name: str, method: str, path: str, body: bytes = b"") -> int:
+        statuses: list[int] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(b"content-length", str(len(body)).encode())],
+            "scheme": "https",
+            "server": ("127.0.0.1", 8443),
+            "client": ("127.0.0.1", 5000),
+            "root_path": "",
+        }
+        await app(scope, receive, send)
+        finished[name] = time.monotonic()
+        return statuses[0]
+
+    async def scenario() -> list[int]:
+        big = asyncio.create_task(call("large", "POST", "/mutate", large))
+        while not started.is_set():
+            assert not big.done(), "the large review was not started"
+            await asyncio.sleep(0.01)
+        others = [call("healthz", "GET", "/healthz"), call("small", "POST", "/mutate", small)]
+        return [*await asyncio.gather(*others), await big]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [200, 200, 200]
+    assert finished["healthz"] < finished["large"]
+    assert finished["small"] < finished["large"]
+
+
+@dataclass
+class Client:
+    """A keep-alive client that writes reviews one after another until the server
+    refuses it a connection; a request written and never answered is lost."""
+
+    server: Served
+    body: bytes
+    answered: int = 0
+    lost: list[str] = field(default_factory=list)
+    closes: int = 0
+    refused: bool = False
+
+    def run(self, deadline: float) -> None:
+        connection = self.server.connection(timeout=20)
+        while time.monotonic() < deadline:
+            if connection.sock is None:
+                try:
+                    connection.connect()
+                except OSError:
+                    self.refused = True
+                    return
+            try:
+                code, body, header = status(connection, "POST", "/mutate", self.body)
+            except (OSError, http.client.HTTPException) as exc:
+                self.lost.append(repr(exc))
+                connection.close()
+                continue
+            if code == 200 and json.loads(body)["response"]["allowed"]:
+                self.answered += 1
+            else:
+                self.lost.append(f"HTTP {code}")
+            if header == "close":
+                self.closes += 1
+                connection.close()
+
+
+def test_sigterm_drains_without_losing_a_request(tmp_path) -> None:
+    with served(tmp_path, "--drain-seconds", "2") as server:
+        body = json.dumps(review(WEB)).encode()
+        clients = [Client(server, body) for _ in range(8)]
+        threads = [threading.Thread(target=c.run, args=(time.monotonic() + 30,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: all(c.answered for c in clients), 20, "every client to be answered")
+        before = sum(c.answered for c in clients)
+        server.process.send_signal(signal.SIGTERM)
+        readyz = server.connection()
+        assert status(readyz, "GET", "/readyz")[0] == 503
+        for thread in threads:
+            thread.join(timeout=40)
+        assert not any(thread.is_alive() for thread in threads)
+        assert server.process.wait(timeout=30) == 0
+    lost = [loss for c in clients for loss in c.lost]
+    assert not lost, lost
+    assert all(c.refused for c in clients), "clients were not refused after the drain"
+    assert sum(c.answered for c in clients) > before, "nothing was answered during the drain"
+    assert all(c.closes for c in clients), "drain responses did not close connections"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
