@@ -53,9 +53,9 @@ def _error(status: int, message: str, close: bool = False) -> Response:
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest(f"Content-Length {declared!r} is not a number")
-        if int(declared) > MAX_BODY:
+        if not (declared.isascii() and declared.isdigit()):
+            raise BadRequest(f"Content-Length {declared[:20]!r} is not a number")
+        if len(declared) > 10 or int(declared) > MAX_BODY:
             raise TooLarge
     chunks: list[bytes] = []
     size = 0

@@ -67,7 +67,7 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
     @cached(maxsize=256)
     def parse(text: str) -> int:
         value = text.strip()
-        if not re.fullmatch(r"[+-]?\d{1,9}", value):
+        if not re.fullmatch(r"[+-]?[0-9]{1,9}", value):
             raise ValueError("not a whole number")
         number = int(value)
         if not low <= number <= high:
@@ -109,7 +109,7 @@ def _items(text: str) -> list[str]:
 
 
 def _port(item: str) -> int:
-    if not item.isdigit() or not 1 <= int(item) <= 65535:
+    if not (item.isascii() and item.isdigit() and len(item) <= 5) or not 1 <= int(item) <= 65535:
         raise ValueError(f"{item!r} is not a port 1..65535")
     return int(item)
 
@@ -209,7 +209,9 @@ def format_bytes(amount: Decimal) -> str:
     return str(count)
 
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_DURATION = re.compile(
+    r"^(?:([0-9]{1,7})h)?(?:([0-9]{1,7})m(?!s))?(?:([0-9]{1,7})s)?(?:([0-9]{1,7})ms)?$"
+)
 
 
 @cached(maxsize=256)
