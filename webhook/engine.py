@@ -248,8 +248,9 @@ def _build(
         plan.ports, tuple(probe_plan.routes), upstream_list, config.upstream_policy, outbound_socket
     )
     encoded = bootstrap.encoded(sidecar_plan)
-    if len(encoded.encode()) > ARG_MAX_BYTES:
-        return deny(Reason.INVALID_POD, [_too_large(len(encoded.encode()), len(declared))])
+    size = len(encoded) if encoded.isascii() else len(encoded.encode())
+    if size > ARG_MAX_BYTES:
+        return deny(Reason.INVALID_POD, [_too_large(size, len(declared))])
     reading.field = "spec.terminationGracePeriodSeconds"
     drain_seconds = pick(overrides.drain_duration, config.drain_duration)
     proxy = sidecar.proxy_container(
@@ -266,24 +267,33 @@ def _build(
         proxy, native=native, drain_seconds=drain_seconds, grace_seconds=grace_seconds
     )
     ops.append(_proxy_op(proxy, native, bool(overrides.hold_application)))
-    warnings = limits.first(
+    warnings = _bounded_warnings(
         [
             *plan.warnings,
             *probe_plan.warnings,
             *upstream_warnings,
             *proxy_uid_warnings,
             *lifecycle.grace_warnings(native, drain_seconds, grace_seconds),
-            *(u.warning() for u in parsed.unknown[: limits.WARNINGS]),
         ],
-        limits.WARNINGS,
-        limits.WARNING_CHARS,
-        "warnings",
+        parsed.unknown,
     )
-    if len(parsed.unknown) > limits.WARNINGS:
-        warnings = _count_all(warnings, len(parsed.unknown) - limits.WARNINGS)
     return InjectionResult(
-        Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), tuple(warnings)
+        Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), warnings
     )
+
+
+def _bounded_warnings(
+    found: list[str], unknown: tuple[annotation_table.Unknown, ...]
+) -> tuple[str, ...]:
+    """At most ``limits.WARNINGS``, the last counting the rest; unknown keys come last and
+    only the first few are ever made into sentences."""
+    unlisted = max(len(unknown) - limits.WARNINGS, 0)
+    shown = [*found, *(u.warning() for u in unknown[: limits.WARNINGS])]
+    if not unlisted:
+        return tuple(limits.first(shown, limits.WARNINGS, limits.WARNING_CHARS, "warnings"))
+    # More than fit: the first few, and a count of every one left out.
+    kept = [limits.clip(w, limits.WARNING_CHARS) for w in shown[: limits.WARNINGS - 1]]
+    return (*kept, f"... and {len(shown) - len(kept) + unlisted:,} more warnings")
 
 
 def _too_many_containers(spec: dict[str, Any]) -> str | None:
@@ -296,13 +306,6 @@ def _too_many_containers(spec: dict[str, Any]) -> str | None:
         f"spec.containers and spec.initContainers: {count:,} containers, more than the "
         f"{limits.CONTAINERS:,} proxy-injector injects a pod with"
     )
-
-
-def _count_all(warnings: list[str], unlisted: int) -> list[str]:
-    """Unknown keys past the first few were never turned into warnings: count them too."""
-    if len(warnings) < limits.WARNINGS:
-        return [*warnings, f"... and {unlisted:,} more unknown annotations"]
-    return [*warnings[:-1], f"... and {unlisted + 1:,} more warnings"]
 
 
 def _probe_ops(rewrites: list[probes.Rewrite]) -> list[jp.Op]:
@@ -318,6 +321,8 @@ def _too_long_args(container: dict[str, Any]) -> list[str]:
     """The annotations an init container flag comes from can hold more than one argument
     may: such a pod would fail to start, so it is denied here."""
     args = container["args"]
+    if max(map(len, args)) * 4 <= ARG_MAX_BYTES:  # UTF-8 takes at most 4 bytes a character
+        return []
     return [
         f"container {container['name']} would get {flag} {len(value.encode()):,} bytes long, "
         f"more than the {ARG_MAX_BYTES:,} bytes Linux allows in one argument"

@@ -14,7 +14,7 @@ from typing import Any
 from webhook import quantity
 from webhook.limits import KEY_CHARS, PROBLEM_CHARS, clip
 from webhook.names import SHM_MOUNT_PATH
-from webhook.values import quote
+from webhook.values import cached, quote
 
 
 class InvalidPod(ValueError):
@@ -43,9 +43,9 @@ def array(parent: dict[str, Any], key: str, path: str) -> list[Any]:
 
 def objects(parent: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
     items = array(parent, key, path)
-    if not all(type(item) is dict for item in items):
-        index = next(i for i, item in enumerate(items) if not isinstance(item, dict))
-        raise InvalidPod(f"{path}.{key}[{index}]", "expected an object")
+    for index, item in enumerate(items):
+        if type(item) is not dict:
+            raise InvalidPod(f"{path}.{key}[{index}]", "expected an object")
     return items
 
 
@@ -137,12 +137,17 @@ def _memory_limit(raw: dict[str, Any], path: str) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidPod(where, f"expected a quantity, got {type(value).__name__}")
     try:
-        amount = quantity.parse(str(value))
-    except quantity.TooLarge:
-        return quantity.MAX
+        return _limit(str(value))
     except ValueError as exc:
         raise InvalidPod(where, f"{quote(str(value))}: {exc}") from None
-    return amount or None
+
+
+@cached(maxsize=256)
+def _limit(text: str) -> Decimal | None:
+    try:
+        return quantity.parse(text) or None
+    except quantity.TooLarge:
+        return quantity.MAX
 
 
 def _shm_volume(raw: dict[str, Any], path: str) -> str | None:
