@@ -287,6 +287,8 @@ def _bounded_warnings(
 ) -> tuple[str, ...]:
     """At most ``limits.WARNINGS``, the last counting the rest; unknown keys come last and
     only the first few are ever made into sentences."""
+    if not (found or unknown):
+        return ()
     unlisted = max(len(unknown) - limits.WARNINGS, 0)
     shown = [*found, *(u.warning() for u in unknown[: limits.WARNINGS])]
     if not unlisted:

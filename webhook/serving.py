@@ -1,8 +1,8 @@
 """The server's settings for its clients' sake: how long headers may take, how many
 connections are served, how shutdown drains; and whether it is ready.
 
-Plain data, apart from ``server`` (which imports uvicorn), so the command line can show
-the defaults without loading the server.
+Plain data, kept apart from ``server`` (which imports uvicorn) so that the command line
+shows the defaults without loading the server.
 """
 
 from __future__ import annotations

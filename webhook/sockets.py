@@ -158,15 +158,13 @@ class _Planner:
 
 def least_ports(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> int:
     """How many ports ``plan`` will hold at the least: one per intercepted port number."""
-    planner = _Planner(overrides, config)
-    return len(
-        {
-            port.number
-            for container in containers
-            for port in container.ports
-            if port.number not in PROXY_PORTS and planner.intercepted(port.number)
-        }
-    )
+    include = pick(overrides.include_inbound_ports, config.include_inbound_ports)
+    exclude = pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)
+    numbers = {port.number for container in containers for port in container.ports}
+    numbers.difference_update(PROXY_PORTS, exclude)
+    if include != values.ALL:
+        numbers.intersection_update(include)
+    return len(numbers)
 
 
 def plan(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> PortPlan:
