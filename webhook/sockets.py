@@ -41,8 +41,8 @@ class PortPlan:
     warnings: tuple[str, ...]
     annotation_errors: tuple[str, ...]
     pod_errors: tuple[str, ...]
-    by_key: dict[tuple[str, int], AppPort] = field(default_factory=dict)
-    sockets: dict[str, list[AppPort]] = field(default_factory=dict)
+    by_key: dict[tuple[str, int], AppPort]
+    sockets: dict[str, list[AppPort]]
     """Each container's ports that Envoy reaches over a socket, in order."""
 
     def of(self, container: str, number: int) -> AppPort | None:
@@ -79,10 +79,7 @@ class _Planner:
     uds: bool = True
 
     def __post_init__(self) -> None:
-        include = pick(self.overrides.include_inbound_ports, self.config.include_inbound_ports)
-        exclude = pick(self.overrides.exclude_inbound_ports, self.config.exclude_inbound_ports)
-        self.include = None if include == values.ALL else frozenset(include)
-        self.exclude = frozenset(exclude)
+        self.include, self.exclude = _inbound(self.overrides, self.config)
         self.http_refs = frozenset(self.overrides.http_ports or ())
         refs = self.overrides.uds_ports
         self.uds_refs = None if refs is None else frozenset(refs)
@@ -156,13 +153,21 @@ class _Planner:
                 )
 
 
-def least_ports(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> int:
-    """How many ports ``plan`` will hold at the least: one per intercepted port number."""
+def _inbound(
+    overrides: Overrides, config: MeshConfig
+) -> tuple[frozenset[int] | None, frozenset[int]]:
+    """The inbound ports intercepted (None: every one) and those excluded."""
     include = pick(overrides.include_inbound_ports, config.include_inbound_ports)
     exclude = pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)
+    return (None if include == values.ALL else frozenset(include)), frozenset(exclude)
+
+
+def least_ports(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> int:
+    """How many ports ``plan`` will hold at the least: one per intercepted port number."""
+    include, exclude = _inbound(overrides, config)
     numbers = {port.number for container in containers for port in container.ports}
     numbers.difference_update(PROXY_PORTS, exclude)
-    if include != values.ALL:
+    if include is not None:
         numbers.intersection_update(include)
     return len(numbers)
 
