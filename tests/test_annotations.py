@@ -40,7 +40,7 @@ INVALID = [
     ("proxy.io/cpu-limit", "0", "a positive Kubernetes quantity"),
     ("proxy.io/shm-size", "lots", "a positive Kubernetes quantity"),
     ("proxy.io/log-level", "verbose", "one of trace, debug"),
-    ("proxy.io/upstream", "unix", '"uds" or "tcp"'),
+    ("proxy.io/upstream", "unix", '"auto", "uds" or "tcp"'),
     ("proxy.io/image", "envoy proxy:latest", "a container image reference"),
     ("proxy.io/exclude-inbound-ports", "70000", "comma-separated ports 1..65535"),
     ("proxy.io/exclude-inbound-ports", "http", "comma-separated ports 1..65535"),

@@ -33,10 +33,14 @@ UPSTREAM_PORT = free_port()
 
 
 def meshed(annotations: dict[str, str] | None = None) -> dict:
+    """Strict socket mode: these tests are about the socket (auto mode: test_auto_upstream)."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "web-0", "annotations": annotations or {}},
+        "metadata": {
+            "name": "web-0",
+            "annotations": {"proxy.io/upstream": "uds", **(annotations or {})},
+        },
         "spec": {
             "containers": [
                 {

@@ -62,8 +62,9 @@ def test_https_probe_keeps_scheme_and_headers_and_tcp_probe_becomes_a_connect_ch
     checks = readiness["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
     connect = [c["typed_config"] for c in checks if c["name"] == "envoy.filters.http.health_check"]
     by_path = {c["headers"][0]["string_match"]["exact"]: c for c in connect}
+    # Auto mode (the default): one of the port's two hosts, its socket or TCP, suffices.
     assert by_path["/app-health/secure/readyz"]["cluster_min_healthy_percentages"] == {
-        "inbound|9090": {"value": 100}
+        "inbound|9090": {"value": 50}
     }
     assert set(by_path["/healthz/app"]["cluster_min_healthy_percentages"]) == {
         "inbound|8443",

@@ -48,7 +48,8 @@ def web_pod_bootstrap() -> dict:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "web"},
+        # Strict: with the socket unreachable there must be no TCP to fall back to.
+        "metadata": {"name": "web", "annotations": {"proxy.io/upstream": "uds"}},
         "spec": {
             "containers": [
                 {

@@ -95,10 +95,11 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation(
         "proxy.io/upstream",
         "upstream",
-        values.one_of("uds", "tcp"),
-        '"uds" or "tcp"',
+        values.one_of("auto", "uds", "tcp"),
+        '"auto", "uds" or "tcp"',
         "mesh config `upstream`",
-        "How Envoy reaches the app: a Unix socket on /dev/shm, or TCP on loopback.",
+        "How Envoy reaches the app: `auto` its Unix socket on /dev/shm while the app listens "
+        "there, else TCP on loopback; `uds` the socket only; `tcp` loopback only.",
     ),
     Annotation(
         "proxy.io/uds-ports",

@@ -89,7 +89,9 @@ class MeshConfig(_Section):
     concurrency: int | None = Field(None, ge=1, le=64)
     """Envoy workers; unset means the proxy CPU limit rounded up, at least 2."""
     log_level: Annotated[str, _checked(values.one_of(*values.ENVOY_LOG_LEVELS))] = "warning"
-    upstream: Literal["uds", "tcp"] = "uds"
+    upstream: Literal["auto", "uds", "tcp"] = "auto"
+    """auto: each app port's socket while the app listens there, else 127.0.0.1:port;
+    uds: the socket only (the proxy is unready without it); tcp: loopback only."""
     uds_path: Annotated[str, _checked(values.socket_template)] = "/dev/shm/{container}-{port}.sock"
     resources: ProxyResources = ProxyResources()
     shm: Shm = Shm()

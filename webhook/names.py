@@ -34,6 +34,8 @@ OUTBOUND_UDS_PATH = "/dev/shm/proxy-outbound.sock"
 OUTBOUND_UDS_ENV = "PROXY_OUTBOUND_UDS"
 """Env var with the egress socket, when proxy.io/outbound-uds is on."""
 APP_HEALTH_PATH = "/healthz/app"
+APP_TRANSPORT_PATH = "/app-transport"
+"""On the readiness port: a line per app port, ``8080 socket``, ``8080 tcp`` or ``8080 none``."""
 """Readiness of the proxy and of every app socket: the proxy container's readiness probe."""
 
 ARG_MAX_BYTES = 131_071

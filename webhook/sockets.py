@@ -29,6 +29,8 @@ class AppPort:
     socket: str | None
     """Socket path Envoy connects to; None when Envoy uses 127.0.0.1:number."""
     protocol: str = TCP
+    tcp_fallback: bool = False
+    """Auto mode: 127.0.0.1:number whenever nothing listens on the socket."""
 
     @property
     def is_http(self) -> bool:
@@ -76,14 +78,14 @@ class _Planner:
     http_refs: frozenset[int | str] = frozenset()
     uds_refs: frozenset[int | str] | None = None
     """None: every port."""
-    uds: bool = True
+    mode: str = "auto"
 
     def __post_init__(self) -> None:
         self.include, self.exclude = _inbound(self.overrides, self.config)
         self.http_refs = frozenset(self.overrides.http_ports or ())
         refs = self.overrides.uds_ports
         self.uds_refs = None if refs is None else frozenset(refs)
-        self.uds = pick(self.overrides.upstream, self.config.upstream) == "uds"
+        self.mode = pick(self.overrides.upstream, self.config.upstream)
 
     def intercepted(self, number: int) -> bool:
         return (self.include is None or number in self.include) and number not in self.exclude
@@ -100,7 +102,7 @@ class _Planner:
     def socket(self, container: Container, port: Port) -> str | None:
         named = {port.number, port.name} & (self.uds_refs or frozenset())
         self.matched.update(named)
-        if not self.uds or (self.uds_refs is not None and not named):
+        if self.mode == "tcp" or (self.uds_refs is not None and not named):
             return None
         template = self.overrides.uds_path or self.config.uds_path
         path = template.format(container=container.name, port=port.number)
@@ -133,12 +135,14 @@ class _Planner:
             return
         if not self.intercepted(port.number):
             return
+        socket = self.socket(container, port)
         app_port = AppPort(
             container.name,
             port.number,
             port.name,
-            self.socket(container, port),
+            socket,
             self.protocol(port),
+            tcp_fallback=bool(socket) and self.mode == "auto",
         )
         if app_port.socket:
             self.by_path[app_port.socket] = app_port

@@ -46,7 +46,7 @@ def build(plan: SidecarPlan) -> Json:
     socket_ports = tuple(p for p in plan.ports if p.socket)
     tls_ports = {p.port.number: p.port for p in plan.probes if p.tls}
     listeners = [
-        health.readiness_listener(socket_ports, plan.probes),
+        health.readiness_listener(plan.ports, socket_ports, plan.probes),
         health.prometheus_listener(),
         inbound.inbound_listener(plan.ports),
         outbound.outbound_listener(plan.upstreams, plan.policy),

@@ -4,6 +4,7 @@ port, which reaches the app over its Unix socket or TCP loopback."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from webhook.bootstrap.objects import (
     CONNECT_TIMEOUT,
@@ -57,25 +58,58 @@ def _app_address(port: AppPort) -> Json:
     return pipe_address(port.socket) if port.socket else socket_address("127.0.0.1", port.number)
 
 
-def app_cluster(port: AppPort) -> Json:
-    """The cluster for one app port: its Unix socket, or 127.0.0.1:port."""
-    extra: Json = {}
+def _app_cluster(name: str, port: AppPort, **extra: Any) -> Json:
+    """A cluster reaching the app's port: its socket, or 127.0.0.1:port, or in auto mode
+    both as two priorities. The connect-only health check, every second, marks the socket
+    down while nothing listens there, and traffic moves to the next priority, TCP; back
+    to the socket within a second of the app listening on it again. Every endpoint keeps
+    its own stats, so operators can see which way traffic goes."""
     if port.socket:
         extra["health_checks"] = [_socket_check()]
+    cluster = static_cluster(name, _app_address(port), **extra)
+    if port.tcp_fallback:
+        tcp = {"endpoint": {"address": socket_address("127.0.0.1", port.number)}}
+        cluster["load_assignment"]["endpoints"].append({"priority": 1, "lb_endpoints": [tcp]})
+        cluster["track_cluster_stats"] = {"per_endpoint_stats": True}
+    return cluster
+
+
+def app_cluster(port: AppPort) -> Json:
+    """The cluster for one app port (see ``_app_cluster``)."""
+    extra: Json = {}
     if port.protocol == HTTP2:
         extra["typed_extension_protocol_options"] = http2_options()
-    return static_cluster(cluster_name(port.number), _app_address(port), **extra)
+    return _app_cluster(cluster_name(port.number), port, **extra)
 
 
 def tls_probe_cluster(port: AppPort) -> Json:
     """For HTTPS probes: TLS to the app like the kubelet does it, without verification."""
     tls = typed("envoy.transport_sockets.tls", "transport_sockets.tls.v3.UpstreamTlsContext")
-    return static_cluster(tls_cluster_name(port.number), _app_address(port), transport_socket=tls)
+    return _app_cluster(tls_cluster_name(port.number), port, transport_socket=tls)
+
+
+def fallback_retry(port: AppPort) -> Json:
+    """Route option for auto mode: a request whose connection to the socket is refused
+    (the app stopped listening there, and the health check has not seen it yet) is sent
+    again, to TCP."""
+    if not port.tcp_fallback:
+        return {}
+    return {
+        "retry_policy": {
+            "retry_on": "connect-failure",
+            "num_retries": 1,
+            "retry_priority": typed(
+                "envoy.retry_priorities.previous_priorities",
+                "retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                update_frequency=1,
+            ),
+        }
+    }
 
 
 def _http_filter(port: AppPort) -> Json:
     name = f"inbound_{port.number}"
-    route = route_to(cluster_name(port.number), timeout="0s")
+    route = route_to(cluster_name(port.number), timeout="0s", **fallback_retry(port))
     return http_connection_manager(
         name,
         [virtual_host(name, ["*"], [route])],
