@@ -31,6 +31,8 @@ BLACKHOLE = "inbound|blackhole"
 PASSTHROUGH_SOURCE = "127.0.0.6"
 """Source of passthrough connections (as in Istio), so the app and rules can tell them apart."""
 SOCKET_CHECK_SECONDS = 1
+ENVOY_MAX_REQUESTS = 1024
+"""Envoy's default limit of requests in flight per cluster."""
 
 
 def cluster_name(port: int) -> str:
@@ -71,6 +73,9 @@ def _app_cluster(name: str, port: AppPort, **extra: Any) -> Json:
         tcp = {"endpoint": {"address": socket_address("127.0.0.1", port.number)}}
         cluster["load_assignment"]["endpoints"].append({"priority": 1, "lb_endpoints": [tcp]})
         cluster["track_cluster_stats"] = {"per_endpoint_stats": True}
+        # Envoy allows 3 retries in flight per cluster by default: while the socket goes
+        # away every request in flight retries to TCP at once, so allow one per request.
+        cluster["circuit_breakers"] = {"thresholds": [{"max_retries": ENVOY_MAX_REQUESTS}]}
     return cluster
 
 
