@@ -115,9 +115,39 @@ def test_every_invalid_annotation_is_reported_at_once(webhook) -> None:
     assert "proxy.io/log-level" in message
 
 
-def test_request_above_its_limit_is_denied_naming_both(webhook) -> None:
-    message = denial(webhook, {"proxy.io/cpu": "3"})
-    assert 'annotation proxy.io/cpu "3" is greater than mesh config resources.cpuLimit' in message
+@pytest.mark.parametrize(
+    ("annotations", "limits", "raised"),
+    [
+        ({"proxy.io/cpu": "4000m"}, {"cpu": "4", "memory": "1Gi"}, "proxy.io/cpu"),
+        ({"proxy.io/memory": "3Gi"}, {"cpu": "2", "memory": "3Gi"}, "proxy.io/memory"),
+    ],
+)
+def test_a_request_above_the_default_limit_raises_the_limit_with_a_warning(
+    webhook, annotations, limits, raised
+) -> None:
+    """Istio's corpus case traffic-annotations: only the request is set, above the default
+    limit; the pod is admitted, not denied."""
+    pod = annotated(annotations)
+    answer = webhook.mutate(review(pod))["response"]
+    assert answer["allowed"] is True
+    proxy = container(apply(pod, patch_of({"response": answer})), "proxy")
+    assert proxy["resources"]["limits"] == limits
+    (warning,) = [w for w in answer["warnings"] if raised in w]
+    assert "is raised to it" in warning
+
+
+def test_request_above_the_limit_the_pod_sets_is_denied_naming_both(webhook) -> None:
+    message = denial(webhook, {"proxy.io/cpu": "3", "proxy.io/cpu-limit": "2"})
+    assert 'annotation proxy.io/cpu "3" is greater than annotation proxy.io/cpu-limit "2"' in (
+        message
+    )
+
+
+def test_a_limit_annotation_below_the_default_request_is_denied(webhook) -> None:
+    message = denial(webhook, {"proxy.io/memory-limit": "64Mi"})
+    assert "mesh config resources.memory is greater than annotation proxy.io/memory-limit" in (
+        message
+    )
 
 
 def test_values_are_never_spliced_into_messages_raw(webhook) -> None:

@@ -195,16 +195,17 @@ def _build(
     declared = overrides.upstreams or ()
     # Checked before anything per port is built: a pod with tens of thousands of ports
     # would otherwise cost seconds only to be refused for its size.
-    sized = bootstrap.least_size(sockets.least_ports(apps, overrides, config), 0, len(declared))
-    if sized > ARG_MAX_BYTES:
-        return deny(Reason.INVALID_POD, [_too_large(sized, len(declared), at_least=True)])
+    least = bootstrap.least_size(sockets.least_ports(apps, overrides, config), 0, len(declared))
+    if least > ARG_MAX_BYTES:
+        return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
     plan = sockets.plan(apps, overrides, config)
     reading.field = "the app containers' probes"
     probe_plan = probes.plan(apps, plan, pick(overrides.rewrite_probes, True))
     reading.field = "the proxy's resources"
-    resources, limit_errors = sidecar.resources(overrides, config)
-    if plan.annotation_errors or limit_errors:
-        return deny(Reason.INVALID_ANNOTATION, [*plan.annotation_errors, *limit_errors])
+    sized = sidecar.resources(overrides, config)
+    resources = sized.resources
+    if plan.annotation_errors or sized.errors:
+        return deny(Reason.INVALID_ANNOTATION, [*plan.annotation_errors, *sized.errors])
     reading.field = "spec.securityContext"
     proxy_uid_warnings = _proxy_uid_apps(spec, apps)
     if proxy_uid_warnings and config.deny_proxy_uid_apps:
@@ -218,9 +219,9 @@ def _build(
         )
     reading.field = "proxy.io/upstreams"
     outbound_socket = OUTBOUND_UDS_PATH if overrides.outbound_uds else None
-    sized = bootstrap.least_size(len(plan.ports), len(probe_plan.routes), len(declared))
-    if sized > ARG_MAX_BYTES:
-        return deny(Reason.INVALID_POD, [_too_large(sized, len(declared), at_least=True)])
+    least = bootstrap.least_size(len(plan.ports), len(probe_plan.routes), len(declared))
+    if least > ARG_MAX_BYTES:
+        return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
     upstream_list, upstream_warnings = upstreams.resolve(declared, namespace, config.cluster_domain)
 
     reading.field = "spec"
@@ -269,6 +270,7 @@ def _build(
     ops.append(_proxy_op(proxy, native, bool(overrides.hold_application)))
     warnings = _bounded_warnings(
         [
+            *sized.warnings,
             *plan.warnings,
             *probe_plan.warnings,
             *upstream_warnings,

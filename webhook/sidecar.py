@@ -53,20 +53,47 @@ class Resources:
         }
 
 
-def resources(overrides: Overrides, config: MeshConfig) -> tuple[Resources, list[str]]:
-    """The proxy's requests and limits, and an error for each request above its limit."""
+@dataclass(frozen=True, slots=True)
+class Sized:
+    resources: Resources
+    errors: list[str]
+    """A request above a limit the pod sets too."""
+    warnings: list[str]
+    """A request above the mesh config's default limit, which was raised to it."""
+
+
+def resources(overrides: Overrides, config: MeshConfig) -> Sized:
+    """The proxy's requests and limits. A request annotation above the default limit
+    raises the limit to it (with a warning), as Istio does; a request above a limit the
+    pod sets as well is an error."""
     defaults = config.resources
-    chosen = Resources(
-        cpu=overrides.cpu or defaults.cpu,
-        memory=overrides.memory or defaults.memory,
-        cpu_limit=overrides.cpu_limit or defaults.cpu_limit,
-        memory_limit=overrides.memory_limit or defaults.memory_limit,
-    )
-    errors = []
+    chosen = {
+        "cpu": overrides.cpu or defaults.cpu,
+        "memory": overrides.memory or defaults.memory,
+        "cpu_limit": overrides.cpu_limit or defaults.cpu_limit,
+        "memory_limit": overrides.memory_limit or defaults.memory_limit,
+    }
+    errors, warnings = [], []
     for request, limit in (("cpu", "cpu_limit"), ("memory", "memory_limit")):
-        if getattr(chosen, request) > getattr(chosen, limit):
+        if chosen[request] <= chosen[limit]:
+            continue
+        limit_set = getattr(overrides, limit) is not None
+        if limit_set or getattr(overrides, request) is None:
             errors.append(_over_limit(overrides, request, limit))
-    return chosen, errors
+            continue
+        chosen[limit] = chosen[request]
+        warnings.append(_raised(overrides, request, limit))
+    return Sized(Resources(**chosen), errors, warnings)
+
+
+def _raised(overrides: Overrides, request: str, limit: str) -> str:
+    key = "proxy.io/" + request
+    return (
+        f"annotation {key} {quote(overrides.raw[key])} is above the default "
+        f"{limit.replace('_', ' ')} (mesh config resources.{limit.replace('_l', 'L')}): "
+        f"the proxy's {limit.replace('_', ' ')} is raised to it; set "
+        f"proxy.io/{limit.replace('_', '-')} to choose another"
+    )
 
 
 def _over_limit(overrides: Overrides, request: str, limit: str) -> str:
