@@ -39,6 +39,7 @@ Ports = Annotated[tuple[int, ...], _checked(values.ports)]
 CidrsOrAll = Annotated[tuple[str, ...] | str, _checked(values.cidrs_or_all)]
 Cidrs = Annotated[tuple[str, ...], _checked(values.cidrs)]
 Duration = Annotated[float, _checked(values.duration)]
+SecretNames = Annotated[tuple[str, ...], _checked(values.dns_names)]
 
 
 class _Section(BaseModel):
@@ -86,6 +87,10 @@ class UpstreamPolicy(_Section):
 class MeshConfig(_Section):
     proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
     init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.1.0"
+    image_pull_secrets: SecretNames = ()
+    """Merged into each injected pod's spec.imagePullSecrets (a private registry)."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    """Of the proxy and proxy-init; None leaves Kubernetes' default."""
     concurrency: int | None = Field(None, ge=1, le=64)
     """Envoy workers; unset means the proxy CPU limit rounded up, at least 2."""
     log_level: Annotated[str, _checked(values.one_of(*values.ENVOY_LOG_LEVELS))] = "warning"

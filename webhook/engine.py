@@ -232,8 +232,12 @@ def _build(
         ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), [volume])
     ops += _fs_group_op(spec, plan)
     init = sidecar.init_container(
-        image=config.init_image, args=sidecar.init_args(overrides, config), limits=resources
+        image=config.init_image,
+        args=sidecar.init_args(overrides, config),
+        limits=resources,
+        pull_policy=config.image_pull_policy,
     )
+    ops += _pull_secrets_ops(spec, config.image_pull_secrets)
     long_args = _too_long_args(init)
     if long_args:
         return deny(Reason.INVALID_ANNOTATION, long_args)
@@ -262,6 +266,7 @@ def _build(
         limits=resources,
         shm_volume_name=volume_name,
         drain_seconds=drain_seconds,
+        pull_policy=config.image_pull_policy,
     )
     grace_seconds = pods.termination_grace_seconds(spec)
     proxy = lifecycle.stopping_after_the_app(
@@ -309,6 +314,19 @@ def _too_many_containers(spec: dict[str, Any]) -> str | None:
     return (
         f"spec.containers and spec.initContainers: {count:,} containers, more than the "
         f"{limits.CONTAINERS:,} proxy-injector injects a pod with"
+    )
+
+
+def _pull_secrets_ops(spec: dict[str, Any], wanted: tuple[str, ...]) -> list[jp.Op]:
+    """The mesh config's pull secrets (our images may sit in a private registry), each
+    added once: the pod's own come first and are never repeated."""
+    if not wanted:
+        return []
+    listed = pods.objects(spec, "imagePullSecrets", "spec")
+    have = {pods.text(item, "name", "spec.imagePullSecrets") for item in listed}
+    missing = [{"name": name} for name in wanted if name not in have]
+    return jp.append(
+        "/spec/imagePullSecrets", isinstance(spec.get("imagePullSecrets"), list), missing
     )
 
 

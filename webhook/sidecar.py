@@ -155,8 +155,9 @@ def proxy_container(
     limits: Resources,
     shm_volume_name: str,
     drain_seconds: float,
+    pull_policy: str | None = None,
 ) -> Json:
-    container = {
+    container: Json = {
         "name": PROXY_CONTAINER,
         "image": image,
         "command": ["envoy"],
@@ -205,6 +206,12 @@ def proxy_container(
         },
         "volumeMounts": [shm_mount(shm_volume_name)],
     }
+    return _pulled(container, pull_policy)
+
+
+def _pulled(container: Json, pull_policy: str | None) -> Json:
+    if pull_policy:
+        container["imagePullPolicy"] = pull_policy
     return container
 
 
@@ -257,8 +264,10 @@ def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
     return args
 
 
-def init_container(*, image: str, args: list[str], limits: Resources) -> Json:
-    return {
+def init_container(
+    *, image: str, args: list[str], limits: Resources, pull_policy: str | None = None
+) -> Json:
+    container: Json = {
         "name": INIT_CONTAINER,
         "image": image,
         "command": ["proxy-injector"],
@@ -274,3 +283,4 @@ def init_container(*, image: str, args: list[str], limits: Resources) -> Json:
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
         },
     }
+    return _pulled(container, pull_policy)

@@ -241,6 +241,12 @@ def dns_name(text: str) -> str:
     return text
 
 
+@cached(maxsize=64)
+def dns_names(text: str) -> tuple[str, ...]:
+    """Comma-separated DNS names (Secret names), each once, in order."""
+    return tuple(dict.fromkeys(dns_name(item) for item in _items(text)))
+
+
 @cached(maxsize=256)
 def upstreams(text: str) -> tuple[tuple[str, int], ...]:
     """Comma-separated ``service:port`` dependencies, e.g. "reviews.shop:9080,ratings:9080"."""
