@@ -95,14 +95,23 @@ def test_traffic_takes_the_socket_when_the_app_listens_there(
     try:
         way = "tcp" if listens == "tcp" else "socket"
         wait_for(lambda: transport(envoy) == f"8080 {way}\n", 10, f"/app-transport: {way}")
-        status, body = http_get(envoy.ports[8080], "/")
-        assert status == 200
         expected = f"hello from nginx {tcp_port}" if way == "tcp" else "hello from nginx web-8080"
-        assert body.decode().startswith(expected)
-        for _ in range(4):
-            assert http_get(envoy.ports[8080], "/")[0] == 200
-        socket_requests, tcp_requests = stats(envoy, folder, tcp_port)
-        assert (socket_requests, tcp_requests) == ((0, 5) if way == "tcp" else (5, 0))
+        # Workers see a health change a moment after the admin API does.
+        wait_for(lambda: http_get(envoy.ports[8080], "/")[1].decode().startswith(expected), 5)
+        before = stats(envoy, folder, tcp_port)
+        for _ in range(5):
+            status, body = http_get(envoy.ports[8080], "/")
+            assert (status, body.decode().startswith(expected)) == (200, True)
+        after = stats(envoy, folder, tcp_port)
+        moved = (after[0] - before[0], after[1] - before[1])
+        assert moved == ((0, 5) if way == "tcp" else (5, 0))
+        used = f"127.0.0.1:{tcp_port}" if way == "tcp" else f"{folder}/web-8080.sock"
+        metrics = http_get(envoy.ports[15090], "/stats/prometheus")[1].decode()
+        line = (
+            'envoy_cluster_endpoint_rq_total{envoy_cluster_name="inbound|8080",'
+            f'envoy_endpoint_address="{used}"}} '
+        )
+        assert int(metrics.split(line, 1)[1].split()[0]) >= 5
         assert http_get(envoy.ports[15021], "/healthz/app")[0] == 200
         assert http_get(envoy.ports[15021], "/app-health/web/readyz")[0] == 200
     finally:
