@@ -1,7 +1,8 @@
 """Interception for real: the init container's rules, applied by `proxy-injector
 init-iptables` with exactly the flags the engine put in the pod, inside a network namespace
 standing in for the pod, with Envoy (UID 1337) running the generated bootstrap and nginx
-behind it on a Unix socket. Run against iptables-nft and iptables-legacy."""
+behind it: in auto mode (the default), port 8080's app listens on its Unix socket and port
+8081's on TCP only. Run against iptables-nft and iptables-legacy."""
 
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def meshed_pod() -> dict:
                 {
                     "name": "web",
                     "image": "nginx:1.27",
-                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "ports": [
+                        {"name": "http", "containerPort": 8080},
+                        {"name": "http-alt", "containerPort": 8081},
+                    ],
                 }
             ]
         },
@@ -91,6 +95,7 @@ def pod(request):
         nginx.command_prefix = net.exec(net.pod)
         nginx.start()
         serve_http(net, net.pod, "127.0.0.1", 7070, folder, "undeclared-port")
+        serve_http(net, net.pod, "127.0.0.1", 8081, folder, "tcp-only-app")
         for address, port, name in (
             (netns.CLIENT_V4, 9090, "remote"),
             (netns.CLIENT_V4, 9091, "excluded-port"),
@@ -120,6 +125,25 @@ def test_inbound_to_a_declared_port_reaches_the_app_through_envoy(pod) -> None:
     assert (status, body) == (200, "hello from nginx web-8080.sock")
     assert pod.stat("http.inbound_8080.downstream_rq_total") == before + 1
     assert pod.stat("cluster.inbound|8080.upstream_rq_total") >= 1
+
+
+def test_auto_mode_reaches_each_app_the_way_it_listens(pod) -> None:
+    """(a) port 8081's app listens on TCP only, (b) port 8080's on its socket only."""
+    socket_endpoint = f"cluster.inbound|8080.endpoint.{pod.folder}/web-8080.sock.rq_total"
+    tcp_endpoint = "cluster.inbound|8081.endpoint.127.0.0.1_8081.rq_total"
+    wait_for(lambda: pod.net.curl(pod.net.pod, "http://127.0.0.1:15021/healthz/app")[0] == 200)
+    before = pod.stat(socket_endpoint), pod.stat(tcp_endpoint)
+    assert pod.net.curl(pod.net.client, f"http://{netns.POD_V4}:8080/") == (
+        200,
+        "hello from nginx web-8080.sock",
+    )
+    assert pod.net.curl(pod.net.client, f"http://{netns.POD_V4}:8081/who.txt") == (
+        200,
+        "tcp-only-app",
+    )
+    assert (pod.stat(socket_endpoint), pod.stat(tcp_endpoint)) == (before[0] + 1, before[1] + 1)
+    transport = pod.net.curl(pod.net.pod, "http://127.0.0.1:15021/app-transport")
+    assert transport == (200, "8080 socket\n8081 tcp")
 
 
 def test_inbound_to_an_undeclared_port_passes_through_to_loopback(pod) -> None:
