@@ -1,11 +1,14 @@
 """Envoy to the app over a Unix socket vs. over TCP loopback, same bootstrap otherwise.
 
-The engine generates the sidecar bootstrap for one pod twice, in UDS mode and in TCP mode
-(``proxy.io/upstream: tcp``); both run (remapped by the documented test hook) in front of
-the same nginx, which listens on a socket and on a TCP port. Envoy is pinned to CPU 0 with
-``--concurrency 1``; nginx (one worker) and wrk share CPU 1. Runs alternate UDS / TCP, and
-the figure that counts is the median of the pairwise ratios. Each run also reports
-Envoy's own CPU time per request (user + system, from /proc), the cost the socket cuts.
+The engine generates the sidecar bootstrap for one pod three times, in UDS mode, in TCP
+mode (``proxy.io/upstream: tcp``) and in auto mode (the socket while the app listens
+there, else TCP, with a health check every second); all run (remapped by the documented
+test hook) in front of the same nginx, which listens on a socket and on a TCP port, so
+auto mode takes the socket. Envoy is pinned to CPU 0 with ``--concurrency 1``; nginx (one
+worker) and wrk share CPU 1. Runs rotate UDS / TCP / auto, and the figures that count are
+the medians of the ratios within each round: UDS/TCP, and auto/UDS, which shows what auto
+mode's health check and second priority cost. Each run also reports Envoy's own CPU time
+per request (user + system, from /proc), the cost the socket cuts.
 
 ``--profile`` then samples Envoy under load with ``perf`` (Debian's linux-perf) in each
 mode and prints where its CPU goes: receiving from the app (``tcp_recvmsg`` or
@@ -35,6 +38,7 @@ from common import cpu_seconds, generated_bootstrap, one_container_pod, pin, wrk
 from tests.processes import Envoy, Nginx, free_port, shared_folder
 
 SIZES = {"1 KiB": 1024, "256 KiB": 256 * 1024}
+MODES = ("uds", "tcp", "auto")
 
 
 def measured_run(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
@@ -161,7 +165,7 @@ def main() -> None:
     try:
         nginx.start()
         pin(nginx.process.pid, 1)
-        for mode in ("uds", "tcp"):
+        for mode in MODES:
             envoys[mode] = Envoy(
                 generated_bootstrap(one_container_pod({"proxy.io/upstream": mode}, port_name)),
                 folder,
@@ -176,32 +180,39 @@ def main() -> None:
             for url in urls.values():
                 wrk(url, seconds=2, connections=args.connections, cpu=1)  # warm-up
             ratios: dict[str, list[float]] = {"rps": [], "p50": [], "p99": []}
+            auto_ratios: dict[str, list[float]] = {"rps": [], "p50": [], "p99": []}
             print(
                 f"\n{label} responses, {args.app_protocol} to the app, app sndbuf "
                 f"{args.app_sndbuf or 'default'}, "
                 f"{args.pairs} pairs x {args.seconds}s, "
                 f"{args.connections} connections, Envoy --concurrency 1 on CPU 0:"
             )
-            cpu: dict[str, list[float]] = {"uds": [], "tcp": []}
+            cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
             for pair in range(args.pairs):
                 runs = {}
                 for mode, url in urls.items():
                     runs[mode] = measured_run(envoys[mode].process.pid, url, args)
                     cpu[mode].append(runs[mode]["cpu_us"])
-                uds, tcp = runs["uds"], runs["tcp"]
-                ratios["rps"].append(uds["rps"] / tcp["rps"])
-                ratios["p50"].append(uds["p50"] / tcp["p50"])
-                ratios["p99"].append(uds["p99"] / tcp["p99"])
-                print(f"  pair {pair + 1}: UDS {summary(uds)} | TCP {summary(tcp)}")
+                uds, tcp, auto = runs["uds"], runs["tcp"], runs["auto"]
+                for metric in ratios:
+                    ratios[metric].append(uds[metric] / tcp[metric])
+                    auto_ratios[metric].append(auto[metric] / uds[metric])
+                print(
+                    f"  round {pair + 1}: UDS {summary(uds)} | TCP {summary(tcp)} | "
+                    f"auto {summary(auto)}"
+                )
+            for name, found in (("UDS/TCP", ratios), ("auto/UDS", auto_ratios)):
+                print(
+                    f"  median {name}: "
+                    + ", ".join(f"{m} {statistics.median(v):.2f}x" for m, v in found.items())
+                )
             print(
-                "  median UDS/TCP: "
-                + ", ".join(f"{m} {statistics.median(v):.2f}x" for m, v in ratios.items())
-                + f"; Envoy CPU per request UDS {statistics.median(cpu['uds']):.0f} us, "
-                f"TCP {statistics.median(cpu['tcp']):.0f} us"
+                "  Envoy CPU per request: "
+                + ", ".join(f"{m} {statistics.median(v):.0f} us" for m, v in cpu.items())
             )
             if args.profile:
                 medians = {m: statistics.median(v) for m, v in cpu.items()}
-                print_profiles(envoys, urls, medians, args)
+                print_profiles(envoys, {m: urls[m] for m in ("uds", "tcp")}, medians, args)
     finally:
         for envoy in envoys.values():
             envoy.stop()
