@@ -203,3 +203,14 @@ def test_circuit_breakers_other_than_envoys_defaults_are_set_per_upstream() -> N
     assert reviews["lb_policy"] == "ROUND_ROBIN"
     checked = envoy_validate(bootstrap_of(apply(pod, list(result.patch))))
     assert checked.returncode == 0, checked.stderr[-2000:]
+
+
+def test_a_grpc_probe_is_left_alone_in_auto_mode() -> None:
+    """Not a needless denial: the kubelet's gRPC check is intercepted and reaches the app
+    through Envoy, over its socket or TCP."""
+    original = case("38-grpc-probe-auto")
+    pod, _ = injected(original)
+    assert container(pod, "greeter")["readinessProbe"] == {
+        "grpc": {"port": 50051},
+        "periodSeconds": 5,
+    }

@@ -95,6 +95,10 @@ def plan(apps: Iterable[Container], ports: PortPlan, enabled: bool) -> ProbePlan
             app_port = ports.of(container.name, number) if number else None
             if app_port is None or app_port.socket is None or spec.get("host"):
                 continue
+            if handler == "grpc" and app_port.tcp_fallback:
+                # Auto mode: the kubelet's gRPC check is intercepted like any traffic to
+                # the port and Envoy forwards it to the app, over its socket or TCP.
+                continue
             where = f"container {container.name} {kind} ({handler} on port {number})"
             if not enabled:
                 result.warnings.append(
