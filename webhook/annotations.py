@@ -331,3 +331,33 @@ def markdown_table() -> str:
     rows = ["| annotation | accepts | default | what it does |", "|---|---|---|---|"]
     rows += [f"| `{a.key}` | {a.accepts} | {a.default} | {a.help} |" for a in ANNOTATIONS]
     return "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One proxy.io/* annotation as the engine reads it, for people (``explain``)."""
+
+    key: str
+    value: str
+    parsed: object = None
+    error: str | None = None
+    known: bool = True
+    suggestion: str | None = None
+
+
+def describe(annotations: Mapping[str, str]) -> list[Seen]:
+    """Every ``proxy.io/*`` annotation with its parsed value, its error, or, for a key the
+    table does not know, the closest one. The same parsers ``parse`` uses."""
+    seen = []
+    for key, value in annotations.items():
+        if not key.startswith(PREFIX) or key == STATUS_KEY:
+            continue
+        annotation = BY_KEY.get(key)
+        if annotation is None:
+            seen.append(Seen(key, value, known=False, suggestion=suggest(key)))
+            continue
+        try:
+            seen.append(Seen(key, value, parsed=annotation.parse(value)))
+        except ValueError as exc:
+            seen.append(Seen(key, value, error=invalid(key, value, str(exc))))
+    return seen

@@ -178,6 +178,86 @@ def _certs_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def _offline_parsers(commands: argparse._SubParsersAction) -> None:
+    for name, help_text in (
+        ("inject", "inject the pod templates of Kubernetes documents, as the webhook would"),
+        ("explain", "say whether each pod template would be injected, and why"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or -")
+        command.add_argument("--config", type=Path, help="mesh config YAML")
+        command.add_argument("--namespace", help="default: each object's, else default")
+        command.add_argument(
+            "--namespace-labels",
+            type=_labels,
+            help="the namespace's labels, k=v,...: apply its proxy.io/inject rule (default: "
+            "assume the webhook's selectors matched, as in an enabled namespace)",
+        )
+        if name == "inject":
+            command.add_argument("--diff", action="store_true", help="print a unified diff")
+            command.set_defaults(run=_inject)
+        else:
+            command.add_argument("-o", "--output", choices=["text", "json"], default="text")
+            command.set_defaults(run=_explain)
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{item!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+def _offline_input(args: argparse.Namespace) -> tuple[list, config.MeshConfig]:
+    from webhook import offline
+
+    try:
+        mesh = config.load(args.config) if args.config else config.MeshConfig()
+        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+        return offline.load(text), mesh
+    except OSError as exc:
+        raise SystemExit(
+            f"proxy-injector {args.command}: {args.filename}: {exc.strerror}"
+        ) from None
+    except (config.ConfigError, offline.DocumentError) as exc:
+        raise SystemExit(f"proxy-injector {args.command}: {exc}") from None
+
+
+def _inject(args: argparse.Namespace) -> int:
+    from webhook import offline
+
+    documents, mesh = _offline_input(args)
+    result = offline.inject(documents, mesh, args.namespace, args.namespace_labels)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.denials:
+        for denial in result.denials:
+            print(f"proxy-injector inject: {denial}", file=sys.stderr)
+        return 1
+    if args.diff:
+        sys.stdout.write(offline.diff(documents, result.documents))
+    else:
+        sys.stdout.write(offline.dump(result.documents))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from webhook import offline
+
+    documents, mesh = _offline_input(args)
+    reports = offline.explain(documents, mesh, args.namespace, args.namespace_labels)
+    if args.output == "json":
+        print(json.dumps(reports, indent=2))
+    else:
+        sys.stdout.write(offline.explanation_text(reports))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="proxy-injector", description=__doc__)
     top.add_argument("--version", action="version", version=f"proxy-injector {__version__}")
@@ -185,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     _serve_parser(commands)
     _init_iptables_parser(commands)
     _certs_parser(commands)
+    _offline_parsers(commands)
     return top
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -47,6 +47,8 @@ class InjectionResult:
     message: str
     patch: tuple[jp.Op, ...] = ()
     warnings: tuple[str, ...] = ()
+    rule: str = ""
+    """Which input decided whether to inject (see ``policy.Decision``)."""
 
 
 def skip(reason: Reason) -> InjectionResult:
@@ -107,11 +109,11 @@ def _inject(
     annotations = pods.string_map(metadata, "annotations", "metadata")
     labels = pods.string_map(metadata, "labels", "metadata")
     try:
-        reason = decide(labels, annotations, spec, namespace, config, namespace_labels)
+        decision = decide(labels, annotations, spec, namespace, config, namespace_labels)
     except InvalidInjectValue as exc:
         return deny(Reason.INVALID_ANNOTATION, [str(exc)])
-    if reason is not Reason.INJECTED:
-        return skip(reason)
+    if decision.reason is not Reason.INJECTED:
+        return replace(skip(decision.reason), rule=decision.rule)
     reading.field = "metadata.annotations"
     size = sum(len(key) + len(value) for key, value in annotations.items())
     if size > limits.ANNOTATIONS_BYTES:
@@ -119,7 +121,7 @@ def _inject(
     parsed = annotation_table.parse(annotations)
     if parsed.errors:
         return deny(Reason.INVALID_ANNOTATION, parsed.errors)
-    return _build(pod, spec, namespace, parsed, config, reading)
+    return replace(_build(pod, spec, namespace, parsed, config, reading), rule=decision.rule)
 
 
 def _annotations_too_large(size: int) -> str:

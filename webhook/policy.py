@@ -6,6 +6,7 @@ Logs use the codes now; metrics, Kubernetes Events and the CLI reuse the same on
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -78,6 +79,13 @@ def _already_injected(annotations: Mapping[str, str], spec: dict[str, Any]) -> b
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    reason: Reason
+    rule: str
+    """Which input decided, for people: "annotation proxy.io/inject=false", ..."""
+
+
 def decide(
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
@@ -85,36 +93,42 @@ def decide(
     namespace: str,
     config: MeshConfig,
     namespace_labels: Mapping[str, str] | None = None,
-) -> Reason:
+) -> Decision:
     """The decision, in order; ``namespace_labels`` is None in the webhook, where the
     MutatingWebhookConfiguration's selectors have already applied the namespace rule."""
     by_annotation = _inject_flag(annotations, "annotation")
     by_label = _inject_flag(labels, "label")
     if by_annotation is False:
-        return Reason.OPTED_OUT_BY_ANNOTATION
+        return Decision(Reason.OPTED_OUT_BY_ANNOTATION, f"pod annotation {INJECT_KEY}=false")
     if by_label is False:
-        return Reason.OPTED_OUT_BY_LABEL
+        return Decision(Reason.OPTED_OUT_BY_LABEL, f"pod label {INJECT_KEY}=false")
     if spec.get("hostNetwork") is True:
-        return Reason.HOST_NETWORK
+        return Decision(Reason.HOST_NETWORK, "spec.hostNetwork=true")
     if _windows(spec):
-        return Reason.WINDOWS
+        return Decision(Reason.WINDOWS, "spec.os.name or nodeSelector kubernetes.io/os=windows")
     if _already_injected(annotations, spec):
-        return Reason.ALREADY_INJECTED
+        return Decision(
+            Reason.ALREADY_INJECTED, f"annotation {STATUS_KEY} or a container named proxy"
+        )
     if namespace in config.never_inject_namespaces:
-        return Reason.NAMESPACE_NEVER_INJECT
+        return Decision(
+            Reason.NAMESPACE_NEVER_INJECT, f"mesh config neverInjectNamespaces: {namespace}"
+        )
     if namespace_labels is not None:
         return _namespace_rule(namespace_labels, by_label or by_annotation, config)
-    return Reason.INJECTED
+    return Decision(Reason.INJECTED, "the webhook's namespace and object selectors")
 
 
 def _namespace_rule(
     namespace_labels: Mapping[str, str], pod_opted_in: bool | None, config: MeshConfig
-) -> Reason:
+) -> Decision:
     state = namespace_labels.get(INJECT_KEY)
     if state == "enabled":
-        return Reason.INJECTED
+        return Decision(Reason.INJECTED, f"namespace label {INJECT_KEY}=enabled")
     if state == "disabled":
-        return Reason.NAMESPACE_DISABLED
-    if pod_opted_in or config.inject_by_default:
-        return Reason.INJECTED
-    return Reason.NAMESPACE_NOT_ENABLED
+        return Decision(Reason.NAMESPACE_DISABLED, f"namespace label {INJECT_KEY}=disabled")
+    if pod_opted_in:
+        return Decision(Reason.INJECTED, f"pod label or annotation {INJECT_KEY}=true")
+    if config.inject_by_default:
+        return Decision(Reason.INJECTED, "mesh config injectByDefault=true")
+    return Decision(Reason.NAMESPACE_NOT_ENABLED, f"no namespace label {INJECT_KEY}=enabled")

@@ -1,0 +1,208 @@
+"""`proxy-injector inject` and `explain`: the webhook's engine on files, no cluster.
+
+Each pod template comes out exactly as the running webhook patches a pod made from it
+(asked over HTTPS), every document in order, others untouched, and strictly valid."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.support import CORPUS, apply, corpus, object_errors, patch_of, proxy_injector, review
+
+WEB_POD = yaml.safe_load((CORPUS / "01-web-single.yaml").read_text())["pod"]
+TEMPLATE = {"metadata": {"labels": {"app": "web"}}, "spec": copy.deepcopy(WEB_POD["spec"])}
+JOB_TEMPLATE = {
+    "metadata": {"labels": {"app": "batch"}},
+    "spec": {**copy.deepcopy(WEB_POD["spec"]), "restartPolicy": "OnFailure"},
+}
+SELECTOR = {"matchLabels": {"app": "web"}}
+
+
+def workload(kind: str, api: str, spec: dict) -> dict:
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": kind.lower()}, "spec": spec}
+
+
+DOCUMENTS = [
+    {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"port": 80}]},
+    },
+    {**copy.deepcopy(WEB_POD), "metadata": {"name": "web-0", "namespace": "shop"}},
+    workload("Deployment", "apps/v1", {"selector": SELECTOR, "template": TEMPLATE}),
+    workload(
+        "StatefulSet", "apps/v1", {"selector": SELECTOR, "serviceName": "web", "template": TEMPLATE}
+    ),
+    workload("DaemonSet", "apps/v1", {"selector": SELECTOR, "template": TEMPLATE}),
+    workload("ReplicaSet", "apps/v1", {"selector": SELECTOR, "template": TEMPLATE}),
+    workload("ReplicationController", "v1", {"selector": {"app": "web"}, "template": TEMPLATE}),
+    workload("Job", "batch/v1", {"template": JOB_TEMPLATE}),
+    workload(
+        "CronJob",
+        "batch/v1",
+        {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": JOB_TEMPLATE}}},
+    ),
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"a": "b"}},
+    {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [workload("Deployment", "apps/v1", {"selector": SELECTOR, "template": TEMPLATE})],
+    },
+]
+TEMPLATE_PATHS = {
+    "Pod": (),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "List": ("items", 0, "spec", "template"),
+}
+
+
+def run(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def at(document: dict, path: tuple) -> dict:
+    for part in path:
+        document = document[part]
+    return document
+
+
+@pytest.fixture(scope="module")
+def injected() -> list[dict]:
+    result = run("inject", "-f", "-", "--namespace", "shop", stdin=yaml.safe_dump_all(DOCUMENTS))
+    assert result.returncode == 0, result.stderr
+    return list(yaml.safe_load_all(result.stdout))
+
+
+def test_every_document_comes_back_in_order_and_others_are_untouched(injected) -> None:
+    assert [d["kind"] for d in injected] == [d["kind"] for d in DOCUMENTS]
+    assert injected[0] == DOCUMENTS[0]
+    assert injected[9] == DOCUMENTS[9]
+
+
+def test_templates_are_patched_exactly_as_the_webhook_patches_the_pod(webhook, injected) -> None:
+    for original, result in zip(DOCUMENTS, injected, strict=True):
+        if original["kind"] in ("Service", "ConfigMap"):
+            continue
+        path = TEMPLATE_PATHS.get(original["kind"], ("spec", "template"))
+        template = at(original, path)
+        answer = webhook.mutate(review(template, "shop"))
+        assert answer["response"]["allowed"] is True
+        assert at(result, path) == apply(template, patch_of(answer)), original["kind"]
+
+
+def test_the_output_is_strictly_valid(injected) -> None:
+    for document in injected:
+        items = document["items"] if document["kind"] == "List" else [document]
+        for item in items:
+            assert not object_errors(item), object_errors(item)[:3]
+
+
+def test_injecting_injected_documents_changes_nothing(injected) -> None:
+    again = run("inject", "-f", "-", "--namespace", "shop", stdin=yaml.safe_dump_all(injected))
+    assert again.returncode == 0, again.stderr
+    assert list(yaml.safe_load_all(again.stdout)) == injected
+
+
+def test_a_denied_template_fails_naming_the_document(tmp_path) -> None:
+    bad = copy.deepcopy(DOCUMENTS[2])
+    bad["spec"]["template"]["metadata"]["annotations"] = {"proxy.io/concurrency": "lots"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump_all([DOCUMENTS[0], bad]))
+    result = proxy_injector("inject", "-f", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert (
+        "document 2 (Deployment deployment): invalid_annotation: "
+        'annotation proxy.io/concurrency: "lots"'
+    ) in result.stderr
+
+
+def test_diff_shows_what_is_added() -> None:
+    result = run("inject", "-f", "-", "--diff", stdin=yaml.safe_dump(DOCUMENTS[2]))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "+        - name: proxy-init" in result.stdout
+        or "+      - name: proxy-init" in result.stdout
+    )
+    assert not any(
+        line.startswith("-") and not line.startswith("---") for line in result.stdout.splitlines()
+    )
+
+
+def test_namespace_labels_apply_the_namespace_rule() -> None:
+    result = run(
+        "explain",
+        "-f",
+        "-",
+        "-o",
+        "json",
+        "--namespace-labels",
+        "team=a",
+        stdin=yaml.safe_dump(DOCUMENTS[2]),
+    )
+    (report,) = json.loads(result.stdout)
+    assert (report["decision"], report["reason"]) == ("skip", "namespace_not_enabled")
+    assert report["decided_by"] == "no namespace label proxy.io/inject=enabled"
+
+
+CASES = corpus()
+
+
+def test_explain_gives_each_corpus_pod_its_reason_as_the_webhook_logs_it(webhook) -> None:
+    reports = []
+    for case in CASES:
+        result = run(
+            "explain",
+            "-f",
+            "-",
+            "-o",
+            "json",
+            "--namespace",
+            case["namespace"],
+            stdin=yaml.safe_dump(case["pod"]),
+        )
+        assert result.returncode == 0, result.stderr
+        (report,) = json.loads(result.stdout)
+        assert report["reason"] == case.get("reason", "injected"), case["id"]
+        assert report["decision"] == case["expect"], case["id"]
+        reports.append((case, report))
+        webhook.mutate(review(case["pod"], case["namespace"], uid=f"explain-{case['id']}"))
+    logged = {line["uid"]: line for line in webhook.log_lines() if line.get("msg") == "admission"}
+    for case, report in reports:
+        line = logged[f"explain-{case['id']}"]
+        assert (line["decision"], line["reason"], line["detail"]) == (
+            report["decision"],
+            report["reason"],
+            report["detail"],
+        ), case["id"]
+
+
+def test_explain_shows_each_annotation_parsed_or_wrong() -> None:
+    pod = copy.deepcopy(WEB_POD)
+    pod["metadata"]["annotations"] = {
+        "proxy.io/concurrency": "4",
+        "proxy.io/cpu": "lots",
+        "proxy.io/concurency": "2",
+    }
+    result = run("explain", "-f", "-", stdin=yaml.safe_dump(pod))
+    assert result.returncode == 0, result.stderr
+    assert "proxy.io/concurrency: '4' -> 4" in result.stdout
+    assert 'proxy.io/cpu: annotation proxy.io/cpu: "lots" is not valid' in result.stdout
+    assert (
+        "proxy.io/concurency: unknown, ignored; did you mean proxy.io/concurrency?" in result.stdout
+    )
+    assert "deny" in result.stdout.splitlines()[0]

@@ -1,0 +1,190 @@
+"""``inject`` and ``explain`` without a cluster: the webhook's engine applied to the pod
+templates of Kubernetes documents (a file, or ``kubectl get -o yaml``).
+
+Pure apart from reading and writing text: the CLI does the I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import jsonpatch
+import yaml
+
+from webhook import annotations as annotation_table
+from webhook import engine
+from webhook.config import MeshConfig
+from webhook.pod import InvalidPod, mapping, string_map
+from webhook.policy import Reason
+from webhook.workloads import Template, templates
+
+
+class DocumentError(ValueError):
+    pass
+
+
+def load(text: str) -> list[Any]:
+    """Every document of multi-document YAML (JSON is YAML), empty ones left out."""
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        raise DocumentError(f"not valid YAML or JSON: {exc}") from None
+
+
+def dump(documents: list[Any]) -> str:
+    return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True)
+
+
+def where(index: int, template: Template) -> str:
+    return f"document {index + 1} ({template.kind} {template.name})"
+
+
+def _result(
+    template: Template,
+    config: MeshConfig,
+    namespace: str | None,
+    namespace_labels: Mapping[str, str] | None,
+) -> engine.InjectionResult:
+    target = namespace or template.namespace or "default"
+    try:
+        return engine.inject(template.pod, target, config, namespace_labels)
+    except InvalidPod as exc:
+        return engine.deny(Reason.INVALID_POD, [str(exc)])
+
+
+@dataclass
+class Injected:
+    documents: list[Any]
+    denials: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _put(document: Any, path: tuple[str | int, ...], value: Any) -> Any:
+    """``document`` with ``value`` at ``path`` (the whole document when path is empty)."""
+    if not path:
+        return value
+    node = document
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return document
+
+
+def inject(
+    documents: list[Any],
+    config: MeshConfig,
+    namespace: str | None = None,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> Injected:
+    """Each pod template injected exactly as the webhook would inject a pod made from it;
+    every other document, and every other field, as it was."""
+    out = Injected([])
+    for index, document in enumerate(documents):
+        result_doc = copy.deepcopy(document)
+        for template in templates(document):
+            result = _result(template, config, namespace, namespace_labels)
+            place = where(index, template)
+            out.warnings += [f"{place}: {warning}" for warning in result.warnings]
+            if result.outcome == engine.Outcome.DENY:
+                out.denials.append(f"{place}: {result.reason.code}: {result.message}")
+            elif result.patch:
+                patched = jsonpatch.apply_patch(template.pod, list(result.patch), in_place=False)
+                result_doc = _put(result_doc, template.path, patched)
+        out.documents.append(result_doc)
+    return out
+
+
+def diff(before: list[Any], after: list[Any]) -> str:
+    return "".join(
+        difflib.unified_diff(
+            dump(before).splitlines(keepends=True),
+            dump(after).splitlines(keepends=True),
+            "before",
+            "after",
+        )
+    )
+
+
+def _plain(value: object) -> object:
+    """A parsed annotation value as JSON has it."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def explain(
+    documents: list[Any],
+    config: MeshConfig,
+    namespace: str | None = None,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """For each pod template: the decision with the fields of the webhook's log line
+    (decision, reason, detail), which input decided, and every proxy.io/* annotation."""
+    reports = []
+    for index, document in enumerate(documents):
+        for template in templates(document):
+            result = _result(template, config, namespace, namespace_labels)
+            try:
+                metadata = mapping(template.pod, "metadata", "pod")
+                seen = annotation_table.describe(string_map(metadata, "annotations", "metadata"))
+            except InvalidPod:
+                seen = []  # the result's detail names the field
+            reports.append(
+                {
+                    "document": index + 1,
+                    "kind": template.kind,
+                    "name": template.name,
+                    "namespace": namespace or template.namespace or "default",
+                    "decision": str(result.outcome),
+                    "reason": result.reason.code,
+                    "sentence": result.reason.sentence,
+                    "detail": result.message,
+                    "decided_by": result.rule,
+                    "annotations": [_seen(item) for item in seen],
+                    "warnings": list(result.warnings),
+                }
+            )
+    return reports
+
+
+def _seen(item: annotation_table.Seen) -> dict[str, Any]:
+    report: dict[str, Any] = {"key": item.key, "value": item.value}
+    if not item.known:
+        report["unknown"] = True
+        report["did_you_mean"] = item.suggestion
+    elif item.error:
+        report["error"] = item.error
+    else:
+        report["parsed"] = _plain(item.parsed)
+    return report
+
+
+def explanation_text(reports: list[dict[str, Any]]) -> str:
+    lines = []
+    for report in reports:
+        lines.append(
+            f"document {report['document']} ({report['kind']} {report['name']}, "
+            f"namespace {report['namespace']}): {report['decision']}"
+        )
+        lines.append(f"  reason: {report['reason']}: {report['sentence']}")
+        if report["decided_by"]:
+            lines.append(f"  decided by: {report['decided_by']}")
+        if report["decision"] == "deny":
+            lines.append(f"  denied: {report['detail']}")
+        for item in report["annotations"]:
+            if item.get("unknown"):
+                hint = f"; did you mean {item['did_you_mean']}?" if item["did_you_mean"] else ""
+                lines.append(f"  {item['key']}: unknown, ignored{hint}")
+            elif "error" in item:
+                lines.append(f"  {item['key']}: {item['error']}")
+            else:
+                lines.append(f"  {item['key']}: {item['value']!r} -> {item['parsed']}")
+        lines += [f"  warning: {warning}" for warning in report["warnings"]]
+    return "\n".join(lines) + "\n"
