@@ -22,6 +22,8 @@ from fastapi.responses import Response
 from webhook import __version__
 from webhook.admission import BadRequest, Reviewed, review
 from webhook.config import MeshConfig
+from webhook.live_config import LiveConfig
+from webhook.metrics import CONTENT_TYPE, Metrics
 
 MAX_BODY = 3 * 2**20
 """The API server caps requests at 3 MiB; anything larger is not from it."""
@@ -87,17 +89,21 @@ def _log(reviewed: Reviewed, started: float) -> None:
 
 
 def create_app(
-    config: MeshConfig,
+    config: MeshConfig | LiveConfig,
     ready: Callable[[], bool] = lambda: True,
     body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
+    """``config``: fixed, or a ``LiveConfig`` whose ``current`` each review reads once."""
     app = FastAPI(title="proxy-injector", version=__version__, docs_url=None, redoc_url=None)
     reviewers = ThreadPoolExecutor(REVIEW_THREADS, thread_name_prefix="review")
+    live = config if isinstance(config, LiveConfig) else LiveConfig(None, config, Metrics())
+    metrics = live.metrics
 
     async def reviewed(body: bytes) -> Reviewed:
+        mesh = live.current
         if len(body) <= INLINE_BODY:
-            return review(body, config)
-        return await asyncio.get_running_loop().run_in_executor(reviewers, review, body, config)
+            return review(body, mesh)
+        return await asyncio.get_running_loop().run_in_executor(reviewers, review, body, mesh)
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
@@ -124,11 +130,16 @@ def create_app(
             log.exception("review failed")
             return _error(500, "internal error; see the webhook's log")
         _log(answer, started)
+        metrics.admitted(answer.outcome, answer.reason, started)
         return Response(answer.body, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.get("/readyz")
     async def readyz() -> Response:

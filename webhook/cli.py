@@ -57,6 +57,18 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
         default=10.0,
         help="how often to look for a renewed certificate (default 10)",
     )
+    serve.add_argument(
+        "--config-reload-seconds",
+        type=float,
+        default=5.0,
+        help="how often to look for a changed --config file (default 5)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="also serve /metrics over plain HTTP on this port (default: only on the HTTPS port)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     defaults = Limits()
     serve.add_argument(
@@ -371,9 +383,18 @@ def _serve(args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         print(f"proxy-injector serve: {exc}", file=sys.stderr)
         return 2
+    from prometheus_client import start_http_server
+
+    from webhook.live_config import LiveConfig
+    from webhook.metrics import Metrics
+
     cert, key = _certificates(args)
     lifecycle = Lifecycle()
-    app = create_app(mesh, ready=lifecycle.ready)
+    metrics = Metrics()
+    live = LiveConfig(args.config, mesh, metrics)
+    app = create_app(live, ready=lifecycle.ready)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, args.host, registry=metrics.registry)
     limits = Limits(
         header_timeout=args.header_timeout_seconds,
         max_connections=args.max_connections,
@@ -389,6 +410,8 @@ def _serve(args: argparse.Namespace) -> int:
             lifecycle=lifecycle,
             limits=limits,
             reload_every=args.cert_reload_seconds,
+            on_certificate=metrics.certificate,
+            background=(lambda: live.watch(args.config_reload_seconds),),
         )
     except server.CertificateError as exc:
         print(f"proxy-injector serve: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -50,8 +51,15 @@ def _fingerprint(*paths: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class CertificateReloader:
-    def __init__(self, context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        cert: Path,
+        key: Path,
+        on_certificate: Callable[[Path], None] = lambda path: None,
+    ) -> None:
         self.context, self.cert, self.key = context, cert, key
+        self.on_certificate = on_certificate
         self.seen = _fingerprint(cert, key)
 
     def check(self) -> bool:
@@ -72,6 +80,7 @@ class CertificateReloader:
             )
             return False
         log.info("certificate reloaded", extra={"cert": str(self.cert)})
+        self.on_certificate(self.cert)
         return True
 
     async def watch(self, every: float) -> None:
@@ -200,10 +209,13 @@ def run(
     lifecycle: Lifecycle | None = None,
     limits: Limits | None = None,
     reload_every: float = 10.0,
+    on_certificate: Callable[[Path], None] = lambda path: None,
+    background: tuple[Callable[[], Coroutine[Any, Any, None]], ...] = (),
 ) -> None:
     """Serve ``app`` on HTTPS (TLS 1.2+) until SIGTERM or SIGINT and a drain;
     ``lifecycle.loaded`` is set once the certificate is loaded; the certificate files are
-    re-read every ``reload_every`` s."""
+    re-read every ``reload_every`` s, ``on_certificate`` told of each one in service;
+    ``background`` tasks run alongside."""
     lifecycle = lifecycle or Lifecycle()
     limits = limits or Limits()
     protocol = functools.partial(
@@ -228,17 +240,22 @@ def run(
         raise CertificateError(f"cannot load certificate {cert} / key {key}: {exc}") from None
     assert config.ssl is not None
     config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-    reloader = CertificateReloader(config.ssl, Path(cert), Path(key))
+    reloader = CertificateReloader(config.ssl, Path(cert), Path(key), on_certificate)
+    on_certificate(Path(cert))
     lifecycle.loaded = True
     # Start-up leaves ~65k long-lived objects (FastAPI, pydantic, the kubernetes client);
     # without freezing them every full collection scans them all: a 10-20 ms stall.
     gc.freeze()
-    asyncio.run(_serve(DrainingServer(config, limits, lifecycle), reloader, reload_every))
+    tasks = (lambda: reloader.watch(reload_every), *background)
+    asyncio.run(_serve(DrainingServer(config, limits, lifecycle), tasks))
 
 
-async def _serve(server: uvicorn.Server, reloader: CertificateReloader, every: float) -> None:
-    watcher = asyncio.create_task(reloader.watch(every))
+async def _serve(
+    server: uvicorn.Server, tasks: tuple[Callable[[], Coroutine[Any, Any, None]], ...]
+) -> None:
+    running = [asyncio.create_task(task()) for task in tasks]
     try:
         await server.serve()
     finally:
-        watcher.cancel()
+        for task in running:
+            task.cancel()

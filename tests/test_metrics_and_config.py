@@ -1,0 +1,136 @@
+"""Day two on the running server: Prometheus metrics scraped over HTTPS (and plain HTTP),
+parsed with prometheus-client's own parser, and the mesh config swapped under traffic."""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.processes import free_port, wait_for
+from tests.support import CORPUS, apply, container, load_case, patch_of, review
+from tests.test_server_resilience import served, status
+
+WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
+
+
+def annotated(annotations: dict[str, str]) -> dict:
+    pod = copy.deepcopy(WEB)
+    pod["metadata"]["annotations"] = annotations
+    return pod
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def mutate(connection: http.client.HTTPSConnection, pod: dict) -> dict:
+    code, body, _ = status(connection, "POST", "/mutate", json.dumps(review(pod)).encode())
+    assert code == 200
+    return json.loads(body)["response"]
+
+
+def test_metrics_count_a_known_mix_of_admissions_exactly(tmp_path) -> None:
+    plain = free_port()
+    with served(tmp_path, "--metrics-port", str(plain)) as server:
+        connection = server.connection()
+        mix = [
+            (annotated({}), 3),
+            (annotated({"proxy.io/inject": "false"}), 2),
+            (annotated({"proxy.io/concurrency": "lots"}), 1),
+        ]
+        for pod, times in mix:
+            for _ in range(times):
+                mutate(connection, pod)
+        _, text, _ = status(connection, "GET", "/metrics")
+        scraped = samples(text.decode())
+        plain_text = http.client.HTTPConnection("127.0.0.1", plain, timeout=10)
+        plain_text.request("GET", "/metrics")
+        over_http = samples(plain_text.getresponse().read().decode())
+    counted = {
+        (labels[0][1], labels[1][1]): value
+        for (name, labels), value in scraped.items()
+        if name == "proxy_injector_admissions_total"
+    }
+    assert counted == {
+        ("inject", "injected"): 3,
+        ("skip", "opted_out_by_annotation"): 2,
+        ("deny", "invalid_annotation"): 1,
+    }
+    assert scraped["proxy_injector_admission_duration_seconds_count", ()] == 6
+    assert scraped["proxy_injector_build_info", (("version", "0.1.0"),)] == 1
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    expiry = scraped["proxy_injector_certificate_expiry_timestamp_seconds", ()]
+    assert expiry == cert.not_valid_after_utc.timestamp()
+    assert over_http["proxy_injector_admission_duration_seconds_count", ()] == 6
+
+
+def proxy_image(answer: dict, pod: dict) -> str:
+    return container(apply(pod, patch_of({"response": answer})), "proxy")["image"]
+
+
+def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored(
+    tmp_path,
+) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "old.yaml").write_text("proxyImage: registry.example/envoy:old\n")
+    (configs / "new.yaml").write_text("proxyImage: registry.example/envoy:new\n")
+    (configs / "broken.yaml").write_text("proxyImage: [not an image\n")
+    link = tmp_path / "mesh.yaml"
+    link.symlink_to(configs / "old.yaml")
+    flags = ("--config", str(link), "--config-reload-seconds", "0.1")
+    with served(tmp_path, *flags) as server:
+        seen: list[str] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            connection = server.connection()
+            while not stop.is_set():
+                try:
+                    seen.append(proxy_image(mutate(connection, WEB), WEB))
+                except Exception as exc:  # a failed request is what this test looks for
+                    failures.append(repr(exc))
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(seen) > 50, 20, "answers with the old config")
+        swap = tmp_path / "swap"
+        swap.symlink_to(configs / "new.yaml")
+        swap.replace(link)  # atomic, as the kubelet swaps a ConfigMap's files
+        wait_for(lambda: seen[-1].endswith(":new"), 10, "answers with the new config")
+        after_swap = len(seen)
+        swap.symlink_to(configs / "broken.yaml")
+        swap.replace(link)
+        time.sleep(1)
+        wait_for(lambda: len(seen) > after_swap + 50, 20, "answers after the broken config")
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=20)
+        _, text, _ = status(server.connection(), "GET", "/metrics")
+        ready = status(server.connection(), "GET", "/readyz")[0]
+    assert not failures, failures[:3]
+    switch = seen.index("registry.example/envoy:new")
+    # Each client's answers switch once; across three clients the switch is within the
+    # answers in flight at that moment.
+    assert set(seen[: max(switch - 3, 0)]) == {"registry.example/envoy:old"}
+    assert set(seen[switch + 3 :]) == {"registry.example/envoy:new"}
+    scraped = samples(text.decode())
+    assert scraped["proxy_injector_config_reloads_total", (("result", "ok"),)] == 1
+    assert scraped["proxy_injector_config_reloads_total", (("result", "error"),)] == 1
+    assert ready == 200
+    logged = [json.loads(line) for line in Path(server.log).read_text().splitlines()]
+    (rejected,) = [line for line in logged if line["msg"].startswith("new mesh config not loaded")]
+    assert "not valid YAML" in rejected["error"]
