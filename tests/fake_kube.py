@@ -1,6 +1,7 @@
-"""A fake Kubernetes API for the few calls the certificate manager makes, served over
-HTTP so the real kubernetes client talks to it. Like the real one it answers 409 to a
-create of an existing Secret and to a replace with a stale resourceVersion."""
+"""A fake Kubernetes API for the few calls the certificate manager and the Event sender
+make, served over HTTP so the real kubernetes client talks to it. Like the real one it
+answers 409 to a create of an existing Secret and to a replace with a stale
+resourceVersion. Event creation can be held (a stalled API) or failed (a broken one)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import jsonpatch
 
 SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/?]+))?")
+EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
 WEBHOOK = re.compile(
     r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/([^/?]+)"
 )
@@ -40,6 +42,11 @@ class FakeKube:
         # both see the same state before either writes.
         self.barrier = threading.Barrier(racers, timeout=10) if racers > 1 else None
         self.reads_held = 0
+        self.events: list[dict[str, Any]] = []
+        self.events_open = threading.Event()
+        """Cleared: event creation waits (bounded) until it is set again."""
+        self.events_open.set()
+        self.events_fail = False
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,6 +107,8 @@ class FakeKube:
         return 404, status(404, "NotFound", path)
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if match := EVENTS.match(path):
+            return self._create_event(match.group(1), body)
         namespace = SECRET.match(path).group(1)
         name = body["metadata"]["name"]
         with self.lock:
@@ -132,3 +141,12 @@ class FakeKube:
         with self.lock:
             self.webhooks[name] = jsonpatch.apply_patch(self.webhooks[name], ops)
             return 200, self.webhooks[name]
+
+    def _create_event(self, namespace: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.events_open.wait(timeout=30)
+        if self.events_fail:
+            return 500, status(500, "InternalError", "etcd is unhappy")
+        with self.lock:
+            body["metadata"].update(namespace=namespace, name=f"event-{len(self.events)}")
+            self.events.append(body)
+        return 201, body

@@ -58,6 +58,8 @@ def test_base_installs_everything_in_proxy_system() -> None:
             "RoleBinding",
             "ClusterRole",
             "ClusterRoleBinding",
+            "ClusterRole",  # Events
+            "ClusterRoleBinding",
             "ConfigMap",
             "Deployment",
             "PodDisruptionBudget",
@@ -181,14 +183,20 @@ def test_rbac_reaches_only_the_injectors_own_secret_and_webhook() -> None:
         }
     ]
     assert [r["verbs"] for r in role if "resourceNames" not in r] == [["create"]]
-    assert one(BASE, "ClusterRole")["rules"] == [
-        {
-            "apiGroups": ["admissionregistration.k8s.io"],
-            "resources": ["mutatingwebhookconfigurations"],
-            "resourceNames": ["proxy-injector"],
-            "verbs": ["get", "patch"],
-        }
-    ]
+    roles = {o["metadata"]["name"]: o["rules"] for o in BASE if o["kind"] == "ClusterRole"}
+    assert roles == {
+        "proxy-injector-webhook": [
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "resourceNames": ["proxy-injector"],
+                "verbs": ["get", "patch"],
+            }
+        ],
+        "proxy-injector-events": [
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
+        ],
+    }
 
 
 def test_cert_manager_overlay_injects_the_ca_and_drops_the_api_access() -> None:
@@ -196,7 +204,8 @@ def test_cert_manager_overlay_injects_the_ca_and_drops_the_api_access() -> None:
     assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
         "proxy-system/proxy-injector-tls"
     )
-    assert not [o for o in CERT_MANAGER if o["kind"] in ("Role", "ClusterRole")]
+    kept = [o["metadata"]["name"] for o in CERT_MANAGER if o["kind"] in ("Role", "ClusterRole")]
+    assert kept == ["proxy-injector-events"]
     pod = one(CERT_MANAGER, "Deployment")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     certificate = one(CERT_MANAGER, "Certificate", "proxy-injector-tls")["spec"]

@@ -40,6 +40,9 @@ class Reviewed:
     message: str
     error: BaseException | None = None
     """An exception the engine did not foresee, for the log with its traceback."""
+    dry_run: bool = False
+    pod_object: Any = None
+    """The pod as the request has it (not copied), for an Event about it."""
 
 
 def _field(parent: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
@@ -116,6 +119,8 @@ def review(body: bytes, config: MeshConfig) -> Reviewed:
         result.reason.code,
         result.message,
         error,
+        request.get("dryRun") is True,
+        pod,
     )
 
 

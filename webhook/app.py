@@ -22,8 +22,10 @@ from fastapi.responses import Response
 from webhook import __version__
 from webhook.admission import BadRequest, Reviewed, review
 from webhook.config import MeshConfig
+from webhook.events import EventSender, event, subject
 from webhook.live_config import LiveConfig
 from webhook.metrics import CONTENT_TYPE, Metrics
+from webhook.policy import Reason
 
 MAX_BODY = 3 * 2**20
 """The API server caps requests at 3 MiB; anything larger is not from it."""
@@ -88,12 +90,24 @@ def _log(reviewed: Reviewed, started: float) -> None:
         )
 
 
+_NO_EVENTS = {Reason.NOT_A_POD.code, Reason.NOT_CREATE.code}
+
+
+def _report(events: EventSender, answer: Reviewed) -> None:
+    if answer.dry_run or answer.reason in _NO_EVENTS:
+        return
+    involved = subject(answer.pod_object, answer.namespace, answer.pod)
+    events.record(event(involved, answer.pod, answer.outcome, answer.reason, answer.message))
+
+
 def create_app(
     config: MeshConfig | LiveConfig,
     ready: Callable[[], bool] = lambda: True,
     body_timeout: float = BODY_TIMEOUT,
+    events: EventSender | None = None,
 ) -> FastAPI:
-    """``config``: fixed, or a ``LiveConfig`` whose ``current`` each review reads once."""
+    """``config``: fixed, or a ``LiveConfig`` whose ``current`` each review reads once.
+    ``events``: where Events about admissions go (none without a Kubernetes API)."""
     app = FastAPI(title="proxy-injector", version=__version__, docs_url=None, redoc_url=None)
     reviewers = ThreadPoolExecutor(REVIEW_THREADS, thread_name_prefix="review")
     live = config if isinstance(config, LiveConfig) else LiveConfig(None, config, Metrics())
@@ -102,8 +116,13 @@ def create_app(
     async def reviewed(body: bytes) -> Reviewed:
         mesh = live.current
         if len(body) <= INLINE_BODY:
-            return review(body, mesh)
-        return await asyncio.get_running_loop().run_in_executor(reviewers, review, body, mesh)
+            answer = review(body, mesh)
+        else:
+            loop = asyncio.get_running_loop()
+            answer = await loop.run_in_executor(reviewers, review, body, mesh)
+        if events is not None and mesh.events:
+            _report(events, answer)
+        return answer
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:

@@ -6,6 +6,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from webhook import __version__, config
 from webhook.names import INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
@@ -373,6 +374,29 @@ def _certificates(args: argparse.Namespace) -> tuple[Path, Path]:
     return args.cert, args.key
 
 
+def _event_sender(args: argparse.Namespace, metrics: Any) -> Any:
+    """Events go to the API given by --kube-api, or the cluster's when run in one."""
+    import logging
+    import os
+
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    from webhook.events import EventSender, kube_post
+
+    if args.kube_api:
+        configuration = client.Configuration()
+        configuration.host = args.kube_api
+        api = client.ApiClient(configuration)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kube_config.load_incluster_config()
+        api = client.ApiClient()
+    else:
+        logging.getLogger("proxy_injector.events").info("no Kubernetes API: no Events")
+        return None
+    return EventSender(kube_post(api), metrics.event)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from webhook import logs, server
     from webhook.app import create_app
@@ -392,7 +416,7 @@ def _serve(args: argparse.Namespace) -> int:
     lifecycle = Lifecycle()
     metrics = Metrics()
     live = LiveConfig(args.config, mesh, metrics)
-    app = create_app(live, ready=lifecycle.ready)
+    app = create_app(live, ready=lifecycle.ready, events=_event_sender(args, metrics))
     if args.metrics_port:
         start_http_server(args.metrics_port, args.host, registry=metrics.registry)
     limits = Limits(

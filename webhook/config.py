@@ -118,6 +118,8 @@ class MeshConfig(_Section):
     drain_duration: Duration = 5.0
     """How long the proxy keeps serving after the pod starts terminating."""
     cluster_domain: Annotated[str, _checked(values.dns_name)] = "cluster.local"
+    events: bool = True
+    """A Kubernetes Event for each injection, skip and denial (on the pod's controller)."""
     upstream_policy: UpstreamPolicy = UpstreamPolicy()
 
 

@@ -71,6 +71,14 @@ class Metrics:
             "When the serving certificate in use expires (Unix time).",
             registry=self.registry,
         )
+        self.events = Counter(
+            "proxy_injector_events",
+            "Kubernetes Events about admissions, by result (sent, failed, dropped).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("sent", "failed", "dropped"):
+            self.events.labels(result)
         build = Gauge(
             "proxy_injector_build_info", "The running version.", ["version"], registry=self.registry
         )
@@ -95,3 +103,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def event(self, result: str) -> None:
+        self.events.labels(result).inc()
