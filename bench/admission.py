@@ -31,8 +31,8 @@ from fastapi.responses import Response
 
 from tests.processes import free_port
 from tests.support import CORPUS, load_case, review
-from webhook.config import MeshConfig
 from webhook.engine import inject
+from webhook.engine.config import MeshConfig
 
 BODIES = {
     "one-container": "01-web-single",

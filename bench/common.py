@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import apply, bootstrap_of  # noqa: E402
-from webhook import engine  # noqa: E402
-from webhook.config import MeshConfig  # noqa: E402
 from webhook.engine import Outcome, inject  # noqa: E402
+from webhook.engine import core as engine  # noqa: E402
+from webhook.engine.config import MeshConfig  # noqa: E402
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 

@@ -17,9 +17,9 @@ from common import ROOT  # noqa: F401  (puts the project on sys.path)
 
 from tests.hostile import SHAPES, body
 from webhook.admission import review
-from webhook.config import MeshConfig
 from webhook.engine import InternalError, inject
-from webhook.pod import InvalidPod
+from webhook.engine.config import MeshConfig
+from webhook.engine.pod import InvalidPod
 
 TARGET_MS = 100.0
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tests.support import corpus
-from webhook.annotations import ANNOTATIONS
+from webhook.engine.annotations import ANNOTATIONS
 
 SEEDS = [case["pod"] for case in corpus()]
 

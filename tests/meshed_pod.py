@@ -12,9 +12,9 @@ from pathlib import Path
 from tests import netns
 from tests.processes import proxy_envoy, stat_value, wait_for
 from tests.support import apply, bootstrap_of, container
-from webhook.bootstrap.remap import remap
-from webhook.config import MeshConfig
 from webhook.engine import Outcome, inject
+from webhook.engine.bootstrap.remap import remap
+from webhook.engine.config import MeshConfig
 
 CLI = [sys.executable, "-m", "webhook"]
 

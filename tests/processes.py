@@ -23,8 +23,14 @@ from typing import Any
 import pytest
 
 from tests.support import ENVOY
-from webhook.bootstrap.remap import remap
-from webhook.names import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROMETHEUS_PORT, READINESS_PORT
+from webhook.engine.bootstrap.remap import remap
+from webhook.engine.names import (
+    ADMIN_PORT,
+    INBOUND_PORT,
+    OUTBOUND_PORT,
+    PROMETHEUS_PORT,
+    READINESS_PORT,
+)
 
 PROXY_UID = 1337
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.support import CORPUS, apply, container, load_case, patch_of, review
-from webhook.annotations import ANNOTATIONS, markdown_table
+from webhook.engine.annotations import ANNOTATIONS, markdown_table
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 

@@ -15,8 +15,8 @@ import pytest
 
 from tests.processes import Envoy, Nginx, free_port, http_get, needs_root, shared_folder, wait_for
 from tests.support import apply, bootstrap_of, container
-from webhook.config import MeshConfig
 from webhook.engine import Outcome, inject
+from webhook.engine.config import MeshConfig
 
 pytestmark = [pytest.mark.envoy, needs_root]
 

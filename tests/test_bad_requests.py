@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.support import CORPUS, load_case, review
 from webhook.app import MAX_BODY, create_app
-from webhook.config import MeshConfig
+from webhook.engine.config import MeshConfig
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from webhook.config import ConfigError, MeshConfig, from_mapping, load
+from webhook.engine.config import ConfigError, MeshConfig, from_mapping, load
 
 
 def test_an_empty_file_gives_the_defaults(tmp_path) -> None:

@@ -17,8 +17,8 @@ from tests.support import (
     review,
     schema_errors,
 )
-from webhook.config import MeshConfig
 from webhook.engine import inject
+from webhook.engine.config import MeshConfig
 
 CASES = corpus()
 INJECTED = [case for case in CASES if case["expect"] == "inject"]

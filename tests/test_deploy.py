@@ -12,7 +12,7 @@ import yaml
 
 from tests.support import object_errors
 from webhook.cli import parser
-from webhook.config import MeshConfig, from_mapping
+from webhook.engine.config import MeshConfig, from_mapping
 from webhook.serving import Limits
 
 ROOT = Path(__file__).parent.parent

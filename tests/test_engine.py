@@ -9,9 +9,9 @@ import pytest
 
 from tests.support import CORPUS, apply, container, load_case
 from webhook.cli import parser
-from webhook.config import MeshConfig, from_mapping
 from webhook.engine import Outcome, inject
-from webhook.pod import InvalidPod
+from webhook.engine.config import MeshConfig, from_mapping
+from webhook.engine.pod import InvalidPod
 
 DEFAULTS = MeshConfig()
 
@@ -305,3 +305,25 @@ def test_wrong_types_raise_invalid_pod_naming_the_field(pod, field) -> None:
     with pytest.raises(InvalidPod) as error:
         inject(pod, "shop", DEFAULTS)
     assert error.value.path == field
+
+
+def test_the_engine_imports_nothing_from_the_shells_around_it() -> None:
+    """webhook/engine/ is what decides; the HTTP layer, the CLI, iptables, Events and
+    metrics are shells around it and never the other way round."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parent.parent / "webhook" / "engine"
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                if name == "webhook" or not name.startswith("webhook"):
+                    continue
+                assert name.startswith("webhook.engine"), f"{path.name} imports {name}"

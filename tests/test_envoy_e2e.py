@@ -18,8 +18,8 @@ from tests.processes import (
     wait_for,
 )
 from tests.support import apply, bootstrap_of, container
-from webhook.config import MeshConfig
 from webhook.engine import Outcome, inject
+from webhook.engine.config import MeshConfig
 
 pytestmark = [
     pytest.mark.envoy,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support import CORPUS, apply, bootstrap_of, envoy_validate, load_case
-from webhook.config import MeshConfig
 from webhook.engine import Outcome, inject
+from webhook.engine.config import MeshConfig
 
 COMBINATIONS = {
     "tcp upstream": {"proxy.io/upstream": "tcp"},

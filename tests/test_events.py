@@ -15,7 +15,7 @@ from tests.fake_kube import FakeKube
 from tests.processes import wait_for
 from tests.support import CORPUS, load_case, review
 from webhook.app import create_app
-from webhook.config import MeshConfig, from_mapping
+from webhook.engine.config import MeshConfig, from_mapping
 from webhook.events import EventSender, kube_post
 from webhook.metrics import Metrics
 

@@ -21,7 +21,7 @@ from tests.fuzz import mutants
 from tests.support import review
 from webhook.admission import BadRequest
 from webhook.admission import review as review_body
-from webhook.config import MeshConfig
+from webhook.engine.config import MeshConfig
 
 SEED = int(os.environ.get("FUZZ_SEED", "10"))
 IN_PROCESS = 20_000

@@ -14,10 +14,11 @@ import pytest
 
 from tests import hostile
 from tests.support import apply, review, schema_errors
-from webhook import annotations, bootstrap, engine, limits, quantity
+from webhook import engine
 from webhook.admission import Reviewed
 from webhook.admission import review as review_body
-from webhook.config import MeshConfig
+from webhook.engine import annotations, bootstrap, limits, quantity
+from webhook.engine.config import MeshConfig
 from webhook.logs import JsonFormatter
 
 CONFIG = MeshConfig()
@@ -239,8 +240,8 @@ def test_too_many_ports_or_upstreams_are_refused_before_building(no_bootstrap, s
 def test_the_lower_bounds_on_the_bootstrap_size_hold() -> None:
     """least_size must never refuse a pod whose bootstrap would fit: each item, named as
     shortly as it can be, costs at least what it says."""
-    from webhook import probes, sockets, upstreams
-    from webhook.bootstrap import SidecarPlan
+    from webhook.engine import probes, sockets, upstreams
+    from webhook.engine.bootstrap import SidecarPlan
 
     def size(ports: int, routes: int, declared: int) -> int:
         app = tuple(

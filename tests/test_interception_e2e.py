@@ -17,7 +17,7 @@ import pytest
 from tests import netns
 from tests.meshed_pod import MeshedPod, injected
 from tests.processes import Nginx, shared_folder, wait_for
-from webhook.lifecycle import HOLD_UNTIL_READY
+from webhook.engine.lifecycle import HOLD_UNTIL_READY
 
 why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tests.support import CORPUS, apply, bootstrap_of, container, envoy_validate, load_case
-from webhook.config import MeshConfig
 from webhook.engine import Outcome, inject
-from webhook.upstreams import resolve
+from webhook.engine.config import MeshConfig
+from webhook.engine.upstreams import resolve
 
 DEFAULTS = MeshConfig()
 
@@ -180,7 +180,7 @@ def test_socket_group_is_added_only_where_it_is_safe(name, fs_group) -> None:
 
 
 def test_circuit_breakers_other_than_envoys_defaults_are_set_per_upstream() -> None:
-    from webhook.config import from_mapping
+    from webhook.engine.config import from_mapping
 
     pod = case("31-declared-upstreams")
     config = from_mapping({"upstreamPolicy": {"maxConnections": 64, "lbPolicy": "ROUND_ROBIN"}})

@@ -8,8 +8,8 @@ import copy
 import pytest
 
 from tests.support import CORPUS, apply, container, load_case, schema_errors
-from webhook.config import from_mapping
 from webhook.engine import Outcome, inject
+from webhook.engine.config import from_mapping
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 CONFIG = from_mapping(
@@ -62,7 +62,7 @@ def test_the_pull_policy_is_set_on_the_containers_we_add_only() -> None:
 
 
 def test_a_bad_secret_name_is_a_config_error_naming_it() -> None:
-    from webhook.config import ConfigError
+    from webhook.engine.config import ConfigError
 
     with pytest.raises(ConfigError, match="imagePullSecrets"):
         from_mapping({"imagePullSecrets": ["Not_A_Name"]})

@@ -113,7 +113,7 @@ def test_readme_example_review_gets_a_patch(webhook) -> None:
 
 def test_the_installed_package_ships_every_module(tmp_path) -> None:
     """README's first command installs a wheel, not the checkout: every subpackage must be
-    in it (a missing webhook.bootstrap once broke `serve` only when installed)."""
+    in it (a missing webhook.engine.bootstrap once broke `serve` only when installed)."""
     import shutil
 
     source = tmp_path / "source"

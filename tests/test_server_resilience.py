@@ -28,7 +28,7 @@ from tests.support import CORPUS, load_case, review
 from webhook import app as app_module
 from webhook.admission import review as real_review
 from webhook.app import create_app
-from webhook.config import MeshConfig
+from webhook.engine.config import MeshConfig
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 BROKEN_ENGINE = """

@@ -21,7 +21,7 @@ from tests import netns
 from tests.meshed_pod import MeshedPod, injected
 from tests.processes import shared_folder, wait_for
 from tests.support import container
-from webhook.lifecycle import outlive_the_app
+from webhook.engine.lifecycle import outlive_the_app
 
 why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.support import CORPUS, apply, container, load_case, review, schema_errors
-from webhook.config import MeshConfig, from_mapping
 from webhook.engine import Outcome, inject
-from webhook.pod import InvalidPod
+from webhook.engine.config import MeshConfig, from_mapping
+from webhook.engine.pod import InvalidPod
 
 
 def injected(pod: dict, config: MeshConfig | None = None) -> tuple[dict, tuple[str, ...]]:

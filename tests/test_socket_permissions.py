@@ -15,8 +15,8 @@ import pytest
 
 from tests.processes import Envoy, http_get, needs_root, shared_folder, stop, wait_for
 from tests.support import apply, bootstrap_of
-from webhook.config import MeshConfig
 from webhook.engine import inject
+from webhook.engine.config import MeshConfig
 
 pytestmark = [pytest.mark.envoy, needs_root]
 

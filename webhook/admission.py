@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 
 from webhook import engine
-from webhook.config import MeshConfig
-from webhook.limits import PROBLEM_CHARS, clip
-from webhook.pod import InvalidPod
-from webhook.policy import Reason
+from webhook.engine.config import MeshConfig
+from webhook.engine.limits import PROBLEM_CHARS, clip
+from webhook.engine.pod import InvalidPod
+from webhook.engine.policy import Reason
 
 VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 

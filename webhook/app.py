@@ -21,11 +21,11 @@ from fastapi.responses import Response
 
 from webhook import __version__
 from webhook.admission import BadRequest, Reviewed, review
-from webhook.config import MeshConfig
+from webhook.engine.config import MeshConfig
+from webhook.engine.policy import Reason
 from webhook.events import EventSender, event, subject
 from webhook.live_config import LiveConfig
 from webhook.metrics import CONTENT_TYPE, Metrics
-from webhook.policy import Reason
 
 MAX_BODY = 3 * 2**20
 """The API server caps requests at 3 MiB; anything larger is not from it."""

@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from webhook import __version__, config
-from webhook.names import INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
+from webhook import __version__
+from webhook.engine import config
+from webhook.engine.names import INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
 from webhook.serving import Lifecycle, Limits
 
 
@@ -155,7 +156,7 @@ def _certs_parser(commands: argparse._SubParsersAction) -> None:
 
 def _certs_create(args: argparse.Namespace) -> int:
     from certs.authority import write_for_service
-    from webhook import values
+    from webhook.engine import values
 
     problems = []
     for flag, value in (

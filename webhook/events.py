@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from webhook.limits import clip
+from webhook.engine.limits import clip
 
 log = logging.getLogger("proxy_injector.events")
 CAPACITY = 1000

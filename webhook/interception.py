@@ -10,8 +10,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from webhook import values
-from webhook.names import PROXY_PORTS
+from webhook.engine import values
+from webhook.engine.names import PROXY_PORTS
 
 INBOUND = "PROXY_INBOUND"
 IN_REDIRECT = "PROXY_IN_REDIRECT"

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from webhook import config
+from webhook.engine import config
 from webhook.metrics import Metrics
 
 log = logging.getLogger("proxy_injector.config")

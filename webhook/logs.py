@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from webhook.limits import LOG_FIELD_CHARS, LOG_TRACEBACK_CHARS, clip
+from webhook.engine.limits import LOG_FIELD_CHARS, LOG_TRACEBACK_CHARS, clip
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 

@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 
 from webhook import __version__
-from webhook.config import MeshConfig
+from webhook.engine.config import MeshConfig
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 disable_created_metrics()  # no *_created series: nothing here is ever reset

@@ -16,11 +16,11 @@ from typing import Any
 import jsonpatch
 import yaml
 
-from webhook import annotations as annotation_table
 from webhook import engine
-from webhook.config import MeshConfig
-from webhook.pod import InvalidPod, mapping, string_map
-from webhook.policy import Reason
+from webhook.engine import annotations as annotation_table
+from webhook.engine.config import MeshConfig
+from webhook.engine.pod import InvalidPod, mapping, string_map
+from webhook.engine.policy import Reason
 from webhook.workloads import Template, templates
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
-from webhook import limits, values
-from webhook.names import INJECT_KEY, PREFIX, STATUS_KEY
-from webhook.values import quote
+from webhook.engine import limits, values
+from webhook.engine.names import INJECT_KEY, PREFIX, STATUS_KEY
+from webhook.engine.values import quote
 
 
 @dataclass(frozen=True, slots=True)

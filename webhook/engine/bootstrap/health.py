@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from webhook.bootstrap.inbound import cluster_name, fallback_retry, tls_cluster_name
-from webhook.bootstrap.objects import (
+from webhook.engine.bootstrap.inbound import cluster_name, fallback_retry, tls_cluster_name
+from webhook.engine.bootstrap.objects import (
     ADMIN_CLUSTER,
     Json,
     chain,
@@ -21,7 +21,7 @@ from webhook.bootstrap.objects import (
     typed,
     virtual_host,
 )
-from webhook.names import (
+from webhook.engine.names import (
     APP_HEALTH_PATH,
     APP_TRANSPORT_PATH,
     PROMETHEUS_PATH,
@@ -29,8 +29,8 @@ from webhook.names import (
     READINESS_PATH,
     READINESS_PORT,
 )
-from webhook.probes import ProbeRoute
-from webhook.sockets import AppPort
+from webhook.engine.probes import ProbeRoute
+from webhook.engine.sockets import AppPort
 
 
 def _connect_check(path: str, ports: Iterable[AppPort]) -> Json:

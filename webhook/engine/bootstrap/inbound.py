@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from webhook.bootstrap.objects import (
+from webhook.engine.bootstrap.objects import (
     CONNECT_TIMEOUT,
     Json,
     chain,
@@ -23,8 +23,8 @@ from webhook.bootstrap.objects import (
     typed,
     virtual_host,
 )
-from webhook.names import INBOUND_PORT, PROXY_PORTS
-from webhook.sockets import HTTP2, AppPort
+from webhook.engine.names import INBOUND_PORT, PROXY_PORTS
+from webhook.engine.sockets import HTTP2, AppPort
 
 PASSTHROUGH = "inbound|passthrough"
 BLACKHOLE = "inbound|blackhole"

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from webhook import values
-from webhook.annotations import Overrides, pick
-from webhook.config import MeshConfig
-from webhook.names import PROXY_PORTS, SUN_PATH_MAX, UDS_PATH_ENV
-from webhook.pod import Container, Port
-from webhook.values import quote
+from webhook.engine import values
+from webhook.engine.annotations import Overrides, pick
+from webhook.engine.config import MeshConfig
+from webhook.engine.names import PROXY_PORTS, SUN_PATH_MAX, UDS_PATH_ENV
+from webhook.engine.pod import Container, Port
+from webhook.engine.values import quote
 
 TCP, HTTP, HTTP2 = "tcp", "http", "h2"
 _HTTP2_NAMES = ("http2", "grpc", "h2c")

@@ -1,4 +1,4 @@
-"""The injection engine: (pod, namespace, mesh config) -> patch, skip or denial.
+"""The engine's entry point: (pod, namespace, mesh config) -> patch, skip or denial.
 
 Pure: no I/O, no clock, no globals written. The webhook, the offline CLI and the tests all
 call ``inject`` and nothing below it.
@@ -14,13 +14,14 @@ from typing import Any
 
 import orjson
 
-from webhook import __version__, bootstrap, lifecycle, limits, probes, sidecar, sockets, upstreams
-from webhook import annotations as annotation_table
-from webhook import patch as jp
-from webhook import pod as pods
-from webhook.annotations import pick
-from webhook.config import MeshConfig
-from webhook.names import (
+from webhook import __version__
+from webhook.engine import annotations as annotation_table
+from webhook.engine import bootstrap, lifecycle, limits, probes, sidecar, sockets, upstreams
+from webhook.engine import patch as jp
+from webhook.engine import pod as pods
+from webhook.engine.annotations import pick
+from webhook.engine.config import MeshConfig
+from webhook.engine.names import (
     ARG_MAX_BYTES,
     INIT_CONTAINER,
     OUTBOUND_UDS_ENV,
@@ -31,7 +32,7 @@ from webhook.names import (
     SHM_VOLUME,
     STATUS_KEY,
 )
-from webhook.policy import InvalidInjectValue, Reason, decide
+from webhook.engine.policy import InvalidInjectValue, Reason, decide
 
 
 class Outcome(StrEnum):

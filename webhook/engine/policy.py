@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from webhook import values
-from webhook.annotations import invalid
-from webhook.config import MeshConfig
-from webhook.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
-from webhook.pod import objects
+from webhook.engine import values
+from webhook.engine.annotations import invalid
+from webhook.engine.config import MeshConfig
+from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+from webhook.engine.pod import objects
 
 
 class Reason(Enum):

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.names import READINESS_PORT
-from webhook.pod import Container, objects, text
-from webhook.sockets import AppPort, PortPlan
+from webhook.engine.names import READINESS_PORT
+from webhook.engine.pod import Container, objects, text
+from webhook.engine.sockets import AppPort, PortPlan
 
 KIND_PATHS = {"livenessProbe": "livez", "readinessProbe": "readyz", "startupProbe": "startupz"}
 _HANDLERS = ("httpGet", "tcpSocket", "grpc", "exec")

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from webhook import values
-from webhook.annotations import Overrides, pick, quote
-from webhook.config import MeshConfig
-from webhook.names import (
+from webhook.engine import values
+from webhook.engine.annotations import Overrides, pick, quote
+from webhook.engine.config import MeshConfig
+from webhook.engine.names import (
     APP_HEALTH_PATH,
     INBOUND_PORT,
     INIT_CONTAINER,
@@ -27,7 +27,7 @@ from webhook.names import (
     SHM_MOUNT_PATH,
     SHM_VOLUME,
 )
-from webhook.pod import Container
+from webhook.engine.pod import Container
 
 Json = dict[str, Any]
 MIN_DEFAULT_CONCURRENCY = 2

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from webhook import values
-from webhook.annotations import quote
+from webhook.engine import values
+from webhook.engine.annotations import quote
 
 
 def _checked(parse: Callable[[str], Any]) -> BeforeValidator:

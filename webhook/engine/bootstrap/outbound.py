@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from webhook.bootstrap.objects import (
+from webhook.engine.bootstrap.objects import (
     CONNECT_TIMEOUT,
     Json,
     chain,
@@ -20,9 +20,9 @@ from webhook.bootstrap.objects import (
     typed,
     virtual_host,
 )
-from webhook.config import UpstreamPolicy
-from webhook.names import OUTBOUND_PORT
-from webhook.upstreams import Upstream
+from webhook.engine.config import UpstreamPolicy
+from webhook.engine.names import OUTBOUND_PORT
+from webhook.engine.upstreams import Upstream
 
 PASSTHROUGH = "outbound|passthrough"
 FORWARD_PROXY = "outbound|forward-proxy"

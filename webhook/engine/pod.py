@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from webhook import quantity
-from webhook.limits import KEY_CHARS, PROBLEM_CHARS, clip
-from webhook.names import SHM_MOUNT_PATH
-from webhook.values import cached, quote
+from webhook.engine import quantity
+from webhook.engine.limits import KEY_CHARS, PROBLEM_CHARS, clip
+from webhook.engine.names import SHM_MOUNT_PATH
+from webhook.engine.values import cached, quote
 
 
 class InvalidPod(ValueError):

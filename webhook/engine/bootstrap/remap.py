@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from webhook.bootstrap.objects import Json, listener, socket_address
-from webhook.names import ADMIN_PORT, PROXY_PORTS, SHM_MOUNT_PATH
+from webhook.engine.bootstrap.objects import Json, listener, socket_address
+from webhook.engine.names import ADMIN_PORT, PROXY_PORTS, SHM_MOUNT_PATH
 
 
 def _walk(node: Any, visit: Any) -> None:

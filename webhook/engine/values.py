@@ -15,8 +15,8 @@ from decimal import Decimal
 from functools import lru_cache, wraps
 from typing import TypeVar
 
-from webhook import quantity as quantities
-from webhook.names import SHM_MOUNT_PATH
+from webhook.engine import quantity as quantities
+from webhook.engine.names import SHM_MOUNT_PATH
 
 ALL = "*"
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")

@@ -15,20 +15,20 @@ from functools import lru_cache
 
 import orjson
 
-from webhook.bootstrap import health, inbound, outbound
-from webhook.bootstrap.objects import (
+from webhook.engine.bootstrap import health, inbound, outbound
+from webhook.engine.bootstrap.objects import (
     ADMIN_CLUSTER,
     Json,
     also_ipv6,
     socket_address,
     static_cluster,
 )
-from webhook.bootstrap.stats import stats_config
-from webhook.config import UpstreamPolicy
-from webhook.names import ADMIN_PORT
-from webhook.probes import ProbeRoute
-from webhook.sockets import AppPort
-from webhook.upstreams import Upstream
+from webhook.engine.bootstrap.stats import stats_config
+from webhook.engine.config import UpstreamPolicy
+from webhook.engine.names import ADMIN_PORT
+from webhook.engine.probes import ProbeRoute
+from webhook.engine.sockets import AppPort
+from webhook.engine.upstreams import Upstream
 
 
 @dataclass(frozen=True, slots=True)

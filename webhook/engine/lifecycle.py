@@ -26,7 +26,7 @@ import math
 from typing import Any
 from urllib.parse import quote
 
-from webhook.names import ADMIN_PORT, READINESS_PATH, READINESS_PORT
+from webhook.engine.names import ADMIN_PORT, READINESS_PATH, READINESS_PORT
 
 Json = dict[str, Any]
 
