@@ -10,11 +10,15 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import jsonpatch
 
 SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/?]+))?")
 EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
+ENDPOINTS = re.compile(r"^/api/v1/namespaces/([^/]+)/endpoints/([^/?]+)")
+PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:\?|$)")
+NAMESPACES = re.compile(r"^/api/v1/namespaces(?:\?(.*))?$")
 WEBHOOK = re.compile(
     r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/([^/?]+)"
 )
@@ -42,6 +46,9 @@ class FakeKube:
         # both see the same state before either writes.
         self.barrier = threading.Barrier(racers, timeout=10) if racers > 1 else None
         self.reads_held = 0
+        self.endpoints: dict[tuple[str, str], dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, list[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
         self.events_open = threading.Event()
         """Cleared: event creation waits (bounded) until it is set again."""
@@ -103,7 +110,35 @@ class FakeKube:
             return 200, secret
         if match := WEBHOOK.match(path):
             with self.lock:
-                return 200, self.webhooks[match.group(1)]
+                found = self.webhooks.get(match.group(1))
+            if found is None:
+                return 404, status(404, "NotFound", path)
+            return 200, found
+        return self._get_listed(path)
+
+    def _get_listed(self, path: str) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            if match := ENDPOINTS.match(path):
+                found = self.endpoints.get((match.group(1), match.group(2)))
+                if found is None:
+                    return 404, status(404, "NotFound", path)
+                return 200, found
+            if match := PODS.match(path):
+                items = self.pods.get(match.group(1), [])
+                return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}
+            if match := NAMESPACES.match(path):
+                wanted = dict(
+                    part.split("=", 1)
+                    for part in re.findall(r"labelSelector=([^&]*)", match.group(1) or "")
+                    for part in [unquote(part)]
+                    if "=" in part
+                )
+                items = [
+                    ns
+                    for ns in self.namespaces.values()
+                    if wanted.items() <= ns["metadata"].get("labels", {}).items()
+                ]
+                return 200, {"kind": "NamespaceList", "apiVersion": "v1", "items": items}
         return 404, status(404, "NotFound", path)
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -272,6 +272,54 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_parser(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser("check", help="is the installation healthy? (like linkerd check)")
+    check.add_argument("--config", type=Path, help="mesh config YAML the webhook runs with")
+    check.add_argument("--namespace", default="proxy-system", help="where the injector runs")
+    check.add_argument(
+        "--kube-api",
+        default=None,
+        help="a plain-HTTP API URL (kubectl proxy); default: kubeconfig, else in-cluster",
+    )
+    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    check.set_defaults(run=_check)
+
+
+def _kube_client(kube_api: str | None) -> Any:
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    if kube_api:
+        configuration = client.Configuration()
+        configuration.host = kube_api
+        return client.ApiClient(configuration)
+    try:
+        kube_config.load_kube_config()
+    except kube_config.ConfigException:
+        kube_config.load_incluster_config()
+    return client.ApiClient()
+
+
+def _check(args: argparse.Namespace) -> int:
+    from webhook import check
+
+    try:
+        mesh = config.load(args.config) if args.config else config.MeshConfig()
+        results = check.run(
+            check.kube_reader(_kube_client(args.kube_api)), mesh, check.Target(args.namespace)
+        )
+    except config.ConfigError as exc:
+        print(f"proxy-injector check: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"proxy-injector check: cannot read the cluster: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(
+        check.as_json(results) + "\n" if args.output == "json" else check.text(results)
+    )
+    return 0 if all(r.ok for r in results) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="proxy-injector", description=__doc__)
     top.add_argument("--version", action="version", version=f"proxy-injector {__version__}")
@@ -280,6 +328,7 @@ def parser() -> argparse.ArgumentParser:
     _init_iptables_parser(commands)
     _certs_parser(commands)
     _offline_parsers(commands)
+    _check_parser(commands)
     return top
 
 

@@ -5,11 +5,14 @@ Loaded and validated once at start-up; the admission path only reads the frozen 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -121,6 +124,15 @@ class MeshConfig(_Section):
     events: bool = True
     """A Kubernetes Event for each injection, skip and denial (on the pod's controller)."""
     upstream_policy: UpstreamPolicy = UpstreamPolicy()
+
+    @cached_property
+    def generation(self) -> str:
+        """A short hash of every field: recorded in each injected pod's proxy.io/status, so
+        pods injected under another config can be found (``check``)."""
+        canonical = orjson.dumps(
+            self.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS
+        )
+        return hashlib.sha256(canonical).hexdigest()[:12]
 
 
 class ConfigError(ValueError):

@@ -229,7 +229,7 @@ def _build(
 
     reading.field = "spec"
     volume_name = existing_shm or SHM_VOLUME
-    ops: list[jp.Op] = [_status_op(pod, parsed, existing_shm)]
+    ops: list[jp.Op] = [_status_op(pod, parsed, existing_shm, config.generation)]
     if existing_shm is None:
         volume = sidecar.shm_volume(sidecar.shm_size(apps, overrides, config))
         ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), [volume])
@@ -388,11 +388,15 @@ def _too_large(size: int, declared: int, at_least: bool = False) -> str:
 
 
 def _status_op(
-    pod: dict[str, Any], parsed: annotation_table.Parsed, existing_shm: str | None
+    pod: dict[str, Any],
+    parsed: annotation_table.Parsed,
+    existing_shm: str | None,
+    generation: str,
 ) -> jp.Op:
     ignored = parsed.unknown[: limits.IGNORED_KEYS]
     status: dict[str, Any] = {
         "version": __version__,
+        "configGeneration": generation,
         "containers": [PROXY_CONTAINER],
         "initContainers": [INIT_CONTAINER],
         "volumes": [] if existing_shm else [SHM_VOLUME],

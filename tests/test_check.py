@@ -1,0 +1,152 @@
+"""`proxy-injector check` through the real kubernetes client against the fake API: a
+healthy installation passes, and each broken part of a broken one is named with a hint."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from certs.authority import write_for_service
+from tests.fake_kube import FakeKube
+from tests.support import CORPUS, apply, load_case, proxy_injector
+from webhook.check import EXPECTED_SELECTORS
+from webhook.engine import inject
+from webhook.engine.config import MeshConfig, from_mapping
+
+ROOT = Path(__file__).parent.parent
+WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
+SHIPPED = yaml.safe_load((ROOT / "deploy/base/mutatingwebhookconfiguration.yaml").read_text())
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def pod(name: str, config: MeshConfig | None, annotations: dict | None = None) -> dict:
+    """A running pod of Deployment web, injected under ``config`` (None: not injected)."""
+    result = copy.deepcopy(WEB)
+    result["metadata"] = {
+        "name": name,
+        "namespace": "shop",
+        "labels": {"app": "web", "pod-template-hash": "7c9d8f"},
+        "annotations": annotations or {},
+        "ownerReferences": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": "web-7c9d8f",
+                "uid": "u1",
+                "controller": True,
+            }
+        ],
+    }
+    if config is not None:
+        result = apply(result, list(inject(result, "shop", config).patch))
+    return result
+
+
+def installation(tmp_path: Path, fake: FakeKube, *, broken: bool) -> None:
+    good = write_for_service(
+        tmp_path / "good", "proxy-injector", "proxy-system", "cluster.local", 90
+    )
+    other = write_for_service(
+        tmp_path / "other", "proxy-injector", "proxy-system", "cluster.local", 90
+    )
+    webhook = copy.deepcopy(SHIPPED)
+    bundle = (other if broken else good).ca.read_bytes()
+    for entry in webhook["webhooks"]:
+        entry["clientConfig"]["caBundle"] = b64(bundle)
+    fake.webhooks["proxy-injector"] = webhook
+    fake.secrets[("proxy-system", "proxy-injector-tls")] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "proxy-injector-tls", "namespace": "proxy-system"},
+        "data": {"tls.crt": b64(good.cert.read_bytes()), "tls.key": b64(good.key.read_bytes())},
+    }
+    if not broken:
+        fake.endpoints[("proxy-system", "proxy-injector")] = {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "proxy-injector", "namespace": "proxy-system"},
+            "subsets": [{"addresses": [{"ip": "10.0.0.7"}], "ports": [{"port": 8443}]}],
+        }
+    fake.namespaces["shop"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"proxy.io/inject": "enabled"}},
+    }
+    pods = [
+        pod("web-7c9d8f-a", MeshConfig()),
+        pod("web-7c9d8f-b", None, {"proxy.io/inject": "false"}),
+    ]
+    if broken:
+        old = from_mapping({"proxyImage": "envoyproxy/envoy:v1.39.0"})
+        pods += [pod("web-7c9d8f-old", old), pod("web-7c9d8f-bare", None)]
+    fake.pods["shop"] = pods
+
+
+@pytest.fixture
+def fake():
+    api = FakeKube()
+    yield api
+    api.close()
+
+
+def check(fake: FakeKube, *args: str):
+    return proxy_injector("check", "--kube-api", fake.url, *args)
+
+
+def test_a_healthy_installation_passes(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=False)
+    result = check(fake)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+    assert result.stdout.count("ok  ") == 6
+
+
+def test_a_broken_installation_names_each_broken_part(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=True)
+    result = check(fake)
+    assert result.returncode == 1
+    out = result.stdout
+    assert (
+        "FAIL its service has ready endpoints: "
+        "service proxy-system/proxy-injector has no ready endpoint"
+    ) in out
+    assert "caBundle does not verify the certificate in the secret" in out
+    assert "shop/web-7c9d8f-bare: would be injected now" in out
+    assert "shop/web-7c9d8f-old: injected under another mesh config" in out
+    assert "hint: kubectl -n shop rollout restart deployment/web" in out
+    assert "web-7c9d8f-b:" not in out  # opted out on purpose
+    assert "ok   failurePolicy, timeout and selectors are as deploy/ ships them" in out
+
+
+def test_json_output_for_scripts(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=True)
+    results = json.loads(check(fake, "-o", "json").stdout)
+    failed = {r["check"] for r in results if not r["ok"]}
+    assert failed == {
+        "its service has ready endpoints",
+        "caBundle verifies the serving certificate, outside its renewal window",
+        "pods in enabled namespaces have the sidecar",
+        "sidecars match the current version and mesh config",
+    }
+
+
+def test_a_changed_failure_policy_is_named(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=False)
+    fake.webhooks["proxy-injector"]["webhooks"][0]["failurePolicy"] = "Ignore"
+    result = check(fake)
+    assert result.returncode == 1
+    assert 'namespace.proxy.io.failurePolicy: "Ignore", expected "Fail"' in result.stdout
+
+
+def test_the_expected_selectors_are_what_deploy_ships() -> None:
+    for entry in SHIPPED["webhooks"]:
+        expected = EXPECTED_SELECTORS[entry["name"]]
+        assert {k: entry[k] for k in expected} == expected

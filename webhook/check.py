@@ -1,0 +1,335 @@
+"""``proxy-injector check``: is the installation healthy, and which pods need attention?
+
+One result per check, each failure with a hint of what to do, like ``linkerd check``. The
+cluster is read through ``Reader`` (the kubernetes client in ``kube_reader``; the tests'
+fake API behind it), the verdicts come from the engine and certs/check.py: nothing is
+decided here that the webhook decides elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from certs.check import due_for_renewal, names_of, signed_by_any
+from webhook import __version__
+from webhook.engine import Outcome, inject
+from webhook.engine.config import MeshConfig
+from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+from webhook.engine.pod import InvalidPod
+
+EXPECTED_ENTRY = {
+    "failurePolicy": "Fail",
+    "sideEffects": "None",
+    "reinvocationPolicy": "IfNeeded",
+}
+EXPECTED_SELECTORS = {
+    "namespace.proxy.io": {
+        "namespaceSelector": {
+            "matchLabels": {INJECT_KEY: "enabled"},
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": ["proxy-system", "kube-system"],
+                }
+            ],
+        },
+        "objectSelector": {
+            "matchExpressions": [{"key": INJECT_KEY, "operator": "NotIn", "values": ["false"]}]
+        },
+    },
+    "pod.proxy.io": {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": INJECT_KEY, "operator": "DoesNotExist"},
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": ["proxy-system", "kube-system"],
+                },
+            ]
+        },
+        "objectSelector": {"matchLabels": {INJECT_KEY: "true"}},
+    },
+}
+"""What deploy/base/mutatingwebhookconfiguration.yaml ships (a test keeps them equal)."""
+
+
+class Reader(Protocol):
+    def webhook_configuration(self, name: str) -> dict[str, Any] | None: ...
+    def endpoints(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def namespaces(self, label_selector: str) -> list[dict[str, Any]]: ...
+    def pods(self, namespace: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class Result:
+    check: str
+    ok: bool
+    detail: str = ""
+    hint: str = ""
+    items: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str = "proxy-system"
+    service: str = "proxy-injector"
+    secret: str = "proxy-injector-tls"
+    webhook_configuration: str = "proxy-injector"
+
+
+def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[Result]:
+    webhook = reader.webhook_configuration(target.webhook_configuration)
+    results = [_exists(webhook, target)]
+    if webhook is not None:
+        results += [
+            _endpoints(reader, webhook),
+            _certificate(reader, webhook, target),
+            _entries(webhook),
+        ]
+    namespaces = reader.namespaces(f"{INJECT_KEY}=enabled")
+    results += _pods(reader, config, namespaces)
+    return results
+
+
+def _exists(webhook: dict[str, Any] | None, target: Target) -> Result:
+    name = "the MutatingWebhookConfiguration exists"
+    if webhook is None:
+        return Result(name, False, target.webhook_configuration, "kubectl apply -k deploy/")
+    return Result(name, True, target.webhook_configuration)
+
+
+def _service(webhook: dict[str, Any]) -> dict[str, Any]:
+    entries = webhook.get("webhooks") or [{}]
+    return (entries[0].get("clientConfig") or {}).get("service") or {}
+
+
+def _endpoints(reader: Reader, webhook: dict[str, Any]) -> Result:
+    name = "its service has ready endpoints"
+    service = _service(webhook)
+    endpoints = reader.endpoints(service.get("namespace", ""), service.get("name", ""))
+    ready = [
+        address.get("ip")
+        for subset in (endpoints or {}).get("subsets") or []
+        for address in subset.get("addresses") or []
+    ]
+    where = f"{service.get('namespace')}/{service.get('name')}"
+    if not ready:
+        hint = (
+            f"kubectl -n {service.get('namespace')} get pods -l app=proxy-injector: are the "
+            "injector's pods running and ready (/readyz)?"
+        )
+        return Result(name, False, f"service {where} has no ready endpoint", hint)
+    return Result(name, True, f"service {where}: {len(ready)} ready")
+
+
+def _certificate(reader: Reader, webhook: dict[str, Any], target: Target) -> Result:
+    name = "caBundle verifies the serving certificate, outside its renewal window"
+    hint = (
+        "restart the injector (serve --manage-certs renews and patches caBundle), or with "
+        "cert-manager check the Certificate and the CA injection"
+    )
+    secret = reader.secret(target.namespace, target.secret)
+    bundle = ((webhook.get("webhooks") or [{}])[0].get("clientConfig") or {}).get("caBundle")
+    if secret is None or not bundle:
+        missing = "secret" if secret is None else "caBundle"
+        return Result(name, False, f"no {missing}", hint)
+    try:
+        cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+        authorities = x509.load_pem_x509_certificates(base64.b64decode(bundle))
+    except (KeyError, ValueError) as exc:
+        return Result(name, False, f"unreadable: {exc}", hint)
+    now = dt.datetime.now(dt.UTC)
+    service = _service(webhook)
+    dns = f"{service.get('name')}.{service.get('namespace')}.svc"
+    problems = []
+    if not signed_by_any(cert, authorities):
+        problems.append("caBundle does not verify the certificate in the secret")
+    if now >= cert.not_valid_after_utc:
+        problems.append("the certificate has expired")
+    elif due_for_renewal(cert, now):
+        problems.append("the certificate is inside its renewal window")
+    if dns not in names_of(cert):
+        problems.append(f"the certificate is not valid for {dns}")
+    if problems:
+        return Result(name, False, "; ".join(problems), hint)
+    return Result(name, True, f"valid for {dns} until {cert.not_valid_after_utc:%Y-%m-%d}")
+
+
+def _entries(webhook: dict[str, Any]) -> Result:
+    name = "failurePolicy, timeout and selectors are as deploy/ ships them"
+    problems = []
+    entries = {e.get("name"): e for e in webhook.get("webhooks") or []}
+    for entry_name, selectors in EXPECTED_SELECTORS.items():
+        entry = entries.get(entry_name)
+        if entry is None:
+            problems.append(f"{entry_name}: missing")
+            continue
+        wanted = {**EXPECTED_ENTRY, **selectors}
+        problems += [
+            f"{entry_name}.{key}: {json.dumps(entry.get(key))}, expected {json.dumps(value)}"
+            for key, value in wanted.items()
+            if entry.get(key) != value
+        ]
+        timeout = entry.get("timeoutSeconds")
+        if not isinstance(timeout, int) or not 1 <= timeout <= 10:
+            problems.append(f"{entry_name}.timeoutSeconds: {timeout!r}, expected 1 to 10")
+    if problems:
+        return Result(name, False, "; ".join(problems), "kubectl apply -k deploy/", problems)
+    return Result(name, True)
+
+
+def _owner(pod: dict[str, Any]) -> str:
+    """The workload to restart: a Deployment for a ReplicaSet's pods (its name less the
+    pod-template-hash), else the controller itself, else the pod."""
+    metadata = pod.get("metadata") or {}
+    owners = [o for o in metadata.get("ownerReferences") or [] if o.get("controller")]
+    if not owners:
+        return f"pod/{metadata.get('name')}"
+    owner = owners[0]
+    template_hash = (metadata.get("labels") or {}).get("pod-template-hash")
+    if owner.get("kind") == "ReplicaSet" and template_hash:
+        return f"deployment/{owner['name'].removesuffix('-' + template_hash)}"
+    return f"{owner.get('kind', '').lower()}/{owner.get('name')}"
+
+
+def _stale(pod: dict[str, Any], status: dict[str, Any], config: MeshConfig) -> str | None:
+    if status.get("version") != __version__:
+        return f"injected by {status.get('version')}, now {__version__}"
+    if status.get("configGeneration") != config.generation:
+        return "injected under another mesh config"
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    wanted = annotations.get("proxy.io/image") or config.proxy_image
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    image = next((c.get("image") for c in containers if c.get("name") == PROXY_CONTAINER), None)
+    if image != wanted:
+        return f"proxy image {image}, now {wanted}"
+    return None
+
+
+def _pods(reader: Reader, config: MeshConfig, namespaces: list[dict[str, Any]]) -> list[Result]:
+    missing: list[str] = []
+    stale: dict[str, list[str]] = {}
+    for namespace in namespaces:
+        labels = (namespace.get("metadata") or {}).get("labels") or {}
+        ns = namespace["metadata"]["name"]
+        for pod in reader.pods(ns):
+            annotations = (pod.get("metadata") or {}).get("annotations") or {}
+            name = f"{ns}/{(pod.get('metadata') or {}).get('name')}"
+            raw = annotations.get(STATUS_KEY)
+            if raw is None:
+                reason = _would_be(pod, ns, config, labels)
+                if reason:
+                    missing.append(f"{name}: {reason}")
+                continue
+            why = _stale(pod, _status(raw), config)
+            if why:
+                stale.setdefault(f"{ns} {_owner(pod)}", []).append(f"{name}: {why}")
+    return [_missing_result(missing), _stale_result(stale)]
+
+
+def _status(raw: str) -> dict[str, Any]:
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _would_be(
+    pod: dict[str, Any], namespace: str, config: MeshConfig, labels: dict[str, str]
+) -> str | None:
+    """Why a pod running without the sidecar lacks it, from the engine as it decides now;
+    None for the pods the engine leaves out on purpose (opted out, host network...)."""
+    try:
+        result = inject(pod, namespace, config, labels)
+    except InvalidPod as exc:
+        return f"invalid_pod: {exc}"
+    if result.outcome == Outcome.INJECT:
+        return (
+            "would be injected now: created before the namespace was enabled, or while "
+            "the webhook was down"
+        )
+    if result.outcome == Outcome.DENY:
+        return f"{result.reason.code}: {result.message}"
+    return None
+
+
+def _missing_result(missing: list[str]) -> Result:
+    name = "pods in enabled namespaces have the sidecar"
+    if missing:
+        hint = "kubectl rollout restart the workloads of these pods (explain -f shows why)"
+        return Result(name, False, f"{len(missing)} without it", hint, missing)
+    return Result(name, True)
+
+
+def _stale_result(stale: dict[str, list[str]]) -> Result:
+    name = "sidecars match the current version and mesh config"
+    if stale:
+        restarts = [
+            f"kubectl -n {key.split(' ')[0]} rollout restart {key.split(' ')[1]}" for key in stale
+        ]
+        items = [item for pods in stale.values() for item in pods]
+        return Result(name, False, f"{len(items)} stale pods", "; ".join(restarts), items)
+    return Result(name, True)
+
+
+def text(results: list[Result]) -> str:
+    lines = []
+    for result in results:
+        mark = "ok  " if result.ok else "FAIL"
+        lines.append(f"{mark} {result.check}" + (f": {result.detail}" if result.detail else ""))
+        lines += [f"       {item}" for item in result.items]
+        if not result.ok and result.hint:
+            lines.append(f"     hint: {result.hint}")
+    return "\n".join(lines) + "\n"
+
+
+def as_json(results: list[Result]) -> str:
+    return json.dumps([asdict(r) for r in results], indent=2)
+
+
+def kube_reader(api_client: Any) -> Reader:
+    """The Reader on the real API, objects as the API serves them (camelCase dicts)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(api_client)
+    admission = client.AdmissionregistrationV1Api(api_client)
+    plain: Callable[[Any], Any] = api_client.sanitize_for_serialization
+
+    def found(call: Callable[[], Any]) -> dict[str, Any] | None:
+        try:
+            return plain(call())
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    class KubeReader:
+        def webhook_configuration(self, name: str) -> dict[str, Any] | None:
+            return found(lambda: admission.read_mutating_webhook_configuration(name))
+
+        def endpoints(self, namespace: str, name: str) -> dict[str, Any] | None:
+            return found(lambda: core.read_namespaced_endpoints(name, namespace))
+
+        def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+            return found(lambda: core.read_namespaced_secret(name, namespace))
+
+        def namespaces(self, label_selector: str) -> list[dict[str, Any]]:
+            return plain(core.list_namespace(label_selector=label_selector))["items"]
+
+        def pods(self, namespace: str) -> list[dict[str, Any]]:
+            return plain(core.list_namespaced_pod(namespace))["items"]
+
+    return KubeReader()
