@@ -134,3 +134,21 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
     logged = [json.loads(line) for line in Path(server.log).read_text().splitlines()]
     (rejected,) = [line for line in logged if line["msg"].startswith("new mesh config not loaded")]
     assert "not valid YAML" in rejected["error"]
+
+
+def test_a_config_that_fails_validation_is_logged_with_field_and_value(tmp_path, caplog) -> None:
+    from webhook.engine.config import MeshConfig
+    from webhook.live_config import LiveConfig
+    from webhook.metrics import Metrics
+
+    path = tmp_path / "mesh.yaml"
+    path.write_text("logLevel: info\n")
+    live = LiveConfig(path, MeshConfig(), Metrics())
+    before = live.current
+    path.write_text("logLevel: loud\nresources: {cpuLimit: two}\n")
+    assert live.check() is False
+    assert live.current is before
+    (record,) = [r for r in caplog.records if r.name == "proxy_injector.config"]
+    assert 'logLevel: "loud" is not valid' in record.error
+    assert 'resources.cpuLimit: "two" is not valid' in record.error
+    assert live.metrics.config_reloads.labels("error")._value.get() == 1
