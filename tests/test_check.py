@@ -150,3 +150,15 @@ def test_the_expected_selectors_are_what_deploy_ships() -> None:
     for entry in SHIPPED["webhooks"]:
         expected = EXPECTED_SELECTORS[entry["name"]]
         assert {k: entry[k] for k in expected} == expected
+
+
+def test_a_config_change_that_shapes_no_pod_makes_no_pod_stale(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=False)
+    config = tmp_path / "mesh.yaml"
+    config.write_text("events: false\nneverInjectNamespaces: [kube-system]\n")
+    result = check(fake, "--config", str(config))
+    assert result.returncode == 0, result.stdout
+    config.write_text("logLevel: debug\n")
+    result = check(fake, "--config", str(config))
+    assert result.returncode == 1
+    assert "shop/web-7c9d8f-a: injected under another mesh config" in result.stdout

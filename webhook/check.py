@@ -205,7 +205,7 @@ def _owner(pod: dict[str, Any]) -> str:
 def _stale(pod: dict[str, Any], status: dict[str, Any], config: MeshConfig) -> str | None:
     if status.get("version") != __version__:
         return f"injected by {status.get('version')}, now {__version__}"
-    if status.get("configGeneration") != config.generation:
+    if status.get("configGeneration") != config.sidecar_generation:
         return "injected under another mesh config"
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     wanted = annotations.get("proxy.io/image") or config.proxy_image

@@ -127,12 +127,22 @@ class MeshConfig(_Section):
 
     @cached_property
     def generation(self) -> str:
-        """A short hash of every field: recorded in each injected pod's proxy.io/status, so
-        pods injected under another config can be found (``check``)."""
-        canonical = orjson.dumps(
-            self.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS
-        )
-        return hashlib.sha256(canonical).hexdigest()[:12]
+        """A short hash of every field: which config is in force (the metrics say it)."""
+        return _digest(self.model_dump(mode="json", by_alias=True))
+
+    @cached_property
+    def sidecar_generation(self) -> str:
+        """A short hash of the fields that shape an injected pod, recorded in its
+        proxy.io/status: pods injected under other values are stale (``check``), and a
+        change to which pods are injected or to Events makes none stale."""
+        return _digest(self.model_dump(mode="json", by_alias=True, exclude=_NOT_IN_THE_POD))
+
+
+_NOT_IN_THE_POD = {"events", "inject_by_default", "never_inject_namespaces", "deny_proxy_uid_apps"}
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
 class ConfigError(ValueError):

@@ -229,7 +229,7 @@ def _build(
 
     reading.field = "spec"
     volume_name = existing_shm or SHM_VOLUME
-    ops: list[jp.Op] = [_status_op(pod, parsed, existing_shm, config.generation)]
+    ops: list[jp.Op] = [_status_op(pod, parsed, existing_shm, config.sidecar_generation)]
     if existing_shm is None:
         volume = sidecar.shm_volume(sidecar.shm_size(apps, overrides, config))
         ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), [volume])
