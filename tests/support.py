@@ -175,3 +175,37 @@ def start_proxy_injector(*args: str, **popen: Any) -> subprocess.Popen:
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **popen.pop("env", {})}
     return subprocess.Popen([sys.executable, "-m", "webhook", *args], env=env, **popen)
+
+
+async def asgi_call(app: Any, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+    """One request straight into an ASGI app, as uvicorn would make it; a None body never
+    arrives (for timeouts)."""
+    import asyncio
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if body is None:
+            await asyncio.sleep(3600)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    length = b"100" if body is None else str(len(body)).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-length", length)],
+        "scheme": "https",
+        "server": ("127.0.0.1", 8443),
+        "client": ("127.0.0.1", 5000),
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])

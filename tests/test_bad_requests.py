@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import CORPUS, load_case, review
+from tests.support import CORPUS, asgi_call, load_case, review
 from webhook.app import MAX_BODY, create_app
 from webhook.engine.config import MeshConfig
 
@@ -94,33 +94,7 @@ def test_server_still_serves_after_bad_requests(webhook) -> None:
 
 def call_app(app, body: bytes | None) -> tuple[int, bytes]:
     """One POST /mutate straight into the ASGI app; a None body never arrives."""
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        if body is None:
-            await asyncio.sleep(3600)
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    length = b"100" if body is None else str(len(body)).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/mutate",
-        "raw_path": b"/mutate",
-        "query_string": b"",
-        "headers": [(b"content-length", length)],
-        "scheme": "https",
-        "server": ("127.0.0.1", 8443),
-        "client": ("127.0.0.1", 5000),
-        "root_path": "",
-    }
-    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+    return asyncio.run(asyncio.wait_for(asgi_call(app, "POST", "/mutate", body), 5))
 
 
 def test_a_body_that_never_arrives_times_out_with_408() -> None:

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from tests.fake_kube import FakeKube
 from tests.processes import wait_for
-from tests.support import CORPUS, load_case, review
+from tests.support import CORPUS, asgi_call, load_case, review
 from webhook.app import create_app
 from webhook.engine.config import MeshConfig, from_mapping
 from webhook.events import EventSender, kube_post
@@ -53,32 +53,9 @@ def sender(fake: FakeKube, metrics: Metrics, capacity: int = 1000) -> EventSende
 
 
 async def post(app, body: dict) -> dict:
-    data = json.dumps(body).encode()
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": data, "more_body": False}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/mutate",
-        "raw_path": b"/mutate",
-        "query_string": b"",
-        "headers": [(b"content-length", str(len(data)).encode())],
-        "scheme": "https",
-        "server": ("127.0.0.1", 8443),
-        "client": ("127.0.0.1", 5000),
-        "root_path": "",
-    }
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 200
-    return json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["response"]
+    status_code, answer = await asgi_call(app, "POST", "/mutate", json.dumps(body).encode())
+    assert status_code == 200
+    return json.loads(answer)["response"]
 
 
 def admit(app, *bodies: dict) -> list[dict]:

@@ -74,6 +74,12 @@ def run(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def explained(document: dict, *flags: str) -> list[dict]:
+    result = run("explain", "-f", "-", "-o", "json", *flags, stdin=yaml.safe_dump(document))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def at(document: dict, path: tuple) -> dict:
     for part in path:
         document = document[part]
@@ -144,17 +150,7 @@ def test_diff_shows_what_is_added() -> None:
 
 
 def test_namespace_labels_apply_the_namespace_rule() -> None:
-    result = run(
-        "explain",
-        "-f",
-        "-",
-        "-o",
-        "json",
-        "--namespace-labels",
-        "team=a",
-        stdin=yaml.safe_dump(DOCUMENTS[2]),
-    )
-    (report,) = json.loads(result.stdout)
+    (report,) = explained(DOCUMENTS[2], "--namespace-labels", "team=a")
     assert (report["decision"], report["reason"]) == ("skip", "namespace_not_enabled")
     assert report["decided_by"] == "no namespace label proxy.io/inject=enabled"
 
@@ -165,18 +161,7 @@ CASES = corpus()
 def test_explain_gives_each_corpus_pod_its_reason_as_the_webhook_logs_it(webhook) -> None:
     reports = []
     for case in CASES:
-        result = run(
-            "explain",
-            "-f",
-            "-",
-            "-o",
-            "json",
-            "--namespace",
-            case["namespace"],
-            stdin=yaml.safe_dump(case["pod"]),
-        )
-        assert result.returncode == 0, result.stderr
-        (report,) = json.loads(result.stdout)
+        (report,) = explained(case["pod"], "--namespace", case["namespace"])
         assert report["reason"] == case.get("reason", "injected"), case["id"]
         assert report["decision"] == case["expect"], case["id"]
         reports.append((case, report))

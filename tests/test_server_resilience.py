@@ -24,7 +24,7 @@ import pytest
 
 from tests import hostile
 from tests.processes import free_port, stop, wait_for
-from tests.support import CORPUS, load_case, review
+from tests.support import CORPUS, asgi_call, load_case, review
 from webhook import app as app_module
 from webhook.admission import review as real_review
 from webhook.app import create_app
@@ -189,32 +189,9 @@ def test_a_large_review_runs_off_the_event_loop(monkeypatch) -> None:
     finished: dict[str, float] = {}
 
     async def call(name: str, method: str, path: str, body: bytes = b"") -> int:
-        statuses: list[int] = []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": [(b"content-length", str(len(body)).encode())],
-            "scheme": "https",
-            "server": ("127.0.0.1", 8443),
-            "client": ("127.0.0.1", 5000),
-            "root_path": "",
-        }
-        await app(scope, receive, send)
+        status_code, _ = await asgi_call(app, method, path, body)
         finished[name] = time.monotonic()
-        return statuses[0]
+        return status_code
 
     async def scenario() -> list[int]:
         big = asyncio.create_task(call("large", "POST", "/mutate", large))
