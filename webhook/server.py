@@ -107,6 +107,7 @@ class _Refusals:
             self.logged_at, self.count = now, 0
 
 
+LINGER_SECONDS = 1.0
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -126,7 +127,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if len(self.connections) >= self.limits.max_connections:
             self.refused = True
             self.refusals.add(self.limits.max_connections)
-            transport.close()
+            transport.abort()
             return
         super().connection_made(transport)
         self._arm()
@@ -161,6 +162,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(_REQUEST_TIMEOUT)
             self.transport.close()
+            # A TLS close waits for the client's close_notify (uvloop: up to 30 s), which a
+            # slow client need not send: drop the connection if it is still there.
+            self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
 
 class DrainingServer(uvicorn.Server):
