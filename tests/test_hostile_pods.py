@@ -14,7 +14,7 @@ import pytest
 
 from tests import hostile
 from tests.support import apply, review, schema_errors
-from webhook import engine
+from webhook import admission, engine
 from webhook.admission import Reviewed
 from webhook.admission import review as review_body
 from webhook.engine import annotations, bootstrap, limits, quantity
@@ -165,6 +165,7 @@ def test_an_unforeseen_failure_is_a_500_denial_naming_the_field(monkeypatch) -> 
         raise KeyError("containerPort")
 
     monkeypatch.setattr(engine.probes, "plan", broken)
+    monkeypatch.setattr(admission.MEMO, "answers", type(admission.MEMO.answers)())
     response, reviewed = answer(hostile.pod([hostile.web()]))
     assert response["allowed"] is False
     assert response["status"]["code"] == 500

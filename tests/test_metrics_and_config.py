@@ -91,11 +91,11 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
     link.symlink_to(configs / "old.yaml")
     flags = ("--config", str(link), "--config-reload-seconds", "0.1")
     with served(tmp_path, *flags) as server:
-        seen: list[str] = []
+        answers: list[list[str]] = [[], [], []]
         failures: list[str] = []
         stop = threading.Event()
 
-        def client() -> None:
+        def client(seen: list[str]) -> None:
             connection = server.connection()
             while not stop.is_set():
                 try:
@@ -103,7 +103,8 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
                 except Exception as exc:  # a failed request is what this test looks for
                     failures.append(repr(exc))
 
-        threads = [threading.Thread(target=client) for _ in range(3)]
+        threads = [threading.Thread(target=client, args=(seen,)) for seen in answers]
+        seen = answers[0]
         for thread in threads:
             thread.start()
         wait_for(lambda: len(seen) > 50, 20, "answers with the old config")
@@ -122,11 +123,13 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
         _, text, _ = status(server.connection(), "GET", "/metrics")
         ready = status(server.connection(), "GET", "/readyz")[0]
     assert not failures, failures[:3]
-    switch = seen.index("registry.example/envoy:new")
-    # Each client's answers switch once; across three clients the switch is within the
-    # answers in flight at that moment.
-    assert set(seen[: max(switch - 3, 0)]) == {"registry.example/envoy:old"}
-    assert set(seen[switch + 3 :]) == {"registry.example/envoy:new"}
+    for images in answers:
+        # Each client's answers, in the order it got them: old until the swap, new after,
+        # and never back (the broken config changed nothing).
+        switch = images.index("registry.example/envoy:new")
+        assert switch > 0
+        assert set(images[:switch]) == {"registry.example/envoy:old"}
+        assert set(images[switch:]) == {"registry.example/envoy:new"}
     scraped = samples(text.decode())
     assert scraped["proxy_injector_config_reloads_total", (("result", "ok"),)] == 1
     assert scraped["proxy_injector_config_reloads_total", (("result", "error"),)] == 1

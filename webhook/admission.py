@@ -10,7 +10,6 @@ the log.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,11 @@ from webhook.engine.config import MeshConfig
 from webhook.engine.limits import PROBLEM_CHARS, clip
 from webhook.engine.pod import InvalidPod
 from webhook.engine.policy import Reason
+from webhook.memo import Memo
 
 VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+MEMO = Memo()
+"""The engine's answers for the pods asked about lately (a ReplicaSet's are alike)."""
 
 
 class BadRequest(ValueError):
@@ -101,15 +103,15 @@ def review(body: bytes, config: MeshConfig) -> Reviewed:
     pod = request.get("object")
     error: BaseException | None = None
     try:
-        namespace, result = _decide(request, kind, operation, namespace, pod, config)
-        body_out = _encode(api_version, uid, result)
+        namespace, result, patch = _decide(request, kind, operation, namespace, pod, config)
+        body_out = _encode(api_version, uid, result, patch)
     except BadRequest:
         raise
     except Exception as exc:
         error = exc.__cause__ if isinstance(exc, engine.InternalError) else exc
         field = exc.field if isinstance(exc, engine.InternalError) else "the answer"
         result = _internal_error(field, error)
-        body_out = _encode(api_version, uid, result)
+        body_out = _encode(api_version, uid, result, None)
     return Reviewed(
         body_out,
         uid,
@@ -131,19 +133,20 @@ def _decide(
     namespace: str,
     pod: Any,
     config: MeshConfig,
-) -> tuple[str, engine.InjectionResult]:
+) -> tuple[str, engine.InjectionResult, str | None]:
+    """The namespace, the engine's answer and its patch encoded (None: no patch)."""
     is_pod = kind.get("group", "") == "" and kind.get("kind") == "Pod"
     if not is_pod or request.get("subResource"):
-        return namespace, engine.skip(Reason.NOT_A_POD)
+        return namespace, engine.skip(Reason.NOT_A_POD), None
     if operation != "CREATE":
-        return namespace, engine.skip(Reason.NOT_CREATE)
+        return namespace, engine.skip(Reason.NOT_CREATE), None
     if not isinstance(pod, dict):
         raise BadRequest(f"request.object: expected a Pod object, got {_kind(pod)}")
     namespace = namespace or _pod_namespace(pod) or "default"
     try:
-        return namespace, engine.inject(pod, namespace, config)
+        return namespace, *MEMO.inject(pod, namespace, config)
     except InvalidPod as exc:
-        return namespace, engine.deny(Reason.INVALID_POD, [str(exc)])
+        return namespace, engine.deny(Reason.INVALID_POD, [str(exc)]), None
 
 
 def _internal_error(field: str, error: BaseException | None) -> engine.InjectionResult:
@@ -153,8 +156,8 @@ def _internal_error(field: str, error: BaseException | None) -> engine.Injection
     return engine.InjectionResult(engine.Outcome.DENY, Reason.INTERNAL_ERROR, message)
 
 
-def _encode(api_version: str, uid: str, result: engine.InjectionResult) -> bytes:
-    response = _response(uid, result)
+def _encode(api_version: str, uid: str, result: engine.InjectionResult, patch: str | None) -> bytes:
+    response = _response(uid, result, patch)
     return orjson.dumps(
         {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
     )
@@ -169,7 +172,7 @@ def _pod_namespace(pod: dict[str, Any]) -> str:
 _STATUS = {Reason.INTERNAL_ERROR: (500, "InternalError")}
 
 
-def _response(uid: str, result: engine.InjectionResult) -> dict[str, Any]:
+def _response(uid: str, result: engine.InjectionResult, patch: str | None) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid, "allowed": result.outcome != engine.Outcome.DENY}
     if result.outcome == engine.Outcome.DENY:
         code, reason = _STATUS.get(result.reason, (400, "BadRequest"))
@@ -178,9 +181,9 @@ def _response(uid: str, result: engine.InjectionResult) -> dict[str, Any]:
             "reason": reason,
             "message": f"proxy-injector: {result.message}",
         }
-    if result.patch:
+    if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(result.patch)).decode()
+        response["patch"] = patch
     if result.warnings:
         response["warnings"] = list(result.warnings)
     return response
