@@ -18,7 +18,6 @@ import orjson
 from webhook import engine
 from webhook.engine.config import MeshConfig
 from webhook.engine.limits import PROBLEM_CHARS, clip
-from webhook.engine.pod import InvalidPod
 from webhook.engine.policy import Reason
 from webhook.memo import Memo
 
@@ -143,10 +142,7 @@ def _decide(
     if not isinstance(pod, dict):
         raise BadRequest(f"request.object: expected a Pod object, got {_kind(pod)}")
     namespace = namespace or _pod_namespace(pod) or "default"
-    try:
-        return namespace, *MEMO.inject(pod, namespace, config)
-    except InvalidPod as exc:
-        return namespace, engine.deny(Reason.INVALID_POD, [str(exc)]), None
+    return namespace, *MEMO.inject(pod, namespace, config)
 
 
 def _internal_error(field: str, error: BaseException | None) -> engine.InjectionResult:

@@ -19,10 +19,9 @@ from cryptography import x509
 
 from certs.check import due_for_renewal, names_of, signed_by_any
 from webhook import __version__
-from webhook.engine import Outcome, inject
+from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
-from webhook.engine.pod import InvalidPod
 
 EXPECTED_ENTRY = {
     "failurePolicy": "Fail",
@@ -251,10 +250,7 @@ def _would_be(
 ) -> str | None:
     """Why a pod running without the sidecar lacks it, from the engine as it decides now;
     None for the pods the engine leaves out on purpose (opted out, host network...)."""
-    try:
-        result = inject(pod, namespace, config, labels)
-    except InvalidPod as exc:
-        return f"invalid_pod: {exc}"
+    result = inject_or_deny(pod, namespace, config, labels)
     if result.outcome == Outcome.INJECT:
         return (
             "would be injected now: created before the namespace was enabled, or while "

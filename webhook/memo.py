@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from webhook.engine import InjectionResult, inject
+from webhook.engine import InjectionResult, inject_or_deny
 from webhook.engine.config import MeshConfig
 
 ENTRIES = 256
@@ -55,8 +55,8 @@ class Memo:
     def inject(
         self, pod: dict[str, Any], namespace: str, config: MeshConfig
     ) -> tuple[InjectionResult, str | None]:
-        """``engine.inject`` and its patch encoded, from memory when the same pod was
-        asked before; raises what ``inject`` raises, and remembers only answers."""
+        """``engine.inject_or_deny`` and its patch encoded, from memory when the same pod
+        was asked before; raises what it raises (InternalError), and remembers only answers."""
         key = _key(pod, namespace, config)
         if key is not None:
             with self.lock:
@@ -65,7 +65,7 @@ class Memo:
                     self.answers.move_to_end(key)
                     self.hits += 1
                     return found
-        answer = inject(pod, namespace, config)
+        answer = inject_or_deny(pod, namespace, config)
         remembered = (answer, encode(answer))
         if key is not None:
             with self.lock:

@@ -20,7 +20,6 @@ from webhook import engine
 from webhook.engine import annotations as annotation_table
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod, mapping, string_map
-from webhook.engine.policy import Reason
 from webhook.workloads import Template, templates
 
 
@@ -51,10 +50,7 @@ def _result(
     namespace_labels: Mapping[str, str] | None,
 ) -> engine.InjectionResult:
     target = namespace or template.namespace or "default"
-    try:
-        return engine.inject(template.pod, target, config, namespace_labels)
-    except InvalidPod as exc:
-        return engine.deny(Reason.INVALID_POD, [str(exc)])
+    return engine.inject_or_deny(template.pod, target, config, namespace_labels)
 
 
 @dataclass

@@ -15,7 +15,16 @@ from webhook.engine.core import (
     Outcome,
     deny,
     inject,
+    inject_or_deny,
     skip,
 )
 
-__all__ = ["InjectionResult", "InternalError", "Outcome", "deny", "inject", "skip"]
+__all__ = [
+    "InjectionResult",
+    "InternalError",
+    "Outcome",
+    "deny",
+    "inject",
+    "inject_or_deny",
+    "skip",
+]

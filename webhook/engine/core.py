@@ -95,6 +95,20 @@ def inject(
         raise InternalError(reading.field) from exc
 
 
+def inject_or_deny(
+    pod: Any,
+    namespace: str,
+    config: MeshConfig,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> InjectionResult:
+    """``inject``, with a pod field of the wrong type answered as a denial naming it (as
+    the webhook, ``inject -f`` and ``check`` all answer it)."""
+    try:
+        return inject(pod, namespace, config, namespace_labels)
+    except pods.InvalidPod as exc:
+        return deny(Reason.INVALID_POD, [str(exc)])
+
+
 def _inject(
     pod: Any,
     namespace: str,
