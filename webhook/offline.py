@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -43,14 +43,28 @@ def where(index: int, template: Template) -> str:
     return f"document {index + 1} ({template.kind} {template.name})"
 
 
-def _result(
-    template: Template,
+@dataclass(frozen=True)
+class Answer:
+    document: int
+    """Index of the document the template is in."""
+    template: Template
+    namespace: str
+    result: engine.InjectionResult
+
+
+def answers(
+    documents: list[Any],
     config: MeshConfig,
     namespace: str | None,
     namespace_labels: Mapping[str, str] | None,
-) -> engine.InjectionResult:
-    target = namespace or template.namespace or "default"
-    return engine.inject_or_deny(template.pod, target, config, namespace_labels)
+) -> Iterator[Answer]:
+    """The engine's answer for every pod template, in document order; the namespace is
+    ``namespace``, else the object's, else default."""
+    for index, document in enumerate(documents):
+        for template in templates(document):
+            target = namespace or template.namespace or "default"
+            result = engine.inject_or_deny(template.pod, target, config, namespace_labels)
+            yield Answer(index, template, target, result)
 
 
 @dataclass
@@ -79,19 +93,17 @@ def inject(
 ) -> Injected:
     """Each pod template injected exactly as the webhook would inject a pod made from it;
     every other document, and every other field, as it was."""
-    out = Injected([])
-    for index, document in enumerate(documents):
-        result_doc = copy.deepcopy(document)
-        for template in templates(document):
-            result = _result(template, config, namespace, namespace_labels)
-            place = where(index, template)
-            out.warnings += [f"{place}: {warning}" for warning in result.warnings]
-            if result.outcome == engine.Outcome.DENY:
-                out.denials.append(f"{place}: {result.reason.code}: {result.message}")
-            elif result.patch:
-                patched = jsonpatch.apply_patch(template.pod, list(result.patch), in_place=False)
-                result_doc = _put(result_doc, template.path, patched)
-        out.documents.append(result_doc)
+    out = Injected([copy.deepcopy(document) for document in documents])
+    for answer in answers(documents, config, namespace, namespace_labels):
+        result, template = answer.result, answer.template
+        place = where(answer.document, template)
+        out.warnings += [f"{place}: {warning}" for warning in result.warnings]
+        if result.outcome == engine.Outcome.DENY:
+            out.denials.append(f"{place}: {result.reason.code}: {result.message}")
+        elif result.patch:
+            patched = jsonpatch.apply_patch(template.pod, list(result.patch), in_place=False)
+            index = answer.document
+            out.documents[index] = _put(out.documents[index], template.path, patched)
     return out
 
 
@@ -124,29 +136,28 @@ def explain(
     """For each pod template: the decision with the fields of the webhook's log line
     (decision, reason, detail), which input decided, and every proxy.io/* annotation."""
     reports = []
-    for index, document in enumerate(documents):
-        for template in templates(document):
-            result = _result(template, config, namespace, namespace_labels)
-            try:
-                metadata = mapping(template.pod, "metadata", "pod")
-                seen = annotation_table.describe(string_map(metadata, "annotations", "metadata"))
-            except InvalidPod:
-                seen = []  # the result's detail names the field
-            reports.append(
-                {
-                    "document": index + 1,
-                    "kind": template.kind,
-                    "name": template.name,
-                    "namespace": namespace or template.namespace or "default",
-                    "decision": str(result.outcome),
-                    "reason": result.reason.code,
-                    "sentence": result.reason.sentence,
-                    "detail": result.message,
-                    "decided_by": result.rule,
-                    "annotations": [_seen(item) for item in seen],
-                    "warnings": list(result.warnings),
-                }
-            )
+    for answer in answers(documents, config, namespace, namespace_labels):
+        result, template = answer.result, answer.template
+        try:
+            metadata = mapping(template.pod, "metadata", "pod")
+            seen = annotation_table.describe(string_map(metadata, "annotations", "metadata"))
+        except InvalidPod:
+            seen = []  # the result's detail names the field
+        reports.append(
+            {
+                "document": answer.document + 1,
+                "kind": template.kind,
+                "name": template.name,
+                "namespace": answer.namespace,
+                "decision": str(result.outcome),
+                "reason": result.reason.code,
+                "sentence": result.reason.sentence,
+                "detail": result.message,
+                "decided_by": result.rule,
+                "annotations": [_seen(item) for item in seen],
+                "warnings": list(result.warnings),
+            }
+        )
     return reports
 
 
