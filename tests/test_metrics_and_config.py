@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -75,6 +77,19 @@ def test_metrics_count_a_known_mix_of_admissions_exactly(tmp_path) -> None:
     assert over_http["proxy_injector_admission_duration_seconds_count", ()] == 6
 
 
+def start_wrk(server, folder: Path, seconds: int) -> subprocess.Popen[str]:
+    """wrk posting reviews over HTTPS for ``seconds``, in the background."""
+    script = folder / "post.lua"
+    body = json.dumps(review(WEB))
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [==[{body}]==]\n"
+    )
+    url = f"https://127.0.0.1:{server.port}/mutate"
+    command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", str(script), url]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
 def proxy_image(answer: dict, pod: dict) -> str:
     return container(apply(pod, patch_of({"response": answer})), "proxy")["image"]
 
@@ -108,6 +123,7 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
         for thread in threads:
             thread.start()
         wait_for(lambda: len(seen) > 50, 20, "answers with the old config")
+        load = start_wrk(server, tmp_path, seconds=5)
         swap = tmp_path / "swap"
         swap.symlink_to(configs / "new.yaml")
         swap.replace(link)  # atomic, as the kubelet swaps a ConfigMap's files
@@ -120,9 +136,13 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
         stop.set()
         for thread in threads:
             thread.join(timeout=20)
+        wrk_output, _ = load.communicate(timeout=60)
         _, text, _ = status(server.connection(), "GET", "/metrics")
         ready = status(server.connection(), "GET", "/readyz")[0]
     assert not failures, failures[:3]
+    # The load generator across both swaps: every request answered with a 200.
+    assert int(re.search(r"(\d+) requests in", wrk_output).group(1)) > 100, wrk_output
+    assert "Non-2xx" not in wrk_output and "Socket errors" not in wrk_output, wrk_output
     for images in answers:
         # Each client's answers, in the order it got them: old until the swap, new after,
         # and never back (the broken config changed nothing).
