@@ -6,6 +6,9 @@ and the figure that counts is the median of the pairwise ratios.
 
     .venv/bin/python bench/admission.py [--pairs 5] [--seconds 5] [--connections 16]
 
+Then both at a fixed rate, half the allow-all floor's (h2load, as ``bench/common.paced``
+drives it), for the p99 under a steady load.
+
 Also prints the engine alone (``inject()`` per pod, no HTTP) from one process.
 """
 
@@ -25,7 +28,7 @@ import timeit
 from pathlib import Path
 
 import orjson
-from common import wrk
+from common import paced, wrk
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -115,6 +118,32 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str
     )
 
 
+def at_half_the_floor(
+    ports: dict[str, int], body: str, floor: float, folder: Path, seconds: int
+) -> None:
+    """Both servers at a fixed rate, half of what the allow-all floor sustains: the p99 the
+    API server sees under a steady load (target: 5 ms)."""
+    posted = folder / "review.json"
+    posted.write_text(body)
+    rate = floor / 2
+    extra = ["-d", str(posted), "-H", "content-type: application/json"]
+    runs = {
+        kind: paced(
+            f"https://127.0.0.1:{port}/mutate", rate=rate, seconds=seconds, cpu=1, extra=extra
+        )
+        for kind, port in ports.items()
+    }
+    print(
+        f"  fixed rate {rate:.0f} req/s (half the floor): "
+        + " | ".join(
+            f"{kind} p50 {run.percentile(0.5):.2f} ms p99 {run.percentile(0.99):.2f} ms"
+            + (f" ({run.failed} failed)" if run.failed else "")
+            for kind, run in runs.items()
+        )
+        + f"; target p99 <= 5 ms: {'met' if runs['injector'].percentile(0.99) <= 5 else 'MISSED'}"
+    )
+
+
 def big_pod(containers: int, env: int) -> dict:
     """Istio's issue 34799 shape: many containers, each with its share of env vars."""
     return {
@@ -182,6 +211,7 @@ def main() -> None:
                 for port in ports.values():
                     run_wrk(port, script, 1, args.connections)  # warm-up
                 ratios: dict[str, list[float]] = {"rps": [], "p50": [], "p99": []}
+                floors = []
                 print(
                     f"\n{label} ({len(body)} bytes), {args.pairs} pairs x {args.seconds}s, "
                     f"{args.connections} connections:"
@@ -192,6 +222,7 @@ def main() -> None:
                         for kind, port in ports.items()
                     }
                     inj, base = result["injector"], result["allow-all"]
+                    floors.append(base["rps"])
                     for metric in ratios:
                         ratios[metric].append(inj[metric] / base[metric])
                     print(
@@ -203,7 +234,10 @@ def main() -> None:
                 print(
                     "  median injector/allow-all: "
                     + ", ".join(f"{m} {statistics.median(v):.2f}x" for m, v in ratios.items())
+                    + " (target: rps >= 0.75x)"
                 )
+                if shutil.which("h2load"):
+                    at_half_the_floor(ports, body, statistics.median(floors), folder, args.seconds)
         finally:
             for process in servers:
                 process.terminate()

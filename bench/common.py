@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +95,64 @@ def wrk(
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert rps, out
     return {"rps": float(rps.group(1)), "p50": latency("50"), "p99": latency("99")}
+
+
+PACED_CONNECTIONS = 16
+
+
+@dataclass
+class Paced:
+    """One fixed-rate run: every request's latency (ms, sorted) and how many failed."""
+
+    latencies: list[float]
+    failed: int
+    seconds: float
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + self.failed
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, fraction: float) -> float:
+        return self.latencies[min(len(self.latencies) - 1, int(fraction * len(self.latencies)))]
+
+
+def paced(
+    url: str,
+    *,
+    rate: float,
+    seconds: float,
+    cpu: int,
+    where: list[str] | None = None,
+    extra: list[str] | None = None,
+) -> Paced:
+    """``rate`` req/s over 16 HTTP/1.1 connections for ``seconds``, from Debian's h2load
+    (``--rps``), each request's latency in microseconds from its log. The connections start
+    1 ms apart, which spreads their requests evenly over each period (at 1,000 and 5,000
+    req/s). Paced in step, as ``hey -q`` and a plain ``h2load --rps`` do, all 16 send at the
+    same instant, and p90 measures a queue of 16 requests. ``where`` runs it elsewhere
+    (``ip netns exec NS``)."""
+    with tempfile.NamedTemporaryFile(prefix="paced-", suffix=".log") as log:
+        finished = subprocess.run(
+            [
+                *("taskset", "-c", str(cpu)),
+                *(where or []),
+                *("h2load", "--h1", f"-c{PACED_CONNECTIONS}", f"--rps={rate / PACED_CONNECTIONS}"),
+                *("-r1", "--rate-period=1ms", f"-n{round(rate * seconds)}"),
+                f"--log-file={log.name}",
+                *(extra or []),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )
+        rows = [line.split("\t") for line in Path(log.name).read_text().splitlines()]
+    ok = sorted(int(row[2]) / 1000 for row in rows if row[1].startswith("2"))
+    if finished.returncode != 0 or not ok:
+        raise RuntimeError(f"h2load against {url} failed: {finished.stdout[-2000:]}")
+    return Paced(ok, len(rows) - len(ok), seconds)

@@ -26,8 +26,17 @@ def injected(pod: dict) -> dict:
 
 
 class MeshedPod:
-    def __init__(self, net: netns.Network, folder: Path, backend: str, spec: dict) -> None:
+    def __init__(
+        self,
+        net: netns.Network,
+        folder: Path,
+        backend: str,
+        spec: dict,
+        namespace: str | None = None,
+    ) -> None:
         self.net, self.folder, self.backend, self.spec = net, folder, backend, spec
+        self.namespace = namespace or net.pod
+        """The network namespace the pod lives in (the client's, for a client pod)."""
         self.envoy: subprocess.Popen | None = None
         self.app: subprocess.Popen | None = None
 
@@ -37,12 +46,12 @@ class MeshedPod:
         return [*init["args"], "--iptables-backend", self.backend]
 
     def run_init(self) -> subprocess.CompletedProcess[str]:
-        return self.net.run(self.net.pod, *CLI, *self.init_args())
+        return self.net.run(self.namespace, *CLI, *self.init_args())
 
     def as_proxy(self, *command: str) -> list[str]:
         """``command`` inside the pod as the proxy's user, as the proxy container runs it."""
         ids = ["--reuid", "1337", "--regid", "1337", "--clear-groups"]
-        return self.net.exec(self.net.pod, "setpriv", *ids, *command)
+        return self.net.exec(self.namespace, "setpriv", *ids, *command)
 
     def proxy_flags(self, *names: str) -> list[str]:
         """These flags of the proxy container, with the values the engine gave them."""
@@ -50,7 +59,8 @@ class MeshedPod:
         args = next(c for c in proxies if c["name"] == "proxy")["args"]
         return [part for i, a in enumerate(args) if a in names for part in args[i : i + 2]]
 
-    def start_envoy(self) -> None:
+    def start_envoy(self, workers: int = 1, prefix: tuple[str, ...] = ()) -> None:
+        """Envoy with ``workers`` threads; ``prefix`` runs before it (e.g. taskset)."""
         config = remap(
             json.loads(bootstrap_of(self.spec)),
             socket_dir=self.folder,
@@ -64,19 +74,22 @@ class MeshedPod:
         flags = [
             "--disable-hot-restart",
             "--concurrency",
-            "1",
+            str(workers),
             "--log-level",
             "warning",
             *self.proxy_flags("--drain-time-s", "--drain-strategy"),
         ]
         self.envoy = subprocess.Popen(
-            self.as_proxy(proxy_envoy(), "-c", str(path), *flags), cwd="/", stdout=log, stderr=log
+            [*prefix, *self.as_proxy(proxy_envoy(), "-c", str(path), *flags)],
+            cwd="/",
+            stdout=log,
+            stderr=log,
         )
         self.net.processes.append(self.envoy)
         wait_for(lambda: self.admin("/ready")[0] == 200, 30, "Envoy ready in the pod")
 
     def admin(self, path: str) -> tuple[int, str]:
-        return self.net.curl(self.net.pod, f"http://127.0.0.1:15000{path}")
+        return self.net.curl(self.namespace, f"http://127.0.0.1:15000{path}")
 
     def stat(self, name: str) -> int:
         return stat_value(self.admin("/stats?format=json")[1], name)

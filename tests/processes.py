@@ -140,6 +140,8 @@ class Nginx:
     """E.g. ``ip netns exec NS``: where nginx runs."""
     listen_options: str = ""
     """Extra ``listen`` parameters, e.g. " sndbuf=4m"."""
+    tcp_address: str = "127.0.0.1"
+    """Where the TCP ports listen: 0.0.0.0 for a pod without a sidecar."""
     http2: bool = False
     """Serve HTTP/2 without TLS (prior knowledge, as Envoy speaks it to an h2c app)."""
 
@@ -154,7 +156,9 @@ class Nginx:
             for p in self.sockets
         ]
         sites += [
-            NGINX_SITE.format(listen=f"127.0.0.1:{p}", options=options, root=self.folder, name=p)
+            NGINX_SITE.format(
+                listen=f"{self.tcp_address}:{p}", options=options, root=self.folder, name=p
+            )
             for p in self.tcp_ports
         ]
         conf = self.folder / "nginx.conf"
@@ -197,6 +201,11 @@ class Nginx:
         return " keepalive_requests 1000000;\n" if self.http2 else ""
 
     def _serving(self, port: int) -> bool:
+        if self.command_prefix:  # another network namespace: ask from inside it
+            url = f"http://127.0.0.1:{port}/healthz"
+            curl = ["curl", "-s", "-o", "/dev/null", "--max-time", "2", "--http2-prior-knowledge"]
+            checked = curl if self.http2 else [c for c in curl if "http2" not in c]
+            return subprocess.run([*self.command_prefix, *checked, url], timeout=10).returncode == 0
         if not self.http2:
             return status_or_none(port, "/healthz") == 200
         with socket.socket() as probe:
