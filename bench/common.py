@@ -141,7 +141,7 @@ def paced(
                 *("taskset", "-c", str(cpu)),
                 *(where or []),
                 *("h2load", "--h1", f"-c{PACED_CONNECTIONS}", f"--rps={rate / PACED_CONNECTIONS}"),
-                *("-r1", "--rate-period=1ms", f"-n{round(rate * seconds)}"),
+                *("-r1", "--rate-period=1ms", f"-n{round(rate * seconds)}", "-N5s"),
                 f"--log-file={log.name}",
                 *(extra or []),
                 url,

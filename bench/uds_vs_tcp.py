@@ -206,6 +206,11 @@ def main() -> None:
                     f"  median {name}: "
                     + ", ".join(f"{m} {statistics.median(v):.2f}x" for m, v in found.items())
                 )
+            rps, p99 = statistics.median(ratios["rps"]), statistics.median(ratios["p99"])
+            met = rps >= 1.10 and p99 <= 1.0
+            print(
+                f"  target UDS >= 1.10x TCP's req/s with p99 no worse: {'met' if met else 'MISSED'}"
+            )
             print(
                 "  Envoy CPU per request: "
                 + ", ".join(f"{m} {statistics.median(v):.0f} us" for m, v in cpu.items())

@@ -196,9 +196,10 @@ class Nginx:
         return self
 
     def _keepalive(self) -> str:
-        # Over HTTP/2 nginx ends a connection after keepalive_requests (1000) streams with
-        # a GOAWAY, which fails the streams in flight: allow many more.
-        return " keepalive_requests 1000000;\n" if self.http2 else ""
+        # nginx ends a connection after keepalive_requests (1000) requests: over HTTP/2 with
+        # a GOAWAY that fails the streams in flight, and a load generator at a fixed rate
+        # would have to reconnect mid-run. Allow many more.
+        return " keepalive_requests 1000000;\n"
 
     def _serving(self, port: int) -> bool:
         if self.command_prefix:  # another network namespace: ask from inside it
