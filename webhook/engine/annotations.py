@@ -126,6 +126,26 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         "sizeLimit of the shared /dev/shm volume.",
     ),
     Annotation(
+        "proxy.io/shm",
+        "shm",
+        values.one_of("pod", "host"),
+        '"pod" or "host"',
+        '"pod"',
+        "`host`: the app containers get the node's /dev/shm and the pod hostIPC, to share "
+        "memory with a node agent; the app's sockets move to mesh config `socketDir`. Only in "
+        "namespaces listed in mesh config `nodeShm.namespaces`.",
+    ),
+    Annotation(
+        "proxy.io/node-sockets",
+        "node_sockets",
+        values.node_dirs,
+        f"comma-separated absolute node directories, at most {values.NODE_DIRS_MAX}",
+        "none",
+        "Node directories mounted read-write at the same path in the app containers (a node "
+        "agent's Unix socket). Only in namespaces listed in mesh config `nodeShm.namespaces`, "
+        "and only under `nodeShm.socketDirs`.",
+    ),
+    Annotation(
         "proxy.io/include-inbound-ports",
         "include_inbound_ports",
         values.ports_or_all,
@@ -244,6 +264,8 @@ class Overrides:
     uds_ports: tuple[int | str, ...] | None = None
     uds_path: str | None = None
     shm_size: Decimal | None = None
+    shm: str | None = None
+    node_sockets: tuple[str, ...] | None = None
     include_inbound_ports: tuple[int, ...] | str | None = None
     exclude_inbound_ports: tuple[int, ...] | None = None
     exclude_outbound_ports: tuple[int, ...] | None = None

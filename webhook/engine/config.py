@@ -43,6 +43,7 @@ CidrsOrAll = Annotated[tuple[str, ...] | str, _checked(values.cidrs_or_all)]
 Cidrs = Annotated[tuple[str, ...], _checked(values.cidrs)]
 Duration = Annotated[float, _checked(values.duration)]
 SecretNames = Annotated[tuple[str, ...], _checked(values.dns_names)]
+NodeDirs = Annotated[tuple[str, ...], _checked(values.node_dirs)]
 
 
 class _Section(BaseModel):
@@ -63,6 +64,15 @@ class Shm(_Section):
     """sizeLimit of /dev/shm as a fraction of the app containers' memory limits."""
     default_size: Quantity = Decimal(64 * 2**20)
     """sizeLimit when no app container has a memory limit."""
+
+
+class NodeShm(_Section):
+    """Who may reach into the node (proxy.io/shm: host, proxy.io/node-sockets)."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods may have hostIPC, the node's /dev/shm and node directories."""
+    socket_dirs: NodeDirs = ()
+    """Node directories (and what lies under them) that proxy.io/node-sockets may mount."""
 
 
 class UpstreamPolicy(_Section):
@@ -101,8 +111,12 @@ class MeshConfig(_Section):
     """auto: each app port's socket while the app listens there, else 127.0.0.1:port;
     uds: the socket only (the proxy is unready without it); tcp: loopback only."""
     uds_path: Annotated[str, _checked(values.socket_template)] = "/dev/shm/{container}-{port}.sock"
+    socket_dir: Annotated[str, _checked(values.socket_dir)] = "/var/run/proxy"
+    """Where the app's sockets live in pods with proxy.io/shm: host (the udsPath template's
+    /dev/shm/ stands for it there): never in the node's /dev/shm."""
     resources: ProxyResources = ProxyResources()
     shm: Shm = Shm()
+    node_shm: NodeShm = NodeShm()
     never_inject_namespaces: tuple[str, ...] = ("proxy-system", "kube-system")
     inject_by_default: bool = False
     """Injection for namespaces without the proxy.io/inject label (offline `inject` only)."""

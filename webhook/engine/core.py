@@ -16,7 +16,16 @@ import orjson
 
 from webhook import __version__
 from webhook.engine import annotations as annotation_table
-from webhook.engine import bootstrap, lifecycle, limits, probes, sidecar, sockets, upstreams
+from webhook.engine import (
+    bootstrap,
+    lifecycle,
+    limits,
+    node_access,
+    probes,
+    sidecar,
+    sockets,
+    upstreams,
+)
 from webhook.engine import patch as jp
 from webhook.engine import pod as pods
 from webhook.engine.annotations import pick
@@ -148,14 +157,13 @@ def _annotations_too_large(size: int) -> str:
     )
 
 
-def _name_conflicts(spec: dict[str, Any], adds_volume: bool) -> list[str]:
+def _name_conflicts(spec: dict[str, Any], added_volumes: list[str]) -> list[str]:
     problems = []
     init_names = {c.name for c in pods.containers(spec, "initContainers")}
     if INIT_CONTAINER in init_names:
         problems.append(f"the pod already has an init container named {INIT_CONTAINER}")
     volumes = {pods.text(v, "name", "spec.volumes") for v in pods.objects(spec, "volumes", "spec")}
-    if adds_volume and SHM_VOLUME in volumes:
-        problems.append(f"the pod already has a volume named {SHM_VOLUME}")
+    problems += [f"the pod already has a volume named {n}" for n in added_volumes if n in volumes]
     return problems
 
 
@@ -210,12 +218,16 @@ def _build(
     if not apps:
         return deny(Reason.INVALID_POD, ["spec.containers: a pod needs at least one container"])
     declared = overrides.upstreams or ()
+    access = node_access.plan(overrides, config)
+    refused = node_access.refusals(access, namespace, config)
+    if refused:
+        return deny(Reason.NODE_ACCESS_NOT_ALLOWED, refused)
     # Checked before anything per port is built: a pod with tens of thousands of ports
     # would otherwise cost seconds only to be refused for its size.
     least = bootstrap.least_size(sockets.least_ports(apps, overrides, config), 0, len(declared))
     if least > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
-    plan = sockets.plan(apps, overrides, config)
+    plan = sockets.plan(apps, overrides, config, access.socket_root)
     reading.field = "the app containers' probes"
     probe_plan = probes.plan(apps, plan, pick(overrides.rewrite_probes, True))
     reading.field = "the proxy's resources"
@@ -228,14 +240,17 @@ def _build(
     if proxy_uid_warnings and config.deny_proxy_uid_apps:
         return deny(Reason.INVALID_POD, proxy_uid_warnings)
     reading.field = "spec.volumes and spec.initContainers"
-    existing_shm, shm_errors = _shm_volume(apps)
-    conflicts = _name_conflicts(spec, adds_volume=existing_shm is None)
+    # In host mode the app's /dev/shm is the node's: a volume of its own there is refused.
+    existing_shm, shm_errors = (None, []) if access.host_shm else _shm_volume(apps)
+    added = [*([] if existing_shm else [SHM_VOLUME]), *access.volume_names]
+    conflicts = _name_conflicts(spec, added)
+    conflicts += node_access.pod_problems(access, apps, overrides, config)
     if plan.pod_errors or shm_errors or conflicts or probe_plan.errors:
         return deny(
             Reason.INVALID_POD, [*plan.pod_errors, *shm_errors, *conflicts, *probe_plan.errors]
         )
     reading.field = "proxy.io/upstreams"
-    outbound_socket = OUTBOUND_UDS_PATH if overrides.outbound_uds else None
+    outbound_socket = access.socket_path(OUTBOUND_UDS_PATH) if overrides.outbound_uds else None
     least = bootstrap.least_size(len(plan.ports), len(probe_plan.routes), len(declared))
     if least > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
@@ -243,10 +258,14 @@ def _build(
 
     reading.field = "spec"
     volume_name = existing_shm or SHM_VOLUME
-    ops: list[jp.Op] = [_status_op(pod, parsed, existing_shm, config.sidecar_generation)]
+    ops: list[jp.Op] = [_status_op(pod, parsed, added, config.sidecar_generation)]
+    new_volumes = node_access.volumes(access)
     if existing_shm is None:
-        volume = sidecar.shm_volume(sidecar.shm_size(apps, overrides, config))
-        ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), [volume])
+        size = node_access.pod_volume_size(access, sidecar.shm_size(apps, overrides, config))
+        new_volumes.insert(0, sidecar.shm_volume(size))
+    ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), new_volumes)
+    if access.host_shm and spec.get("hostIPC") is not True:
+        ops.append(jp.add("/spec/hostIPC", True))
     ops += _fs_group_op(spec, plan)
     init = sidecar.init_container(
         image=config.init_image,
@@ -262,8 +281,9 @@ def _build(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), init)
     )
     native = pick(overrides.native_sidecar, config.native_sidecar)
+    app_mounts = node_access.app_mounts(access, volume_name)
     for app in apps:
-        ops += _app_container_ops(app, volume_name, plan, outbound_socket)
+        ops += _app_container_ops(app, app_mounts, plan, outbound_socket)
     ops += _probe_ops(probe_plan.rewrites)
     reading.field = "the sidecar's bootstrap"
     sidecar_plan = bootstrap.SidecarPlan(
@@ -281,7 +301,7 @@ def _build(
         workers=sidecar.concurrency(overrides, config, resources.cpu_limit),
         log_level=overrides.log_level or config.log_level,
         limits=resources,
-        shm_volume_name=volume_name,
+        mounts=node_access.proxy_mounts(access, volume_name),
         drain_seconds=drain_seconds,
         pull_policy=config.image_pull_policy,
     )
@@ -298,6 +318,7 @@ def _build(
             *upstream_warnings,
             *proxy_uid_warnings,
             *lifecycle.grace_warnings(native, drain_seconds, grace_seconds),
+            *node_access.warnings(access),
         ],
         parsed.unknown,
     )
@@ -404,7 +425,7 @@ def _too_large(size: int, declared: int, at_least: bool = False) -> str:
 def _status_op(
     pod: dict[str, Any],
     parsed: annotation_table.Parsed,
-    existing_shm: str | None,
+    volumes: list[str],
     generation: str,
 ) -> jp.Op:
     ignored = parsed.unknown[: limits.IGNORED_KEYS]
@@ -413,7 +434,7 @@ def _status_op(
         "configGeneration": generation,
         "containers": [PROXY_CONTAINER],
         "initContainers": [INIT_CONTAINER],
-        "volumes": [] if existing_shm else [SHM_VOLUME],
+        "volumes": volumes,
         "ignoredAnnotations": [limits.clip(u.key, limits.KEY_CHARS) for u in ignored],
     }
     if len(parsed.unknown) > len(ignored):
@@ -424,14 +445,17 @@ def _status_op(
 
 def _app_container_ops(
     app: pods.Container,
-    volume: str,
+    mounts: list[dict[str, Any]],
     plan: sockets.PortPlan,
     outbound_socket: str | None,
 ) -> list[jp.Op]:
+    """``mounts``: the pod volume's first; a container that already mounts a volume at
+    /dev/shm (shared with the proxy instead) does not get it again."""
     base = jp.pointer("spec", "containers", app.index)
     ops: list[jp.Op] = []
-    if app.shm_volume is None:
-        ops += jp.append(base + "/volumeMounts", app.has_mounts, [sidecar.shm_mount(volume)])
+    wanted_mounts = mounts if app.shm_volume is None else mounts[1:]
+    if wanted_mounts:
+        ops += jp.append(base + "/volumeMounts", app.has_mounts, wanted_mounts)
     wanted = plan.env_for(app.name)
     if outbound_socket:
         wanted.append({"name": OUTBOUND_UDS_ENV, "value": outbound_socket})

@@ -11,6 +11,10 @@ PROXY_CONTAINER = "proxy"
 INIT_CONTAINER = "proxy-init"
 SHM_VOLUME = "proxy-shm"
 SHM_MOUNT_PATH = "/dev/shm"
+NODE_SHM_VOLUME = "proxy-node-shm"
+"""proxy.io/shm: host: the node's /dev/shm, mounted at /dev/shm in the app containers."""
+NODE_SOCKETS_VOLUME = "proxy-node-sockets-{index}"
+"""proxy.io/node-sockets: one per node directory, in the annotation's order from 0."""
 
 PROXY_UID = 1337
 PROXY_GID = 1337

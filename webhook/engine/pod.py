@@ -85,14 +85,19 @@ class Container:
     ports: tuple[Port, ...]
     """TCP ports only: nothing else is proxied or probed."""
     memory_limit: Decimal | None
-    shm_volume: str | None
-    """Volume this container already mounts at /dev/shm, if any."""
+    mounts: dict[str, str]
+    """Volume mounted at each path (without a trailing /)."""
     has_mounts: bool
     has_env: bool
     env: list[dict[str, Any]]
     run_as_user: int | None
     probes: dict[str, dict[str, Any]]
     """livenessProbe / readinessProbe / startupProbe, as the pod gives them."""
+
+    @property
+    def shm_volume(self) -> str | None:
+        """Volume this container already mounts at /dev/shm, if any."""
+        return self.mounts.get(SHM_MOUNT_PATH)
 
     def env_positions(self, names: set[str] | frozenset[str]) -> dict[str, int]:
         """Where each of ``names`` first appears in env; one pass, read only when needed."""
@@ -150,16 +155,18 @@ def _limit(text: str) -> Decimal | None:
         return quantity.MAX
 
 
-def _shm_volume(raw: dict[str, Any], path: str) -> str | None:
+def _mounts(raw: dict[str, Any], path: str) -> dict[str, str]:
+    found: dict[str, str] = {}
     for position, mount in enumerate(objects(raw, "volumeMounts", path)):
         mount_path = mount.get("mountPath")
         if type(mount_path) is not str:
             if mount_path is None:
                 continue
             raise InvalidPod(f"{path}.volumeMounts[{position}].mountPath", "expected a string")
-        if mount_path.rstrip("/") == SHM_MOUNT_PATH:
-            return text(mount, "name", f"{path}.volumeMounts[{position}]")
-    return None
+        where = mount_path.rstrip("/") or "/"
+        if where not in found:
+            found[where] = text(mount, "name", f"{path}.volumeMounts[{position}]")
+    return found
 
 
 def _run_as_user(raw: dict[str, Any], path: str) -> int | None:
@@ -174,7 +181,7 @@ def container(raw: dict[str, Any], index: int, path: str) -> Container:
         text(raw, "name", here),
         _tcp_ports(raw, here),
         _memory_limit(raw, here),
-        _shm_volume(raw, here),
+        _mounts(raw, here),
         raw.get("volumeMounts") is not None,
         raw.get("env") is not None,
         objects(raw, "env", here),

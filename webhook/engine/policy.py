@@ -38,6 +38,11 @@ class Reason(Enum):
     )
     INVALID_ANNOTATION = ("invalid_annotation", "a proxy.io annotation has an invalid value")
     INVALID_POD = ("invalid_pod", "the pod cannot be injected as it is")
+    NODE_ACCESS_NOT_ALLOWED = (
+        "node_access_not_allowed",
+        "the pod asks for the node's shared memory or directories, which the mesh config "
+        "does not allow for it",
+    )
     INTERNAL_ERROR = ("internal_error", "the webhook failed on this pod")
     NOT_A_POD = ("not_a_pod", "the webhook only injects pods")
     NOT_CREATE = ("not_create", "the webhook only injects pods when they are created")

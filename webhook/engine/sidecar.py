@@ -153,7 +153,7 @@ def proxy_container(
     workers: int,
     log_level: str,
     limits: Resources,
-    shm_volume_name: str,
+    mounts: list[Json],
     drain_seconds: float,
     pull_policy: str | None = None,
 ) -> Json:
@@ -204,7 +204,7 @@ def proxy_container(
             "privileged": False,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [shm_mount(shm_volume_name)],
+        "volumeMounts": mounts,
     }
     return _pulled(container, pull_policy)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from webhook.engine import values
 from webhook.engine.annotations import Overrides, pick
 from webhook.engine.config import MeshConfig
-from webhook.engine.names import PROXY_PORTS, SUN_PATH_MAX, UDS_PATH_ENV
+from webhook.engine.names import PROXY_PORTS, SHM_MOUNT_PATH, SUN_PATH_MAX, UDS_PATH_ENV
 from webhook.engine.pod import Container, Port
 from webhook.engine.values import quote
 
@@ -79,6 +79,8 @@ class _Planner:
     uds_refs: frozenset[int | str] | None = None
     """None: every port."""
     mode: str = "auto"
+    socket_root: str = SHM_MOUNT_PATH
+    """Where sockets live: the template's /dev/shm/ stands for it (proxy.io/shm: host)."""
 
     def __post_init__(self) -> None:
         self.include, self.exclude = _inbound(self.overrides, self.config)
@@ -106,10 +108,14 @@ class _Planner:
             return None
         template = self.overrides.uds_path or self.config.uds_path
         path = template.format(container=container.name, port=port.number)
+        if self.socket_root != SHM_MOUNT_PATH:
+            path = self.socket_root + path[len(SHM_MOUNT_PATH) :]
         problem = _socket_problem(path, self.by_path)
         if problem:
             from_annotation = "proxy.io/uds-path" in self.overrides.raw
             source = "annotation proxy.io/uds-path" if from_annotation else "mesh config udsPath"
+            if self.socket_root != SHM_MOUNT_PATH:
+                source += " under mesh config socketDir"
             errors = self.annotation_errors if from_annotation else self.pod_errors
             errors.append(
                 f"{source}: {quote(template)} gives {quote(path)} for container "
@@ -176,8 +182,13 @@ def least_ports(containers: Iterable[Container], overrides: Overrides, config: M
     return len(numbers)
 
 
-def plan(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> PortPlan:
-    planner = _Planner(overrides, config)
+def plan(
+    containers: Iterable[Container],
+    overrides: Overrides,
+    config: MeshConfig,
+    socket_root: str = SHM_MOUNT_PATH,
+) -> PortPlan:
+    planner = _Planner(overrides, config, socket_root=socket_root)
     for container in containers:
         for port in container.ports:
             planner.add(container, port)

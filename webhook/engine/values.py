@@ -193,6 +193,57 @@ def socket_template(text: str) -> str:
     return value
 
 
+_NODE_DIR = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+NODE_DIRS_MAX = 16
+"""Node directories one pod may list: each is a volume and a mount in every app container."""
+NODE_DIR_CHARS = 256
+
+
+def node_dir(text: str) -> str:
+    """An absolute directory such as /var/run/agent: no '.', '..' or empty parts, no '/'
+    alone; a trailing '/' is dropped."""
+    value = text.strip()
+    if len(value) > NODE_DIR_CHARS:
+        raise ValueError(f"longer than {NODE_DIR_CHARS} characters")
+    if value != "/":
+        value = value.rstrip("/")
+    if not value.startswith("/") or value == "/":
+        raise ValueError("must be an absolute directory other than /")
+    if {".", ".."} & set(value.split("/")):
+        raise ValueError("must not contain '.' or '..' parts")
+    if not _NODE_DIR.match(value):
+        raise ValueError("may only use letters, digits, '.', '_', '-' and '/'")
+    return value
+
+
+@cached(maxsize=256)
+def node_dirs(text: str) -> tuple[str, ...]:
+    """Comma-separated absolute directories, each once, in order."""
+    items = _items(text)
+    if len(items) > NODE_DIRS_MAX:
+        raise ValueError(f"{len(items)} directories, more than {NODE_DIRS_MAX}")
+    found: dict[str, None] = {}
+    for item in items:
+        try:
+            found[node_dir(item)] = None
+        except ValueError as exc:
+            raise ValueError(f"{quote(item, 60)} {exc}") from None
+    return tuple(found)
+
+
+def under(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or inside it (whole path parts only)."""
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def socket_dir(text: str) -> str:
+    """Where sockets go when the pod's /dev/shm is the node's: anywhere but under it."""
+    value = node_dir(text)
+    if under(value, SHM_MOUNT_PATH) or under(SHM_MOUNT_PATH, value):
+        raise ValueError(f"must not be {SHM_MOUNT_PATH}, inside it or above it")
+    return value
+
+
 def format_cpu(amount: Decimal) -> str:
     """CPU cores as a canonical quantity: whole cores plain, otherwise millicores rounded up."""
     if amount == amount.to_integral_value():
