@@ -91,10 +91,10 @@ def pod_problems(
         )
     for directory in access.socket_dirs:
         if under(directory, SHM_MOUNT_PATH) or under(directory, access.socket_root):
+            ours = "/dev/shm" if under(directory, SHM_MOUNT_PATH) else "socket directory"
             problems.append(
-                f"annotation proxy.io/node-sockets: {quote(directory)} is where the pod's "
-                f"{'/dev/shm' if under(directory, SHM_MOUNT_PATH) else 'sockets'} are mounted; "
-                "a node agent's socket directory must be elsewhere"
+                f"annotation proxy.io/node-sockets: {quote(directory)} is inside the pod's "
+                f"{ours}; a node agent's socket directory must be elsewhere"
             )
     ours = {SHM_MOUNT_PATH: "the node's /dev/shm"} if access.host_shm else {}
     if access.host_shm:
@@ -149,7 +149,6 @@ def proxy_mounts(access: NodeAccess, pod_volume: str) -> list[Json]:
 
 def pod_volume_size(access: NodeAccess, size: str) -> str:
     return SOCKET_VOLUME_SIZE if access.host_shm else size
-
 
 
 def warnings(access: NodeAccess) -> list[str]:
