@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import object_errors
+from tests.support import apply, container, object_errors
 from webhook.cli import parser
+from webhook.engine import Outcome, inject
 from webhook.engine.config import MeshConfig, from_mapping
 from webhook.serving import Limits
 
@@ -225,6 +226,55 @@ def test_checkov_passes_on_the_rendered_manifests(tmp_path) -> None:
     (tmp_path / "cert-manager.yaml").write_text(yaml.safe_dump_all(CERT_MANAGER))
     result = subprocess.run(
         [checkov(), "--config-file", str(DEPLOY / "checkov.yaml"), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "Failed checks: 0" in result.stdout
+
+
+NODE_AGENT = DEPLOY / "examples" / "node-agent"
+
+
+def test_the_node_agent_example_validates_and_its_app_is_injected_as_described() -> None:
+    objects = render(NODE_AGENT)
+    for obj in objects:
+        assert object_errors(obj) == []
+    agent = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert agent["hostIPC"] is True
+    node_paths = {v["hostPath"]["path"] for v in agent["volumes"]}
+    assert node_paths == {"/dev/shm", "/var/run/agent"}
+    fragment = yaml.safe_load((NODE_AGENT / "mesh-config-fragment.yaml").read_text())
+    config = from_mapping(fragment)
+    app = one(objects, "Deployment")
+    template = {"apiVersion": "v1", "kind": "Pod", **app["spec"]["template"]}
+    namespace = app["metadata"]["namespace"]
+    assert namespace in config.node_shm.namespaces
+    result = inject(template, namespace, config)
+    assert result.outcome == Outcome.INJECT, result.message
+    pod = apply(template, list(result.patch))
+    assert object_errors(pod) == []
+    assert pod["spec"]["hostIPC"] is True
+    web = {m["mountPath"]: m["name"] for m in container(pod, "web")["volumeMounts"]}
+    assert web == {
+        "/var/run/proxy": "proxy-shm",
+        "/dev/shm": "proxy-node-shm",
+        "/var/run/agent": "proxy-node-sockets-0",
+    }
+    # The namespace the agent runs in is not meshed: the agent gets no sidecar.
+    namespaces = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Namespace"}
+    assert "proxy.io/inject" not in namespaces["node-agent"]["metadata"].get("labels", {})
+    assert namespaces[namespace]["metadata"]["labels"]["proxy.io/inject"] == "enabled"
+
+
+def test_checkov_passes_on_the_node_agent_example_with_its_one_justified_skip(tmp_path) -> None:
+    settings = yaml.safe_load((NODE_AGENT / "checkov.yaml").read_text())
+    assert settings["skip-check"] == ["CKV_K8S_18"]  # hostIPC, the agent's reason to exist
+    (tmp_path / "node-agent.yaml").write_text(yaml.safe_dump_all(render(NODE_AGENT)))
+    result = subprocess.run(
+        [checkov(), "--config-file", str(NODE_AGENT / "checkov.yaml"), "-d", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
