@@ -194,3 +194,10 @@ def test_the_socket_directory_is_never_the_nodes_shared_memory() -> None:
     for value in ("/dev/shm", "/dev/shm/proxy", "/dev", "relative"):
         with pytest.raises(ValueError, match="socketDir"):
             from_mapping({"socketDir": value})
+
+
+def test_allowing_more_namespaces_makes_no_injected_pod_stale_but_moving_sockets_does() -> None:
+    """``check`` calls a pod stale when its proxy.io/status generation differs."""
+    assert ALLOWED.sidecar_generation == MeshConfig().sidecar_generation
+    moved = from_mapping({"socketDir": "/run/mesh"})
+    assert moved.sidecar_generation != MeshConfig().sidecar_generation

@@ -152,7 +152,13 @@ class MeshConfig(_Section):
         return _digest(self.model_dump(mode="json", by_alias=True, exclude=_NOT_IN_THE_POD))
 
 
-_NOT_IN_THE_POD = {"events", "inject_by_default", "never_inject_namespaces", "deny_proxy_uid_apps"}
+_NOT_IN_THE_POD = {
+    "events",
+    "inject_by_default",
+    "never_inject_namespaces",
+    "deny_proxy_uid_apps",
+    "node_shm",
+}
 
 
 def _digest(fields: dict[str, Any]) -> str:
