@@ -10,7 +10,6 @@ import mmap
 import os
 import socket
 import sys
-import time
 
 POSIX_NAME = "/agent-stats"
 SYSV_KEY = 0x5EED
@@ -44,21 +43,14 @@ def publish_sysv() -> None:
 
 
 def main() -> None:
+    from unix_server import answer_each  # run as a script, from this folder
+
     publish_posix()
     publish_sysv()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(sys.argv[1])
-    server.listen(8)
-    server.settimeout(1)
     print("ready", flush=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            conn, _ = server.accept()
-        except TimeoutError:
-            continue
-        with conn:
-            conn.sendall(b"agent ok")
+    answer_each(server, b"agent ok", read_first=False)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ import mmap
 import os
 import socket
 import sys
-import time
 
 from node_agent import POSIX_NAME, SHM_RDONLY, SIZE, SYSV_KEY, libc
+from unix_server import answer_each, http_ok
 
 
 def read_posix() -> str:
@@ -49,22 +49,7 @@ def main() -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     os.chmod(path, 0o666)  # Envoy runs as another user
-    server.listen(16)
-    server.settimeout(1)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            conn, _ = server.accept()
-        except TimeoutError:
-            continue
-        with conn:
-            conn.settimeout(5)
-            try:
-                conn.recv(65536)
-                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                conn.sendall(head % len(body) + body)
-            except OSError:
-                pass
+    answer_each(server, http_ok(body))
 
 
 if __name__ == "__main__":
