@@ -193,6 +193,7 @@ def test_proxy_container_is_locked_down() -> None:
         "allowPrivilegeEscalation": False,
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert [p["containerPort"] for p in proxy["ports"]] == [15006, 15001, 15021, 15090]
     assert proxy["readinessProbe"]["httpGet"] == {"path": "/healthz/app", "port": 15021}

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from webhook.engine import limits, values
-from webhook.engine.names import INJECT_KEY, PREFIX, STATUS_KEY
+from webhook.engine.names import INJECT_KEY, PREFIX, WRITTEN_KEYS
 from webhook.engine.values import quote
 
 
@@ -146,6 +146,16 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         "and only under `nodeShm.socketDirs`.",
     ),
     Annotation(
+        "proxy.io/interception",
+        "interception",
+        values.one_of("init-container", "cni"),
+        '"init-container" or "cni"',
+        "mesh config `interception`",
+        "How the pod's traffic is sent to Envoy: `init-container` (proxy-init, with NET_ADMIN "
+        "and NET_RAW, as root) or `cni` (the node's proxy-injector CNI plugin; the pod gets "
+        "only the unprivileged proxy-validate and passes Pod Security restricted).",
+    ),
+    Annotation(
         "proxy.io/include-inbound-ports",
         "include_inbound_ports",
         values.ports_or_all,
@@ -245,7 +255,7 @@ ANNOTATIONS: tuple[Annotation, ...] = (
 )
 
 BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}
-_KNOWN_KEYS = (*BY_KEY, STATUS_KEY)
+_KNOWN_KEYS = (*BY_KEY, *sorted(WRITTEN_KEYS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +275,7 @@ class Overrides:
     uds_path: str | None = None
     shm_size: Decimal | None = None
     shm: str | None = None
+    interception: str | None = None
     node_sockets: tuple[str, ...] | None = None
     include_inbound_ports: tuple[int, ...] | str | None = None
     exclude_inbound_ports: tuple[int, ...] | None = None
@@ -332,7 +343,7 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
     unknown: list[Unknown] = []
     errors: list[str] = []
     for key, value in annotations.items():
-        if not key.startswith(PREFIX) or key == STATUS_KEY:
+        if not key.startswith(PREFIX) or key in WRITTEN_KEYS:
             continue
         annotation = BY_KEY.get(key)
         if annotation is None:
@@ -372,7 +383,7 @@ def describe(annotations: Mapping[str, str]) -> list[Seen]:
     table does not know, the closest one. The same parsers ``parse`` uses."""
     seen = []
     for key, value in annotations.items():
-        if not key.startswith(PREFIX) or key == STATUS_KEY:
+        if not key.startswith(PREFIX) or key in WRITTEN_KEYS:
             continue
         annotation = BY_KEY.get(key)
         if annotation is None:

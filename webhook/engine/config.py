@@ -120,6 +120,12 @@ class MeshConfig(_Section):
     never_inject_namespaces: tuple[str, ...] = ("proxy-system", "kube-system")
     inject_by_default: bool = False
     """Injection for namespaces without the proxy.io/inject label (offline `inject` only)."""
+    interception: Literal["init-container", "cni"] = "init-container"
+    """init-container: proxy-init (NET_ADMIN, NET_RAW, root) programs the pod's iptables;
+    cni: the node's proxy-injector CNI plugin does, and the pod passes Pod Security restricted."""
+    pod_security_namespaces: tuple[str, ...] = ()
+    """Namespaces that enforce Pod Security baseline or restricted: a pod injected there in
+    init-container mode gets a warning (the webhook cannot see namespace labels)."""
     include_inbound_ports: PortsOrAll = "*"
     exclude_inbound_ports: Ports = ()
     exclude_outbound_ports: Ports = ()
@@ -158,6 +164,7 @@ _NOT_IN_THE_POD = {
     "never_inject_namespaces",
     "deny_proxy_uid_apps",
     "node_shm",
+    "pod_security_namespaces",
 }
 
 

@@ -33,6 +33,8 @@ from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
     ARG_MAX_BYTES,
     INIT_CONTAINER,
+    INTERCEPTION_KEY,
+    INTERCEPTION_SPEC_VERSION,
     OUTBOUND_UDS_ENV,
     OUTBOUND_UDS_PATH,
     PROXY_CONTAINER,
@@ -40,6 +42,7 @@ from webhook.engine.names import (
     PROXY_UID,
     SHM_VOLUME,
     STATUS_KEY,
+    VALIDATE_CONTAINER,
 )
 from webhook.engine.policy import InvalidInjectValue, Reason, decide
 
@@ -160,8 +163,9 @@ def _annotations_too_large(size: int) -> str:
 def _name_conflicts(spec: dict[str, Any], added_volumes: list[str]) -> list[str]:
     problems = []
     init_names = {c.name for c in pods.containers(spec, "initContainers")}
-    if INIT_CONTAINER in init_names:
-        problems.append(f"the pod already has an init container named {INIT_CONTAINER}")
+    for ours in (INIT_CONTAINER, VALIDATE_CONTAINER):
+        if ours in init_names:
+            problems.append(f"the pod already has an init container named {ours}")
     volumes = {pods.text(v, "name", "spec.volumes") for v in pods.objects(spec, "volumes", "spec")}
     problems += [f"the pod already has a volume named {n}" for n in added_volumes if n in volumes]
     return problems
@@ -258,7 +262,9 @@ def _build(
 
     reading.field = "spec"
     volume_name = existing_shm or SHM_VOLUME
-    ops: list[jp.Op] = [_status_op(pod, parsed, added, config.sidecar_generation)]
+    cni = pick(overrides.interception, config.interception) == "cni"
+    init_name = VALIDATE_CONTAINER if cni else INIT_CONTAINER
+    ops: list[jp.Op] = [_status_op(pod, parsed, added, init_name, config.sidecar_generation)]
     new_volumes = node_access.volumes(access)
     if existing_shm is None:
         size = node_access.pod_volume_size(access, sidecar.shm_size(apps, overrides, config))
@@ -267,16 +273,29 @@ def _build(
     if access.host_shm and spec.get("hostIPC") is not True:
         ops.append(jp.add("/spec/hostIPC", True))
     ops += _fs_group_op(spec, plan)
-    init = sidecar.init_container(
-        image=config.init_image,
-        args=sidecar.init_args(overrides, config),
-        limits=resources,
-        pull_policy=config.image_pull_policy,
-    )
+    init_args = sidecar.init_args(overrides, config)
+    if cni:
+        target = sidecar.validation_target(overrides, config)
+        if target is None:
+            return deny(Reason.INVALID_ANNOTATION, [_nothing_to_validate()])
+        init = sidecar.validate_container(
+            image=config.init_image,
+            target=target,
+            limits=resources,
+            pull_policy=config.image_pull_policy,
+        )
+        ops.append(_interception_spec_op(init_args))
+    else:
+        init = sidecar.init_container(
+            image=config.init_image,
+            args=init_args,
+            limits=resources,
+            pull_policy=config.image_pull_policy,
+        )
+        long_args = _too_long_args(init)
+        if long_args:
+            return deny(Reason.INVALID_ANNOTATION, long_args)
     ops += _pull_secrets_ops(spec, config.image_pull_secrets)
-    long_args = _too_long_args(init)
-    if long_args:
-        return deny(Reason.INVALID_ANNOTATION, long_args)
     ops.append(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), init)
     )
@@ -319,6 +338,7 @@ def _build(
             *proxy_uid_warnings,
             *lifecycle.grace_warnings(native, drain_seconds, grace_seconds),
             *node_access.warnings(access),
+            *_pod_security_warnings(namespace, config, cni),
         ],
         parsed.unknown,
     )
@@ -426,6 +446,7 @@ def _status_op(
     pod: dict[str, Any],
     parsed: annotation_table.Parsed,
     volumes: list[str],
+    init_name: str,
     generation: str,
 ) -> jp.Op:
     ignored = parsed.unknown[: limits.IGNORED_KEYS]
@@ -433,7 +454,7 @@ def _status_op(
         "version": __version__,
         "configGeneration": generation,
         "containers": [PROXY_CONTAINER],
-        "initContainers": [INIT_CONTAINER],
+        "initContainers": [init_name],
         "volumes": volumes,
         "ignoredAnnotations": [limits.clip(u.key, limits.KEY_CHARS) for u in ignored],
     }
@@ -469,3 +490,30 @@ def _app_container_ops(
             new_env.append(var)
     ops += jp.append(base + "/env", app.has_env, new_env)
     return ops
+
+
+def _interception_spec_op(init_args: list[str]) -> jp.Op:
+    """What the CNI plugin applies: the init-iptables flags, versioned. Added after the
+    status annotation, which created the annotations object if the pod had none."""
+    spec = {"version": INTERCEPTION_SPEC_VERSION, "initIptables": init_args[1:]}
+    return jp.add(
+        jp.pointer("metadata", "annotations", INTERCEPTION_KEY), orjson.dumps(spec).decode()
+    )
+
+
+def _nothing_to_validate() -> str:
+    return (
+        "proxy.io/interception cni: the pod redirects no outbound address (see "
+        "proxy.io/include-outbound-ip-ranges and the exclusions), so proxy-validate has "
+        "nothing to check the CNI plugin's rules with"
+    )
+
+
+def _pod_security_warnings(namespace: str, config: MeshConfig, cni: bool) -> list[str]:
+    if cni or namespace not in config.pod_security_namespaces:
+        return []
+    return [
+        f"namespace {namespace} enforces Pod Security (mesh config podSecurityNamespaces): "
+        "proxy-init runs as root with NET_ADMIN and NET_RAW, which baseline and restricted "
+        "reject; use proxy.io/interception: cni with the proxy-injector CNI plugin"
+    ]

@@ -9,6 +9,13 @@ STATUS_KEY = "proxy.io/status"
 
 PROXY_CONTAINER = "proxy"
 INIT_CONTAINER = "proxy-init"
+VALIDATE_CONTAINER = "proxy-validate"
+"""interception: cni: the unprivileged init container that checks the plugin's redirect."""
+INTERCEPTION_KEY = "proxy.io/interception-spec"
+"""interception: cni: what the CNI plugin applies, written by the injector (versioned JSON)."""
+INTERCEPTION_SPEC_VERSION = 1
+WRITTEN_KEYS = frozenset({STATUS_KEY, INTERCEPTION_KEY})
+"""Annotations the injector writes: never read as settings, never warned about."""
 SHM_VOLUME = "proxy-shm"
 SHM_MOUNT_PATH = "/dev/shm"
 NODE_SHM_VOLUME = "proxy-node-shm"
@@ -18,6 +25,8 @@ NODE_SOCKETS_VOLUME = "proxy-node-sockets-{index}"
 
 PROXY_UID = 1337
 PROXY_GID = 1337
+VALIDATE_UID = 1338
+"""proxy-validate's user: not root, and not the proxy's, whose traffic is never redirected."""
 
 ADMIN_PORT = 15000
 OUTBOUND_PORT = 15001

@@ -3,6 +3,7 @@ shared /dev/shm volume, resolved from annotations, the mesh config and the pod."
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from webhook.engine.names import (
     READINESS_PORT,
     SHM_MOUNT_PATH,
     SHM_VOLUME,
+    VALIDATE_CONTAINER,
+    VALIDATE_UID,
 )
 from webhook.engine.pod import Container
 
@@ -138,6 +141,18 @@ def shm_mount(volume: str) -> Json:
     return {"name": volume, "mountPath": SHM_MOUNT_PATH}
 
 
+def restricted() -> Json:
+    """What Pod Security's restricted profile asks of a container, and a read-only root."""
+    return {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _port(name: str, number: int) -> Json:
     return {"name": name, "containerPort": number, "protocol": "TCP"}
 
@@ -195,15 +210,7 @@ def proxy_container(
             "failureThreshold": 30,
         },
         "resources": limits.spec(),
-        "securityContext": {
-            "runAsUser": PROXY_UID,
-            "runAsGroup": PROXY_GID,
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_GID, **restricted()},
         "volumeMounts": mounts,
     }
     return _pulled(container, pull_policy)
@@ -234,7 +241,8 @@ def _listed(items: tuple[int, ...] | tuple[str, ...] | str) -> str:
 
 
 def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
-    """Flags of ``proxy-injector init-iptables``: exactly what the init container runs."""
+    """Flags of ``proxy-injector init-iptables``: exactly what the init container runs, or
+    what the CNI plugin applies (the same renderer either way)."""
     exclude_inbound = sorted(
         {*PROXY_PORTS, *pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)}
     )
@@ -281,6 +289,58 @@ def init_container(
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }
+    return _pulled(container, pull_policy)
+
+
+VALIDATION_ADDRESSES = ("192.0.2.1", "2001:db8::1")
+"""Documentation addresses (RFC 5737, 3849): nothing answers there, so a connection that
+arrives is one the redirect delivered."""
+VALIDATION_PORTS = (80, 8080, 9)
+
+
+def validation_target(overrides: Overrides, config: MeshConfig) -> str | None:
+    """An address and port whose connections the pod's rules send to Envoy's outbound port,
+    for proxy-validate to try; None when the pod redirects no outbound traffic."""
+    include = pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
+    exclude = [
+        ipaddress.ip_network(c)
+        for c in pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
+    ]
+    ports = set(pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports))
+    port = next((p for p in VALIDATION_PORTS if p not in ports), None)
+    if include == values.ALL:
+        candidates = [ipaddress.ip_address(a) for a in VALIDATION_ADDRESSES]
+    else:
+        candidates = [next(iter(ipaddress.ip_network(c).hosts())) for c in include]
+    for address in candidates:
+        if port is not None and not any(address in network for network in exclude):
+            return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    return None
+
+
+def validate_container(
+    *, image: str, target: str, limits: Resources, pull_policy: str | None = None
+) -> Json:
+    """Checks, unprivileged, that the CNI plugin's redirect is in place before anything
+    else in the pod starts: a pod on a node without the plugin fails here, not unmeshed."""
+    container: Json = {
+        "name": VALIDATE_CONTAINER,
+        "image": image,
+        "command": ["proxy-injector"],
+        "args": [
+            "validate-interception",
+            "--connect",
+            target,
+            "--outbound-capture-port",
+            str(OUTBOUND_PORT),
+        ],
+        "resources": limits.spec(),
+        "securityContext": {
+            "runAsUser": VALIDATE_UID,
+            "runAsGroup": VALIDATE_UID,
+            **restricted(),
         },
     }
     return _pulled(container, pull_policy)
