@@ -116,15 +116,7 @@ def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
     init = commands.add_parser(
         "init-iptables", help="program the pod's network namespace to send TCP through Envoy"
     )
-    init.add_argument("--proxy-uid", type=int, default=PROXY_UID)
-    init.add_argument("--proxy-gid", type=int, default=PROXY_GID)
-    init.add_argument("--inbound-capture-port", type=int, default=INBOUND_PORT)
-    init.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
-    init.add_argument("--include-inbound-ports", default="*")
-    init.add_argument("--exclude-inbound-ports", default="")
-    init.add_argument("--exclude-outbound-ports", default="")
-    init.add_argument("--include-outbound-ip-ranges", default="*")
-    init.add_argument("--exclude-outbound-ip-ranges", default="")
+    _interception_flags(init)
     init.add_argument(
         "--iptables-backend",
         choices=["auto", "nft", "legacy"],
@@ -135,6 +127,55 @@ def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="print the rules instead of applying them"
     )
     init.set_defaults(run=_init_iptables)
+
+
+def _interception_flags(init: argparse.ArgumentParser) -> None:
+    init.add_argument("--proxy-uid", type=int, default=PROXY_UID)
+    init.add_argument("--proxy-gid", type=int, default=PROXY_GID)
+    init.add_argument("--inbound-capture-port", type=int, default=INBOUND_PORT)
+    init.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
+    init.add_argument("--include-inbound-ports", default="*")
+    init.add_argument("--exclude-inbound-ports", default="")
+    init.add_argument("--exclude-outbound-ports", default="")
+    init.add_argument("--include-outbound-ip-ranges", default="*")
+    init.add_argument("--exclude-outbound-ip-ranges", default="")
+
+
+def _validate_parser(commands: argparse._SubParsersAction) -> None:
+    validate = commands.add_parser(
+        "validate-interception",
+        help="check that the pod's traffic is redirected to the proxy (proxy-validate)",
+    )
+    validate.add_argument("--connect", required=True, help="ADDRESS:PORT the rules redirect")
+    validate.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
+    validate.add_argument("--timeout", type=_seconds, default=5.0)
+    validate.set_defaults(run=_validate_interception)
+
+
+def _validate_interception(args: argparse.Namespace) -> int:
+    from webhook import validate
+
+    try:
+        address, port = validate.target(args.connect)
+        print(validate.check(address, port, args.outbound_capture_port, args.timeout))
+    except (ValueError, validate.NotRedirected) as exc:
+        print(f"proxy-injector validate-interception: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cni_parser(commands: argparse._SubParsersAction) -> None:
+    plugin = commands.add_parser(
+        "cni",
+        help="the CNI plugin for interception: cni (CNI_COMMAND and the config on stdin)",
+    )
+    plugin.set_defaults(run=_cni)
+
+
+def _cni(args: argparse.Namespace) -> int:
+    from webhook import cni
+
+    return cni.main()
 
 
 def _certs_parser(commands: argparse._SubParsersAction) -> None:
@@ -326,10 +367,42 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _init_iptables_parser(commands)
+    _validate_parser(commands)
+    _cni_parser(commands)
     _certs_parser(commands)
     _offline_parsers(commands)
     _check_parser(commands)
     return top
+
+
+def interception(flags: list[str]) -> Any:
+    """The ``init-iptables`` flags as an ``Interception``: what proxy-init applies and what
+    the CNI plugin applies come from one parser. Raises ValueError naming the flag."""
+    from webhook.interception import Interception
+
+    init = argparse.ArgumentParser(prog="init-iptables", add_help=False, exit_on_error=False)
+    _interception_flags(init)
+    try:
+        args, unknown = init.parse_known_args(flags)
+    except argparse.ArgumentError as exc:
+        raise ValueError(f"init-iptables flags: {exc}") from None
+    if unknown:
+        raise ValueError(f"init-iptables flags: unknown {' '.join(unknown)!r}")
+    return _from_flags(args, Interception)
+
+
+def _from_flags(args: argparse.Namespace, interception_type: Any) -> Any:
+    return interception_type.parse(
+        proxy_uid=args.proxy_uid,
+        proxy_gid=args.proxy_gid,
+        inbound_capture_port=args.inbound_capture_port,
+        outbound_capture_port=args.outbound_capture_port,
+        include_inbound_ports=args.include_inbound_ports,
+        exclude_inbound_ports=args.exclude_inbound_ports,
+        exclude_outbound_ports=args.exclude_outbound_ports,
+        include_outbound_ip_ranges=args.include_outbound_ip_ranges,
+        exclude_outbound_ip_ranges=args.exclude_outbound_ip_ranges,
+    )
 
 
 def _init_iptables(args: argparse.Namespace) -> int:
@@ -337,17 +410,7 @@ def _init_iptables(args: argparse.Namespace) -> int:
     from webhook.interception import Interception, render
 
     try:
-        spec = Interception.parse(
-            proxy_uid=args.proxy_uid,
-            proxy_gid=args.proxy_gid,
-            inbound_capture_port=args.inbound_capture_port,
-            outbound_capture_port=args.outbound_capture_port,
-            include_inbound_ports=args.include_inbound_ports,
-            exclude_inbound_ports=args.exclude_inbound_ports,
-            exclude_outbound_ports=args.exclude_outbound_ports,
-            include_outbound_ip_ranges=args.include_outbound_ip_ranges,
-            exclude_outbound_ip_ranges=args.exclude_outbound_ip_ranges,
-        )
+        spec = _from_flags(args, Interception)
         if args.dry_run:
             wanted = [4, 6] if spec.wants_ipv6() or iptables.ipv6_available() else [4]
             for family in wanted:

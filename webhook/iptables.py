@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from webhook.interception import JUMPS, Interception, jump_rule, render
+from webhook.interception import JUMPS, OUTPUT, Interception, jump_rule, render
 
 BACKENDS = ("nft", "legacy")
 Run = Callable[[list[str], str | None], subprocess.CompletedProcess[str]]
@@ -113,3 +113,12 @@ def apply(documents: dict[int, str], backend: str, run: Run = _run) -> None:
             raise InterceptionError(
                 f"IPv{family} rules were not applied: {_explain(result.stderr, probe)}"
             )
+
+
+def holds_interception(run: Run = _run) -> bool:
+    """Whether this network namespace has our chains, in either backend."""
+    for backend in BACKENDS:
+        save = tools(backend, 4).save
+        if shutil.which(save) and f":{OUTPUT} " in run([save, "-t", "nat"], None).stdout:
+            return True
+    return False
