@@ -18,10 +18,15 @@ SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/?]+))?")
 EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
 ENDPOINTS = re.compile(r"^/api/v1/namespaces/([^/]+)/endpoints/([^/?]+)")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:\?|$)")
+POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)$")
 NAMESPACES = re.compile(r"^/api/v1/namespaces(?:\?(.*))?$")
 WEBHOOK = re.compile(
     r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/([^/?]+)"
 )
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return obj.get("metadata", {}).get("name", "")
 
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -123,6 +128,11 @@ class FakeKube:
                 if found is None:
                     return 404, status(404, "NotFound", path)
                 return 200, found
+            if match := POD.match(path):
+                named = [p for p in self.pods.get(match.group(1), []) if _name(p) == match.group(2)]
+                if not named:
+                    return 404, status(404, "NotFound", f'pods "{match.group(2)}" not found')
+                return 200, named[0]
             if match := PODS.match(path):
                 items = self.pods.get(match.group(1), [])
                 return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}

@@ -10,6 +10,8 @@ unmeshed.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 import time
@@ -52,14 +54,16 @@ def check(address: str, port: int, capture_port: int, timeout: float = 5.0) -> s
         listener.settimeout(timeout)
         with socket.socket(family, socket.SOCK_STREAM) as client:
             client.setblocking(False)
-            client.connect_ex((address, port))
+            connecting = client.connect_ex((address, port))
             started = time.monotonic()
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
+                refused = "" if connecting in (0, errno.EINPROGRESS) else os.strerror(connecting)
                 raise NotRedirected(
                     f"a connection to {address} port {port} did not reach port {capture_port} "
-                    f"within {timeout:g}s: this pod's traffic is not redirected to the proxy. "
+                    f"within {timeout:g}s{f' ({refused})' if refused else ''}: this pod's "
+                    "traffic is not redirected to the proxy. "
                     "Is the proxy-injector CNI plugin installed on this node (DaemonSet "
                     "proxy-injector-cni in proxy-system)?"
                 ) from None
