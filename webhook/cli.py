@@ -167,15 +167,34 @@ def _validate_interception(args: argparse.Namespace) -> int:
 def _cni_parser(commands: argparse._SubParsersAction) -> None:
     plugin = commands.add_parser(
         "cni",
-        help="the CNI plugin for interception: cni (CNI_COMMAND and the config on stdin)",
+        help="the CNI plugin for interception: cni (CNI_COMMAND and the config on stdin); "
+        "`cni install`: put it on the node and keep it there (the DaemonSet's entrypoint)",
     )
+    plugin.add_argument("action", nargs="?", choices=["install"])
+    plugin.add_argument("--cni-bin-dir", type=Path, default=Path("/opt/cni/bin"))
+    plugin.add_argument("--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"))
+    plugin.add_argument("--interval", type=_seconds, default=5.0, help="conflist check period")
+    plugin.add_argument("--iptables-backend", choices=["auto", "nft", "legacy"], default="auto")
     plugin.set_defaults(run=_cni)
 
 
 def _cni(args: argparse.Namespace) -> int:
-    from webhook import cni
+    if args.action is None:
+        from webhook import cni
 
-    return cni.main()
+        return cni.main()
+    from webhook import cni_install
+
+    try:
+        install = cni_install.from_environment(
+            args.cni_bin_dir, args.cni_conf_dir, args.iptables_backend
+        )
+    except cni_install.InstallError as exc:
+        print(f"proxy-injector cni install: {exc}", file=sys.stderr)
+        return 1
+    stop = cni_install.stop_on_signals()
+    cni_install.run(install, args.interval, stop, lambda line: print(line, flush=True))
+    return 0
 
 
 def _certs_parser(commands: argparse._SubParsersAction) -> None:
