@@ -278,3 +278,48 @@ def test_checkov_passes_on_the_node_agent_example_with_its_one_justified_skip(tm
     assert settings["skip-check"] == ["CKV_K8S_18"]  # hostIPC, the agent's reason to exist
     (tmp_path / "node-agent.yaml").write_text(yaml.safe_dump_all(render(NODE_AGENT)))
     assert_checkov_passes(NODE_AGENT / "checkov.yaml", tmp_path)
+
+
+CNI_OVERLAY = DEPLOY / "overlays" / "cni"
+
+
+def test_the_cni_overlay_adds_one_privileged_daemonset_reading_pods_only() -> None:
+    objects = render(CNI_OVERLAY)
+    for obj in objects:
+        assert object_errors(obj) == []
+    daemonset = one(objects, "DaemonSet", "proxy-injector-cni")
+    assert daemonset["metadata"]["namespace"] == "proxy-system"
+    assert "proxy-system" in MeshConfig().never_inject_namespaces
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True and pod["serviceAccountName"] == "proxy-injector-cni"
+    (installer,) = pod["containers"]
+    args = parser().parse_args(installer["args"])
+    assert (args.action, args.cni_bin_dir.as_posix(), args.cni_conf_dir.as_posix()) == (
+        "install",
+        "/opt/cni/bin",
+        "/etc/cni/net.d",
+    )
+    # What the conflist and the shim name must resolve inside the container: same paths.
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m["mountPath"] for m in installer["volumeMounts"]}
+    assert {mounts[name] for name in host_paths} == set(host_paths.values())
+    role = one(objects, "ClusterRole", "proxy-injector-cni")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    privileged = [
+        c["name"]
+        for o in objects
+        if o["kind"] in ("Deployment", "DaemonSet")
+        for c in o["spec"]["template"]["spec"]["containers"]
+        if c.get("securityContext", {}).get("privileged")
+    ]
+    assert privileged == ["install-cni"]
+
+
+def test_checkov_passes_on_the_cni_overlay_with_every_skip_justified(tmp_path) -> None:
+    settings = (CNI_OVERLAY / "checkov.yaml").read_text()
+    for check in yaml.safe_load(settings)["skip-check"]:
+        # Each skip sits under a comment that names why.
+        above = settings.split(f"  - {check}\n")[0].rstrip().splitlines()
+        assert any(line.lstrip().startswith("#") for line in above[-8:]), check
+    (tmp_path / "cni.yaml").write_text(yaml.safe_dump_all(render(CNI_OVERLAY)))
+    assert_checkov_passes(CNI_OVERLAY / "checkov.yaml", tmp_path)
