@@ -144,6 +144,11 @@ class Node:
             check=False,
         )
 
+    def validate(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``proxy-injector`` in the pod as proxy-validate runs it: UID 1338, no privilege."""
+        ids = ["--reuid=1338", "--regid=1338", "--clear-groups"]
+        return self.net.run(self.net.pod, "setpriv", *ids, *PLUGIN[:-1], *args)
+
     def routes(self) -> str:
         """For a failure's message: both ends' addresses."""
         found = [
@@ -190,15 +195,7 @@ def test_a_meshed_pod_gets_its_rules_and_its_traffic_goes_through_envoy(node) ->
     assert ":PROXY_INBOUND" in node.nat() and "-A OUTPUT -p tcp -j PROXY_OUTPUT" in node.nat()
     # proxy-validate, unprivileged, sees the redirect in place before anything starts.
     validate = next(c for c in spec["spec"]["initContainers"] if c["name"] == "proxy-validate")
-    checked = node.net.run(
-        node.net.pod,
-        "setpriv",
-        "--reuid=1338",
-        "--regid=1338",
-        "--clear-groups",
-        *PLUGIN[:-1],
-        *validate["args"],
-    )
+    checked = node.validate(*validate["args"])
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith("redirected: 192.0.2.1 port 80 reached port 15001")
 
@@ -234,19 +231,7 @@ def test_a_pod_that_is_not_meshed_is_left_alone_and_fails_proxy_validate(node) -
     added = node.ours("ADD", "legacy-0", previous)
     assert (added.returncode, json.loads(added.stdout)) == (0, previous)
     assert "PROXY" not in node.nat()
-    checked = node.net.run(
-        node.net.pod,
-        "setpriv",
-        "--reuid=1338",
-        "--regid=1338",
-        "--clear-groups",
-        *PLUGIN[:-1],
-        "validate-interception",
-        "--connect",
-        "192.0.2.1:80",
-        "--timeout",
-        "1",
-    )
+    checked = node.validate("validate-interception", "--connect", "192.0.2.1:80", "--timeout", "1")
     assert checked.returncode == 1
     assert "this pod's traffic is not redirected to the proxy" in checked.stderr
 
