@@ -98,3 +98,19 @@ def test_the_checker_catches_what_the_profiles_forbid() -> None:
         "c: hostPort 80",
     ]
     assert "c: allowPrivilegeEscalation != false" in violations(pod, "restricted")
+
+
+def test_init_container_mode_warns_in_namespaces_that_enforce_pod_security() -> None:
+    enforcing = from_mapping({"podSecurityNamespaces": ["payments"]})
+    warned = inject(RESTRICTED_APP, "payments", enforcing).warnings
+    assert warned == (
+        "namespace payments enforces Pod Security (mesh config podSecurityNamespaces): "
+        "proxy-init runs as root with NET_ADMIN and NET_RAW, which baseline and restricted "
+        "reject; use proxy.io/interception: cni with the proxy-injector CNI plugin",
+    )
+    cni = {
+        **RESTRICTED_APP,
+        "metadata": {"name": "p", "annotations": {"proxy.io/interception": "cni"}},
+    }
+    assert inject(cni, "payments", enforcing).warnings == ()
+    assert inject(RESTRICTED_APP, "shop", enforcing).warnings == ()
