@@ -243,6 +243,8 @@ class Pod:
                 tcp_ports=[] if self.listens_on_socket else [APP_PORT],
                 tcp_address=address,
                 command_prefix=in_pod,
+                # A fixed-rate client does not reconnect mid-run as wrk does (h2load stalls).
+                keepalive_requests=1_000_000,
             ).start()
             return
         where = (

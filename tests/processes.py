@@ -144,6 +144,8 @@ class Nginx:
     """Where the TCP ports listen: 0.0.0.0 for a pod without a sidecar."""
     http2: bool = False
     """Serve HTTP/2 without TLS (prior knowledge, as Envoy speaks it to an h2c app)."""
+    keepalive_requests: int | None = None
+    """Requests per connection before nginx closes it (nginx's default: 1000)."""
 
     def start(self) -> Nginx:
         for path in self.sockets:
@@ -196,10 +198,10 @@ class Nginx:
         return self
 
     def _keepalive(self) -> str:
-        # nginx ends a connection after keepalive_requests (1000) requests: over HTTP/2 with
-        # a GOAWAY that fails the streams in flight, and a load generator at a fixed rate
-        # would have to reconnect mid-run. Allow many more.
-        return " keepalive_requests 1000000;\n"
+        # nginx ends a connection after keepalive_requests (1000) requests: over HTTP/2
+        # with a GOAWAY that fails the streams in flight, so allow many more there.
+        wanted = self.keepalive_requests or (1_000_000 if self.http2 else None)
+        return f" keepalive_requests {wanted};\n" if wanted else ""
 
     def _serving(self, port: int) -> bool:
         if self.command_prefix:  # another network namespace: ask from inside it
