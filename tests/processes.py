@@ -63,6 +63,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(wanted: list[int]) -> dict[int, int]:
+    """A distinct free port for each: the kernel may hand out a just-closed port again."""
+    found: dict[int, int] = {}
+    while len(found) < len(wanted):
+        port = free_port()
+        if port not in found.values():
+            found[wanted[len(found)]] = port
+    return found
+
+
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -245,7 +255,7 @@ class Envoy:
 
     def start(self, wait: bool = True) -> Envoy:
         proxy = [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, READINESS_PORT, PROMETHEUS_PORT]
-        self.ports = {port: free_port() for port in [*proxy, *self.inbound_ports]}
+        self.ports = free_ports([*proxy, *self.inbound_ports])
         config = remap(
             self.bootstrap, socket_dir=self.folder, proxy_ports=self.ports, app_ports=self.app_ports
         )
