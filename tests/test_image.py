@@ -3,6 +3,7 @@ podman: non-root by default, serves the webhook, and programs iptables as proxy-
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
@@ -15,7 +16,10 @@ import pytest
 
 from tests import netns
 from tests.conftest import free_port
-from tests.support import CORPUS, load_case, review
+from tests.support import CORPUS, apply, load_case, review
+from webhook import cni_install
+from webhook.engine import inject
+from webhook.engine.config import from_mapping
 
 ROOT = Path(__file__).parent.parent
 TAG = "localhost/proxy-injector:test"
@@ -179,3 +183,122 @@ def test_init_iptables_in_the_image_programs_a_pods_namespace(image) -> None:
         assert "needs NET_ADMIN and NET_RAW" in refused.stderr
     finally:
         net.destroy()
+
+
+def test_podman_runs_the_cni_plugin_and_proxy_validate_passes_only_for_a_meshed_pod(
+    image, tmp_path
+) -> None:
+    """A real runtime invokes the plugin: podman (its CNI backend, in a network namespace
+    standing for the node) runs Debian's bridge and host-local, then our plugin through the
+    shim `cni install` writes. The image's proxy-validate passes in a container the fake API
+    knows as a pod meshed in cni mode, and fails in one it knows as not meshed."""
+
+    def pod(name: str, meshed: bool) -> dict:
+        spec = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+        }
+        result = inject(spec, "shop", from_mapping({"interception": "cni"}))
+        return apply(spec, list(result.patch)) if meshed else spec
+
+    node = f"pi-node-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", node], check=True, timeout=30)
+    api = None
+    try:
+        subprocess.run(["ip", "-n", node, "link", "set", "lo", "up"], check=True, timeout=30)
+        pods = tmp_path / "pods.json"
+        pods.write_text(json.dumps([pod("web-0", True), pod("legacy-0", False)]))
+        # The API where the plugin runs: in the node's namespace, as on a node.
+        api = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                node,
+                sys.executable,
+                "-c",
+                "import json, sys, time\n"
+                "from tests.fake_kube import FakeKube\n"
+                "api = FakeKube()\n"
+                "api.pods['shop'] = json.load(open(sys.argv[1]))\n"
+                "print(api.url, flush=True)\n"
+                "time.sleep(300)\n",
+                str(pods),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        url = api.stdout.readline().strip()
+        bin_dir, conf_dir, networks = tmp_path / "bin", tmp_path / "net.d", tmp_path / "networks"
+        for folder in (bin_dir, conf_dir, networks):
+            folder.mkdir()
+        token = tmp_path / "token"
+        token.write_text("t")
+        install = cni_install.Installation(bin_dir, conf_dir, os.getpid(), url, token, None)
+        cni_install.write_shim(install)
+        cni_install.write_kubeconfig(install)
+        ours = {"type": "proxy-injector", "kubeconfig": str(install.kubeconfig)}
+        ours["args"] = {"cni": {"K8S_POD_NAMESPACE": "shop"}}  # podman sets only the name
+        bridge = {
+            "type": "bridge",
+            "bridge": f"pibr{os.getpid() % 100000}",
+            "isGateway": True,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.234.0.0/24"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": str(tmp_path / "ipam"),
+            },
+        }
+        (networks / "meshnet.conflist").write_text(
+            json.dumps({"cniVersion": "1.0.0", "name": "meshnet", "plugins": [bridge, ours]})
+        )
+        conf = tmp_path / "containers.conf"
+        conf.write_text(
+            '[network]\nnetwork_backend = "cni"\n'
+            f'cni_plugin_dirs = ["{bin_dir}", "/usr/lib/cni"]\n'
+            f'network_config_dir = "{networks}"\n'
+        )
+        path = f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"
+        env = {**os.environ, "CONTAINERS_CONF": str(conf), "PATH": path}
+
+        def validate(name: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [
+                    "nsenter",
+                    f"--net=/var/run/netns/{node}",
+                    *PODMAN_RUN,
+                    "--network",
+                    "meshnet",
+                    "--name",
+                    name,
+                    "--user",
+                    "1338",
+                    image,
+                    "validate-interception",
+                    "--connect",
+                    "192.0.2.1:80",
+                    "--timeout",
+                    "2",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        meshed = validate("web-0")
+        assert meshed.returncode == 0, meshed.stdout + meshed.stderr
+        assert meshed.stdout.startswith("redirected: 192.0.2.1 port 80 reached port 15001")
+        plain = validate("legacy-0")
+        assert plain.returncode == 1
+        assert "this pod's traffic is not redirected to the proxy" in plain.stderr
+    finally:
+        if api:
+            api.kill()
+            api.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", node], capture_output=True, timeout=30)

@@ -73,7 +73,13 @@ def request(environ: dict[str, str], stdin: str) -> Request:
         ) from None
     if not isinstance(config, dict):
         raise CniError(DECODING_FAILURE, "the network configuration is not a JSON object")
-    args = _cni_args(environ.get("CNI_ARGS", ""))
+    # CNI_ARGS, over the network config's "args": {"cni": {...}} (a runtime that cannot set
+    # CNI_ARGS, such as podman, says the pod's namespace there).
+    conventional = (config.get("args") or {}).get("cni") or {}
+    args = {
+        **{k: str(v) for k, v in conventional.items()},
+        **_cni_args(environ.get("CNI_ARGS", "")),
+    }
     if command in ("ADD", "CHECK") and not environ.get("CNI_NETNS"):
         raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS is not set for {command}")
     return Request(
