@@ -33,7 +33,7 @@ after in the same run. ``--profile`` samples the server's Envoy with perf during
 
     .venv/bin/python bench/mesh_tax.py [--quick] [--app nginx,asgi] [--rates 1000,5000]
         [--sizes 1024,65536] [--pairs 3] [--seconds 10] [--client-sidecar]
-        [--compare KEY=VALUE] [--profile]
+        [--compare KEY=VALUE] [--profile] [--envoy-cpu 0|1]
 
 Needs root (namespaces, iptables, Envoy as UID 1337), Debian's nginx-light, iptables,
 iproute2 and nghttp2-client (``scripts/bench`` installs them).
@@ -65,7 +65,7 @@ from tests.support import apply
 from webhook.engine import Outcome, inject
 from webhook.engine.config import MeshConfig, from_mapping
 
-ENVOY_CPU, LOAD_CPU = int(os.environ.get("MESH_TAX_ENVOY_CPU", "0")), 1
+LOAD_CPU = 1
 CONNECTIONS = PACED_CONNECTIONS
 APP_PORT = 8080
 SERVICE = "web"
@@ -156,6 +156,8 @@ class Variant:
 
     annotations: dict[str, str] = field(default_factory=dict)
     config: MeshConfig = field(default_factory=MeshConfig)
+    label: str = ""
+    """The KEY=VALUE it was made from, naming its way in the output."""
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -163,7 +165,7 @@ class Variant:
         if not sep or not key:
             raise argparse.ArgumentTypeError(f"--compare {text!r}: expected KEY=VALUE")
         if key.startswith("proxy.io/"):
-            return cls(annotations={key: raw})
+            return cls(annotations={key: raw}, label=text)
         data: dict = {}
         node = data
         *parents, last = key.split(".")
@@ -171,7 +173,7 @@ class Variant:
             node = node.setdefault(part, {})
         node[last] = yaml.safe_load(raw)
         try:
-            return cls(config=from_mapping(data, "--compare"))
+            return cls(config=from_mapping(data, "--compare"), label=text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -229,7 +231,7 @@ class Pod:
         applied = sidecar.run_init()
         if applied.returncode != 0:
             raise RuntimeError(f"init-iptables failed in {namespace}: {applied.stderr}")
-        sidecar.start_envoy(workers(spec), prefix=("taskset", "-c", str(ENVOY_CPU)))
+        sidecar.start_envoy(workers(spec), prefix=("taskset", "-c", str(self.args.envoy_cpu)))
         self.sidecars[role] = sidecar
 
     def _start_app(self) -> None:
@@ -343,7 +345,7 @@ def pods(app: str, args: argparse.Namespace) -> Iterator[dict[str, Pod]]:
         for way in WAYS:
             started[way] = Pod(way, app, args, Variant()).start()
         if args.compare:
-            label = f"sidecar-uds+{args.compare_text}"
+            label = f"sidecar-uds+{args.compare.label}"
             started[label] = Pod("sidecar-uds", app, args, args.compare).start()
         yield started
     finally:
@@ -378,7 +380,7 @@ class Summary:
     app_vcpu: float
 
 
-def summarize(rounds: list[dict[str, Measured]], hops: int) -> list[Summary]:
+def summarize(rounds: list[dict[str, Measured]]) -> list[Summary]:
     result = []
     for way in rounds[0]:
         runs = [r[way] for r in rounds]
@@ -483,7 +485,7 @@ def measure(app: str, args: argparse.Namespace) -> list[tuple[str, int, int, Sum
                 print(
                     f"\n{app}, {size // 1024} KiB responses, {rate} req/s over {CONNECTIONS} "
                     f"connections, {args.pairs} rounds x {args.seconds} s; Envoy "
-                    f"{server_workers} workers on CPU {ENVOY_CPU}, app and h2load on CPU "
+                    f"{server_workers} workers on CPU {args.envoy_cpu}, app and h2load on CPU "
                     f"{LOAD_CPU}; {'client and server sidecars' if hops == 2 else 'server sidecar'}"
                 )
                 for pod in started.values():  # warm-up: connections, health checks, caches
@@ -495,7 +497,7 @@ def measure(app: str, args: argparse.Namespace) -> list[tuple[str, int, int, Sum
                     }
                     report_round(number, runs)
                     rounds.append(runs)
-                summaries = summarize(rounds, hops)
+                summaries = summarize(rounds)
                 print_summary(summaries, hops)
                 uds = next(s for s in summaries if s.way == "sidecar-uds")
                 if size == 1024 and rate == 1000:
@@ -522,12 +524,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--client-sidecar", action="store_true")
     parser.add_argument("--compare", type=Variant.parse, default=None)
     parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
-    args.compare_text = next(
-        (a.split("=", 1)[1] for a in sys.argv if a.startswith("--compare=")), ""
+    parser.add_argument(
+        "--envoy-cpu",
+        type=int,
+        choices=[0, 1],
+        default=0,
+        help="where Envoy runs: 0 apart from the app and h2load (the default), 1 with them",
     )
-    if args.compare and not args.compare_text:
-        args.compare_text = sys.argv[sys.argv.index("--compare") + 1]
+    args = parser.parse_args()
     if args.quick:
         args.app, args.rates, args.sizes, args.pairs, args.seconds = "nginx", [1000], [1024], 3, 8
     args.apps = [a for a in args.app.split(",") if a]
