@@ -397,8 +397,6 @@ def parser() -> argparse.ArgumentParser:
 def interception(flags: list[str]) -> Any:
     """The ``init-iptables`` flags as an ``Interception``: what proxy-init applies and what
     the CNI plugin applies come from one parser. Raises ValueError naming the flag."""
-    from webhook.interception import Interception
-
     init = argparse.ArgumentParser(prog="init-iptables", add_help=False, exit_on_error=False)
     _interception_flags(init)
     try:
@@ -407,11 +405,13 @@ def interception(flags: list[str]) -> Any:
         raise ValueError(f"init-iptables flags: {exc}") from None
     if unknown:
         raise ValueError(f"init-iptables flags: unknown {' '.join(unknown)!r}")
-    return _from_flags(args, Interception)
+    return _from_flags(args)
 
 
-def _from_flags(args: argparse.Namespace, interception_type: Any) -> Any:
-    return interception_type.parse(
+def _from_flags(args: argparse.Namespace) -> Any:
+    from webhook.interception import Interception
+
+    return Interception.parse(
         proxy_uid=args.proxy_uid,
         proxy_gid=args.proxy_gid,
         inbound_capture_port=args.inbound_capture_port,
@@ -426,10 +426,10 @@ def _from_flags(args: argparse.Namespace, interception_type: Any) -> Any:
 
 def _init_iptables(args: argparse.Namespace) -> int:
     from webhook import iptables
-    from webhook.interception import Interception, render
+    from webhook.interception import render
 
     try:
-        spec = _from_flags(args, Interception)
+        spec = _from_flags(args)
         if args.dry_run:
             wanted = [4, 6] if spec.wants_ipv6() or iptables.ipv6_available() else [4]
             for family in wanted:

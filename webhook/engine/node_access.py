@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from webhook.engine import pod as pods
+from webhook.engine import sockets
 from webhook.engine.annotations import Overrides
 from webhook.engine.bootstrap.objects import Json
 from webhook.engine.config import MeshConfig
@@ -35,7 +36,7 @@ class NodeAccess:
 
     def socket_path(self, path: str) -> str:
         """A socket path under /dev/shm (from the udsPath template) moved to socket_root."""
-        return self.socket_root + path[len(SHM_MOUNT_PATH) :]
+        return sockets.relocate(path, self.socket_root)
 
     @property
     def volume_names(self) -> list[str]:

@@ -25,7 +25,6 @@ from webhook.engine.names import (
     PROXY_UID,
     READINESS_PATH,
     READINESS_PORT,
-    SHM_MOUNT_PATH,
     SHM_VOLUME,
     VALIDATE_CONTAINER,
     VALIDATE_UID,
@@ -135,10 +134,6 @@ def shm_size(apps: Iterable[Container], overrides: Overrides, config: MeshConfig
 
 def shm_volume(size: str) -> Json:
     return {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
-
-
-def shm_mount(volume: str) -> Json:
-    return {"name": volume, "mountPath": SHM_MOUNT_PATH}
 
 
 def restricted() -> Json:

@@ -107,9 +107,9 @@ class _Planner:
         if self.mode == "tcp" or (self.uds_refs is not None and not named):
             return None
         template = self.overrides.uds_path or self.config.uds_path
-        path = template.format(container=container.name, port=port.number)
-        if self.socket_root != SHM_MOUNT_PATH:
-            path = self.socket_root + path[len(SHM_MOUNT_PATH) :]
+        path = relocate(
+            template.format(container=container.name, port=port.number), self.socket_root
+        )
         problem = _socket_problem(path, self.by_path)
         if problem:
             from_annotation = "proxy.io/uds-path" in self.overrides.raw
@@ -207,6 +207,12 @@ def plan(
         by_key,
         sockets,
     )
+
+
+def relocate(path: str, root: str) -> str:
+    """A socket path under /dev/shm (where the udsPath template puts it) under ``root``
+    instead: the pod's socket directory when its /dev/shm is the node's."""
+    return path if root == SHM_MOUNT_PATH else root + path[len(SHM_MOUNT_PATH) :]
 
 
 def _socket_problem(socket: str, taken: dict[str, AppPort]) -> str | None:
