@@ -114,3 +114,21 @@ def test_init_container_mode_warns_in_namespaces_that_enforce_pod_security() -> 
     }
     assert inject(cni, "payments", enforcing).warnings == ()
     assert inject(RESTRICTED_APP, "shop", enforcing).warnings == ()
+
+
+def test_cni_mode_refuses_a_spec_that_would_overflow_the_pods_annotations() -> None:
+    """The spec repeats the range annotations: near the API server's 256 KiB it is refused
+    naming itself, rather than the API server refusing the pod without naming us."""
+    ranges = ",".join(f"10.{i // 250}.{i % 250}.0/24" for i in range(1000))
+    annotations = {
+        "proxy.io/interception": "cni",
+        "proxy.io/exclude-outbound-ip-ranges": ranges,
+        "example.com/notes": "n" * (250_000 - len(ranges)),
+    }
+    pod = {**RESTRICTED_APP, "metadata": {"name": "p", "annotations": annotations}}
+    result = inject(pod, "payments", MeshConfig())
+    assert result.outcome == Outcome.DENY and result.reason.code == "invalid_annotation"
+    assert result.message.startswith("proxy.io/interception-spec (")
+    assert "more than the 262,144 bytes the API server accepts" in result.message
+    annotations["example.com/notes"] = "short"
+    assert inject(pod, "payments", MeshConfig()).outcome == Outcome.INJECT

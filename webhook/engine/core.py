@@ -284,7 +284,11 @@ def _build(
             limits=resources,
             pull_policy=config.image_pull_policy,
         )
-        ops.append(_interception_spec_op(init_args))
+        spec_op = _interception_spec_op(init_args)
+        too_large = _spec_too_large(pod, spec_op["value"])
+        if too_large:
+            return deny(Reason.INVALID_ANNOTATION, [too_large])
+        ops.append(spec_op)
     else:
         init = sidecar.init_container(
             image=config.init_image,
@@ -498,6 +502,21 @@ def _interception_spec_op(init_args: list[str]) -> jp.Op:
     spec = {"version": INTERCEPTION_SPEC_VERSION, "initIptables": init_args[1:]}
     return jp.add(
         jp.pointer("metadata", "annotations", INTERCEPTION_KEY), orjson.dumps(spec).decode()
+    )
+
+
+def _spec_too_large(pod: dict[str, Any], spec: str) -> str | None:
+    """The spec repeats the pod's port and range annotations: with them it may take the
+    annotations past what the API server accepts, which it would say without naming us."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    size = sum(len(k) + len(v) for k, v in annotations.items()) + len(INTERCEPTION_KEY) + len(spec)
+    if size <= limits.ANNOTATIONS_BYTES:
+        return None
+    return (
+        f"{INTERCEPTION_KEY} ({len(spec):,} characters, the interception flags the CNI plugin "
+        f"reads) would take metadata.annotations to {size:,} characters, more than the "
+        f"{limits.ANNOTATIONS_BYTES:,} bytes the API server accepts; shorten the proxy.io "
+        "port and IP-range annotations"
     )
 
 
