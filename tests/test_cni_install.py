@@ -119,3 +119,24 @@ def test_the_shim_runs_the_plugin_in_the_installers_mount_namespace(node) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["supportedVersions"][-1] == "1.0.0"
+
+
+def test_the_plugin_reads_the_names_the_engine_writes() -> None:
+    """The plugin repeats them so that it starts without the engine; they must agree."""
+    from webhook.engine import names
+
+    assert (cni.INTERCEPTION_KEY, cni.INTERCEPTION_SPEC_VERSION, cni.STATUS_KEY) == (
+        names.INTERCEPTION_KEY,
+        names.INTERCEPTION_SPEC_VERSION,
+        names.STATUS_KEY,
+    )
+    newer = {
+        "metadata": {
+            "annotations": {
+                names.STATUS_KEY: "{}",
+                names.INTERCEPTION_KEY: '{"version": 2, "initIptables": []}',
+            }
+        }
+    }
+    with pytest.raises(cni.CniError, match="version 2 is not one this plugin applies"):
+        cni.wanted_flags(newer)

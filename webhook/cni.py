@@ -28,7 +28,10 @@ from typing import Any, TextIO
 
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/proxy-injector-kubeconfig"
+# The names in webhook.engine.names, written again: importing them would load the engine
+# for every pod on the node (a test keeps the two the same).
 INTERCEPTION_KEY = "proxy.io/interception-spec"
+INTERCEPTION_SPEC_VERSION = 1
 STATUS_KEY = "proxy.io/status"
 API_TIMEOUT = 5.0
 CLONE_NEWNET = 0x40000000
@@ -152,11 +155,15 @@ def wanted_flags(pod: dict[str, Any]) -> list[str] | None:
         raise CniError(
             RULES_FAILED, f"annotation {INTERCEPTION_KEY} is not valid: {raw[:200]}"
         ) from None
-    if version != 1 or not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+    if version != INTERCEPTION_SPEC_VERSION:
         raise CniError(
             RULES_FAILED,
             f"annotation {INTERCEPTION_KEY} version {version!r} is not one this plugin "
-            "applies (1): upgrade the plugin together with the injector",
+            f"applies ({INTERCEPTION_SPEC_VERSION}): upgrade the plugin with the injector",
+        )
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise CniError(
+            RULES_FAILED, f"annotation {INTERCEPTION_KEY}: initIptables is not a list of flags"
         )
     return flags
 
