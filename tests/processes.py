@@ -215,10 +215,10 @@ class Nginx:
 
     def _serving(self, port: int) -> bool:
         if self.command_prefix:  # another network namespace: ask from inside it
+            curl = ["curl", "-s", "-o", "/dev/null", "--max-time", "2"]
+            curl += ["--http2-prior-knowledge"] if self.http2 else []
             url = f"http://127.0.0.1:{port}/healthz"
-            curl = ["curl", "-s", "-o", "/dev/null", "--max-time", "2", "--http2-prior-knowledge"]
-            checked = curl if self.http2 else [c for c in curl if "http2" not in c]
-            return subprocess.run([*self.command_prefix, *checked, url], timeout=10).returncode == 0
+            return subprocess.run([*self.command_prefix, *curl, url], timeout=10).returncode == 0
         if not self.http2:
             return status_or_none(port, "/healthz") == 200
         with socket.socket() as probe:
