@@ -84,6 +84,8 @@ def pod_problems(
     access: NodeAccess, apps: Iterable[pods.Container], overrides: Overrides, config: MeshConfig
 ) -> list[str]:
     """What in the pod contradicts the node access it asks for."""
+    if not (access.host_shm or access.socket_dirs):
+        return []  # the common case: no mount to compare, on the admission path
     problems = []
     if access.host_shm and overrides.shm_size is not None:
         problems.append(
