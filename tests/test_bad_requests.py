@@ -87,6 +87,40 @@ def test_a_body_at_the_limit_is_read(webhook) -> None:
     assert payload["response"]["allowed"] is True
 
 
+def test_a_get_on_mutate_is_refused_naming_post(webhook) -> None:
+    response = webhook.client.get(webhook.url + "/mutate")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json() == {"error": "GET /mutate: only POST is answered"}
+
+
+def test_an_unknown_path_is_not_found(webhook) -> None:
+    response = webhook.client.post(webhook.url + "/mutate/pods", content=b"{}")
+    assert response.status_code == 404
+
+
+def test_a_client_gone_before_its_body_arrived_gets_no_answer() -> None:
+    """The API server gave up (its timeout) or went away: nothing is reviewed, nothing
+    raised, and the connection is left to uvicorn to close."""
+    sent: list[dict] = []
+    arrivals = iter(
+        [
+            {"type": "http.request", "body": b'{"apiVersion": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict:
+        return next(arrivals)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mutate", "headers": []}
+    asyncio.run(create_app(MeshConfig())(scope, receive, send))
+    assert sent == []
+
+
 def test_server_still_serves_after_bad_requests(webhook) -> None:
     post(webhook, b"{")
     assert webhook.mutate(review(WEB))["response"]["allowed"] is True

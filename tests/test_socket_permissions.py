@@ -103,7 +103,8 @@ def test_what_each_server_makes_and_whether_envoy_can_connect(folder, name) -> N
     socket = folder / "web-8080.sock"
     server = serve(command, socket, umask=0o022)
     try:
-        assert socket.stat().st_mode & 0o777 == mode
+        # node's writableAll is a chmod() after bind(): the mode settles a moment later.
+        wait_for(lambda: socket.stat().st_mode & 0o777 == mode, 5, f"socket mode {mode:o}")
         check_through_envoy(folder, reachable)
     finally:
         stop(server)

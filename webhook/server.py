@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from webhook.serving import Lifecycle, Limits
@@ -235,6 +236,7 @@ def run(
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # the API server calls directly; nothing forwards for it
         lifespan="off",
         timeout_graceful_shutdown=int(limits.shutdown_timeout),
     )
@@ -251,7 +253,8 @@ def run(
     # without freezing them every full collection scans them all: a 10-20 ms stall.
     gc.freeze()
     tasks = (lambda: reloader.watch(reload_every), *background)
-    asyncio.run(_serve(DrainingServer(config, limits, lifecycle), tasks))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(DrainingServer(config, limits, lifecycle), tasks))
 
 
 async def _serve(
