@@ -156,3 +156,34 @@ def paced(
     if finished.returncode != 0 or not ok:
         raise RuntimeError(f"h2load against {url} failed: {finished.stdout[-2000:]}")
     return Paced(ok, len(rows) - len(ok), seconds)
+
+
+def wakeup_cpu_us(cpus: tuple[int, int], rounds: int = 20_000) -> float:
+    """CPU time, in us, that one wake-up costs here: two processes pinned to ``cpus`` take
+    turns over a pair of pipes, each read sleeping until the other's write wakes it. The
+    figure includes a pipe read and write; across CPUs it also includes the interrupt
+    that wakes an idle CPU, which on a virtual machine can cost several times more."""
+    ping, pong = os.pipe(), os.pipe()
+
+    def player(cpu: int, first: bool, inbox: int, outbox: int) -> int:
+        pid = os.fork()
+        if pid == 0:
+            os.sched_setaffinity(0, {cpu})
+            if first:
+                os.write(outbox, b".")
+            for _ in range(rounds - first):
+                os.read(inbox, 1)
+                os.write(outbox, b".")
+            if first:
+                os.read(inbox, 1)
+            os._exit(0)
+        return pid
+
+    players = [player(cpus[0], True, pong[0], ping[1]), player(cpus[1], False, ping[0], pong[1])]
+    used = 0.0
+    for pid in players:
+        _, _, usage = os.wait4(pid, 0)
+        used += usage.ru_utime + usage.ru_stime
+    for fd in (*ping, *pong):
+        os.close(fd)
+    return used / (2 * rounds) * 1e6
