@@ -43,6 +43,10 @@ REVIEW_THREADS = 2
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
+Headers = tuple[tuple[bytes, bytes], ...]
+CLOSE: Headers = ((b"connection", b"close"),)
+"""For an answer sent before the body was read: the connection cannot be reused."""
+ALLOW_POST: Headers = ((b"allow", b"POST"),)
 
 log = logging.getLogger("proxy_injector.admission")
 
@@ -82,13 +86,7 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
             raise TooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-Headers = tuple[tuple[bytes, bytes], ...]
-CLOSE: Headers = ((b"connection", b"close"),)
-"""For an answer sent before the body was read: the connection cannot be reused."""
-ALLOW_POST: Headers = ((b"allow", b"POST"),)
+            return b"".join(chunks)
 
 
 async def _answer(send: Send, status: int, body: bytes, extra: Headers = ()) -> None:
