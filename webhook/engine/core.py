@@ -28,7 +28,7 @@ from webhook.engine import (
 )
 from webhook.engine import patch as jp
 from webhook.engine import pod as pods
-from webhook.engine.annotations import pick
+from webhook.engine.annotations import Overrides, pick
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
     ARG_MAX_BYTES,
@@ -273,32 +273,11 @@ def _build(
     if access.host_shm and spec.get("hostIPC") is not True:
         ops.append(jp.add("/spec/hostIPC", True))
     ops += _fs_group_op(spec, plan)
-    init_args = sidecar.init_args(overrides, config)
-    if cni:
-        target = sidecar.validation_target(overrides, config)
-        if target is None:
-            return deny(Reason.INVALID_ANNOTATION, [_nothing_to_validate()])
-        init = sidecar.validate_container(
-            image=config.init_image,
-            target=target,
-            limits=resources,
-            pull_policy=config.image_pull_policy,
-        )
-        spec_op = _interception_spec_op(init_args)
-        too_large = _spec_too_large(pod, spec_op["value"])
-        if too_large:
-            return deny(Reason.INVALID_ANNOTATION, [too_large])
-        ops.append(spec_op)
-    else:
-        init = sidecar.init_container(
-            image=config.init_image,
-            args=init_args,
-            limits=resources,
-            pull_policy=config.image_pull_policy,
-        )
-        long_args = _too_long_args(init)
-        if long_args:
-            return deny(Reason.INVALID_ANNOTATION, long_args)
+    interception = _interception(pod, overrides, config, resources, cni)
+    if isinstance(interception, InjectionResult):
+        return interception
+    init, spec_ops = interception
+    ops += spec_ops
     ops += _pull_secrets_ops(spec, config.image_pull_secrets)
     ops.append(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), init)
@@ -494,6 +473,41 @@ def _app_container_ops(
             new_env.append(var)
     ops += jp.append(base + "/env", app.has_env, new_env)
     return ops
+
+
+def _interception(
+    pod: dict[str, Any],
+    overrides: Overrides,
+    config: MeshConfig,
+    resources: sidecar.Resources,
+    cni: bool,
+) -> tuple[dict[str, Any], list[jp.Op]] | InjectionResult:
+    """The init container that sets up interception (proxy-init) or checks the CNI plugin
+    did (proxy-validate, with the spec the plugin reads), or the denial that stops it."""
+    init_args = sidecar.init_args(overrides, config)
+    if not cni:
+        init = sidecar.init_container(
+            image=config.init_image,
+            args=init_args,
+            limits=resources,
+            pull_policy=config.image_pull_policy,
+        )
+        long_args = _too_long_args(init)
+        return deny(Reason.INVALID_ANNOTATION, long_args) if long_args else (init, [])
+    target = sidecar.validation_target(overrides, config)
+    if target is None:
+        return deny(Reason.INVALID_ANNOTATION, [_nothing_to_validate()])
+    spec_op = _interception_spec_op(init_args)
+    too_large = _spec_too_large(pod, spec_op["value"])
+    if too_large:
+        return deny(Reason.INVALID_ANNOTATION, [too_large])
+    init = sidecar.validate_container(
+        image=config.init_image,
+        target=target,
+        limits=resources,
+        pull_policy=config.image_pull_policy,
+    )
+    return init, [spec_op]
 
 
 def _interception_spec_op(init_args: list[str]) -> jp.Op:
