@@ -1,16 +1,23 @@
-"""A fake Kubernetes API for the few calls the certificate manager and the Event sender
-make, served over HTTP so the real kubernetes client talks to it. Like the real one it
+"""A fake Kubernetes API for the few calls the certificate manager, the Event sender and the
+CNI agent make, served over HTTP so the real clients talk to it. Like the real one it
 answers 409 to a create of an existing Secret and to a replace with a stale
-resourceVersion. Event creation can be held (a stalled API) or failed (a broken one)."""
+resourceVersion. Event creation can be held (a stalled API) or failed (a broken one).
+
+Pods put with ``put_pod`` get resourceVersions and are watched as the real API watches them:
+``/api/v1/pods?watch=1&resourceVersion=N`` (with a ``spec.nodeName`` field selector) sends
+what changed after N, bookmarks when asked, and ``410 Gone`` for a version older than what
+``compact`` kept. A DELETE honours ``preconditions.uid``. ``trickle`` makes single-pod reads
+answer one byte at a time, that many seconds apart (a slow or half-broken API server)."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jsonpatch
 
@@ -19,6 +26,8 @@ EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
 ENDPOINTS = re.compile(r"^/api/v1/namespaces/([^/]+)/endpoints/([^/?]+)")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:\?|$)")
 POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)$")
+ALL_PODS = re.compile(r"^/api/v1/pods(?:\?|$)")
+NODE = re.compile(r"^/api/v1/nodes/([^/?]+)$")
 NAMESPACES = re.compile(r"^/api/v1/namespaces(?:\?(.*))?$")
 WEBHOOK = re.compile(
     r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/([^/?]+)"
@@ -40,8 +49,32 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+def _listening_in(netns: str | None, make: Any) -> ThreadingHTTPServer:
+    """The server's socket made inside ``netns``: a thread enters it, so this one stays."""
+    if netns is None:
+        return make()
+    from webhook.node.netns import enter
+
+    made: list[Any] = []
+
+    def inside() -> None:
+        try:
+            enter(netns)
+            made.append(make())
+        except OSError as exc:
+            made.append(exc)
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    thread.join(timeout=30)
+    if not made or isinstance(made[0], Exception):
+        raise RuntimeError(f"no fake API in {netns}: {made}")
+    return made[0]
+
+
 class FakeKube:
-    def __init__(self, racers: int = 0) -> None:
+    def __init__(self, racers: int = 0, netns: str | None = None) -> None:
+        """``netns``: a network namespace's path to listen in (a simulated node's)."""
         self.lock = threading.Lock()
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.webhooks: dict[str, dict[str, Any]] = {}
@@ -59,6 +92,15 @@ class FakeKube:
         """Cleared: event creation waits (bounded) until it is set again."""
         self.events_open.set()
         self.events_fail = False
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.history: list[tuple[int, str, dict[str, Any]]] = []
+        """(resourceVersion, type, pod) of every change put_pod and DELETE made."""
+        self.oldest = 0
+        """Watches from before this resourceVersion get 410 Gone (see compact)."""
+        self.changed = threading.Condition(self.lock)
+        self.closing = False
+        self.trickle = 0.0
+        self.deleted: list[tuple[str, str]] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,7 +120,18 @@ class FakeKube:
                 return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
 
             def do_GET(self) -> None:
-                self._reply(*fake.get(self.path))
+                query = parse_qs(urlsplit(self.path).query)
+                if ALL_PODS.match(self.path) and query.get("watch") == ["1"]:
+                    fake.watch(self, query)
+                elif POD.match(self.path.split("?")[0]) and fake.trickle:
+                    fake.trickled(self, *fake.get(self.path))
+                else:
+                    self._reply(*fake.get(self.path))
+
+            def do_DELETE(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else {}
+                self._reply(*fake.delete(self.path, body))
 
             def do_POST(self) -> None:
                 self._reply(*fake.post(self.path, self._body()))
@@ -89,11 +142,14 @@ class FakeKube:
             def do_PATCH(self) -> None:
                 self._reply(*fake.patch(self.path, self._body()))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _listening_in(netns, lambda: ThreadingHTTPServer(("127.0.0.1", 0), Handler))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.changed.notify_all()
         self.server.shutdown()
         self.server.server_close()
 
@@ -133,6 +189,11 @@ class FakeKube:
                 if not named:
                     return 404, status(404, "NotFound", f'pods "{match.group(2)}" not found')
                 return 200, named[0]
+            if ALL_PODS.match(path):
+                return 200, self._pod_list(parse_qs(urlsplit(path).query))
+            if match := NODE.match(path):
+                found = self.nodes.get(match.group(1))
+                return (200, found) if found else (404, status(404, "NotFound", path))
             if match := PODS.match(path):
                 items = self.pods.get(match.group(1), [])
                 return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}
@@ -181,7 +242,11 @@ class FakeKube:
             self.secrets[key] = body
             return 200, body
 
-    def patch(self, path: str, ops: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    def patch(self, path: str, ops: Any) -> tuple[int, dict[str, Any]]:
+        if match := NODE.match(path):
+            return self._merge_node(match.group(1), ops)
+        if match := POD.match(path):
+            return self._merge_pod(match.group(1), match.group(2), ops)
         name = WEBHOOK.match(path).group(1)
         with self.lock:
             self.webhooks[name] = jsonpatch.apply_patch(self.webhooks[name], ops)
@@ -195,3 +260,143 @@ class FakeKube:
             body["metadata"].update(namespace=namespace, name=f"event-{len(self.events)}")
             self.events.append(body)
         return 201, body
+
+    # Pods with resourceVersions, and their watch -------------------------------------------
+
+    def _record(self, kind: str, pod: dict[str, Any]) -> None:
+        """With the lock held."""
+        version = int(self._next_version())
+        pod["metadata"]["resourceVersion"] = str(version)
+        self.history.append((version, kind, json.loads(json.dumps(pod))))
+        self.changed.notify_all()
+
+    def put_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a pod (by namespace and name), as a watch sees it."""
+        pod = json.loads(json.dumps(pod))
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        pod["metadata"].setdefault("uid", f"uid-{namespace}-{name}-{self.version + 1}")
+        with self.lock:
+            pods = self.pods.setdefault(namespace, [])
+            kind = "MODIFIED" if any(_name(p) == name for p in pods) else "ADDED"
+            pods[:] = [p for p in pods if _name(p) != name] + [pod]
+            self._record(kind, pod)
+        return pod
+
+    def compact(self) -> None:
+        """Forget the history: watches from any version seen so far get 410 Gone."""
+        with self.lock:
+            self.history.clear()
+            self.oldest = self.version + 1
+            self.changed.notify_all()
+
+    def _on_node(self, query: dict[str, list[str]]) -> Any:
+        wanted = query.get("fieldSelector", [""])[0].removeprefix("spec.nodeName=")
+        return lambda pod: not wanted or pod.get("spec", {}).get("nodeName") == wanted
+
+    def _pod_list(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """With the lock held."""
+        on_node = self._on_node(query)
+        items = [p for pods in self.pods.values() for p in pods if on_node(p)]
+        return {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": str(self.version)},
+            "items": items,
+        }
+
+    def watch(self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
+        since = int(query.get("resourceVersion", ["0"])[0] or 0)
+        bookmarks = query.get("allowWatchBookmarks") == ["true"]
+        deadline = time.monotonic() + float(query.get("timeoutSeconds", ["30"])[0])
+        on_node = self._on_node(query)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        self.requests.append(("WATCH", handler.path, 200))
+
+        def send(event: dict[str, Any]) -> None:
+            line = json.dumps(event).encode() + b"\n"
+            handler.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            handler.wfile.flush()
+
+        try:
+            with self.lock:
+                if since < self.oldest - 1:
+                    gone = status(410, "Expired", f"too old resource version: {since}")
+                    send({"type": "ERROR", "object": gone})
+                    return
+                while not self.closing and time.monotonic() < deadline:
+                    news = [h for h in self.history if h[0] > since and on_node(h[2])]
+                    for version, kind, pod in news:
+                        send({"type": kind, "object": pod})
+                        since = version
+                    if bookmarks and not news and self.version > since:
+                        since = self.version
+                        marker = {"kind": "Pod", "metadata": {"resourceVersion": str(since)}}
+                        send({"type": "BOOKMARK", "object": marker})
+                    if since < self.oldest - 1:
+                        send({"type": "ERROR", "object": status(410, "Expired", "compacted")})
+                        return
+                    self.changed.wait(timeout=0.2)
+            handler.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def trickled(self, handler: BaseHTTPRequestHandler, code: int, body: dict[str, Any]) -> None:
+        """The whole answer, status line first, one byte every ``trickle`` seconds."""
+        data = json.dumps(body).encode()
+        answer = (
+            f"HTTP/1.1 {code} OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode() + data
+        self.requests.append(("GET", handler.path, code))
+        try:
+            for byte in answer:
+                if self.closing:
+                    return
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(self.trickle)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def delete(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        match = POD.match(path)
+        if not match:
+            return 404, status(404, "NotFound", path)
+        namespace, name = match.groups()
+        with self.lock:
+            pods = self.pods.get(namespace, [])
+            found = next((p for p in pods if _name(p) == name), None)
+            if found is None:
+                return 404, status(404, "NotFound", f'pods "{name}" not found')
+            uid = (body.get("preconditions") or {}).get("uid")
+            if uid and uid != found["metadata"].get("uid"):
+                return 409, status(409, "Conflict", "Precondition failed: UID in precondition")
+            pods.remove(found)
+            self.deleted.append((namespace, name))
+            self._record("DELETED", found)
+            return 200, found
+
+    def _merge_pod(self, namespace: str, name: str, patch: Any) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            found = next((p for p in self.pods.get(namespace, []) if _name(p) == name), None)
+            if found is None:
+                return 404, status(404, "NotFound", f'pods "{name}" not found')
+            labels = (patch.get("metadata") or {}).get("labels") or {}
+            found["metadata"].setdefault("labels", {}).update(labels)
+            self._record("MODIFIED", found)
+            return 200, found
+
+    def _merge_node(self, name: str, patch: Any) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            node = self.nodes.get(name)
+            if node is None:
+                return 404, status(404, "NotFound", f'nodes "{name}" not found')
+            wanted = (patch.get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != node["metadata"]["resourceVersion"]:
+                return 409, status(409, "Conflict", "the object has been modified")
+            node["spec"].update(patch.get("spec") or {})
+            node["metadata"]["resourceVersion"] = self._next_version()
+            return 200, node

@@ -8,8 +8,8 @@ import pytest
 
 from tests import netns
 from tests.support import proxy_injector
-from webhook import iptables
-from webhook.interception import Interception, render
+from webhook.node import iptables
+from webhook.node.interception import Interception, render
 
 
 def spec(**flags: str) -> Interception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 
 from webhook import __version__
 from webhook.engine import config
-from webhook.engine.names import INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
+from webhook.engine.names import OUTBOUND_PORT
+from webhook.node import flags
 from webhook.serving import Lifecycle, Limits
 
 
@@ -116,7 +118,7 @@ def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
     init = commands.add_parser(
         "init-iptables", help="program the pod's network namespace to send TCP through Envoy"
     )
-    _interception_flags(init)
+    flags.add_to(init)
     init.add_argument(
         "--iptables-backend",
         choices=["auto", "nft", "legacy"],
@@ -127,18 +129,6 @@ def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="print the rules instead of applying them"
     )
     init.set_defaults(run=_init_iptables)
-
-
-def _interception_flags(init: argparse.ArgumentParser) -> None:
-    init.add_argument("--proxy-uid", type=int, default=PROXY_UID)
-    init.add_argument("--proxy-gid", type=int, default=PROXY_GID)
-    init.add_argument("--inbound-capture-port", type=int, default=INBOUND_PORT)
-    init.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
-    init.add_argument("--include-inbound-ports", default="*")
-    init.add_argument("--exclude-inbound-ports", default="")
-    init.add_argument("--exclude-outbound-ports", default="")
-    init.add_argument("--include-outbound-ip-ranges", default="*")
-    init.add_argument("--exclude-outbound-ip-ranges", default="")
 
 
 def _validate_parser(commands: argparse._SubParsersAction) -> None:
@@ -153,47 +143,100 @@ def _validate_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _validate_interception(args: argparse.Namespace) -> int:
-    from webhook import validate
+    from webhook.node import validate
 
     try:
         address, port = validate.target(args.connect)
         print(validate.check(address, port, args.outbound_capture_port, args.timeout))
-    except (ValueError, validate.NotRedirected) as exc:
+    except (ValueError, validate.CheckFailed) as exc:
         print(f"proxy-injector validate-interception: {exc}", file=sys.stderr)
-        return 1
+        missing = isinstance(exc, validate.NotRedirected)
+        return validate.NOT_REDIRECTED_EXIT if missing else 1
     return 0
 
 
 def _cni_parser(commands: argparse._SubParsersAction) -> None:
     plugin = commands.add_parser(
         "cni",
-        help="the CNI plugin for interception: cni (CNI_COMMAND and the config on stdin); "
-        "`cni install`: put it on the node and keep it there (the DaemonSet's entrypoint)",
+        help="`cni agent`: the proxy-injector-cni DaemonSet's process (puts the plugin on the "
+        "node, serves it, repairs pods that started without it)",
     )
-    plugin.add_argument("action", nargs="?", choices=["install"])
+    plugin.add_argument(
+        "action", choices=["agent", "install"], help="install: the same as agent (older manifests)"
+    )
     plugin.add_argument("--cni-bin-dir", type=Path, default=Path("/opt/cni/bin"))
     plugin.add_argument("--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"))
+    plugin.add_argument(
+        "--relay",
+        type=Path,
+        default=Path("/opt/proxy-injector/lib/cni-relay"),
+        help="the static relay to copy into --cni-bin-dir (built in the image)",
+    )
+    plugin.add_argument(
+        "--socket",
+        type=Path,
+        default=Path("/var/run/proxy-injector/cni.sock"),
+        help="the agent's socket (its directory is made root-only)",
+    )
+    plugin.add_argument(
+        "--log-file",
+        type=Path,
+        default=Path("/var/log/proxy-injector-cni.log"),
+        help="where the relay says it passed a pod through because the agent was away",
+    )
+    plugin.add_argument("--config", type=Path, help="mesh config YAML (its cni section)")
+    plugin.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME"),
+        help="this node (default: NODE_NAME); without it, no pod cache, repair or untaint",
+    )
+    plugin.add_argument("--kube-api", help="a plain-HTTP API URL instead of in-cluster config")
     plugin.add_argument("--interval", type=_seconds, default=5.0, help="conflist check period")
     plugin.add_argument("--iptables-backend", choices=["auto", "nft", "legacy"], default="auto")
+    plugin.add_argument("--http-host", default="0.0.0.0")
+    plugin.add_argument("--http-port", type=int, default=9964, help="/healthz, /readyz, /metrics")
+    plugin.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     plugin.set_defaults(run=_cni)
 
 
 def _cni(args: argparse.Namespace) -> int:
-    if args.action is None:
-        from webhook import cni
+    import asyncio
+    import logging
 
-        return cni.main()
-    from webhook import cni_install
+    from webhook.node import daemon, install
 
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     try:
-        install = cni_install.from_environment(
-            args.cni_bin_dir, args.cni_conf_dir, args.iptables_backend
-        )
-    except cni_install.InstallError as exc:
-        print(f"proxy-injector cni install: {exc}", file=sys.stderr)
-        return 1
-    stop = cni_install.stop_on_signals()
-    cni_install.run(install, args.interval, stop, lambda line: print(line, flush=True))
+        mesh = config.load(args.config) if args.config else config.MeshConfig()
+    except config.ConfigError as exc:
+        print(f"proxy-injector cni {args.action}: {exc}", file=sys.stderr)
+        return 2
+    installation = install.Installation(
+        args.cni_bin_dir,
+        args.cni_conf_dir,
+        args.relay,
+        args.socket,
+        args.log_file,
+        mesh.cni.add_timeout,
+    )
+    options = daemon.Options(
+        installation,
+        args.node_name,
+        args.kube_api,
+        args.interval,
+        args.iptables_backend,
+        args.http_host,
+        args.http_port,
+    )
+    try:
+        asyncio.run(daemon.serve(options, mesh))
+    except (ValueError, OSError) as exc:
+        print(f"proxy-injector cni {args.action}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -394,42 +437,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def interception(flags: list[str]) -> Any:
-    """The ``init-iptables`` flags as an ``Interception``: what proxy-init applies and what
-    the CNI plugin applies come from one parser. Raises ValueError naming the flag."""
-    init = argparse.ArgumentParser(prog="init-iptables", add_help=False, exit_on_error=False)
-    _interception_flags(init)
-    try:
-        args, unknown = init.parse_known_args(flags)
-    except argparse.ArgumentError as exc:
-        raise ValueError(f"init-iptables flags: {exc}") from None
-    if unknown:
-        raise ValueError(f"init-iptables flags: unknown {' '.join(unknown)!r}")
-    return _from_flags(args)
-
-
-def _from_flags(args: argparse.Namespace) -> Any:
-    from webhook.interception import Interception
-
-    return Interception.parse(
-        proxy_uid=args.proxy_uid,
-        proxy_gid=args.proxy_gid,
-        inbound_capture_port=args.inbound_capture_port,
-        outbound_capture_port=args.outbound_capture_port,
-        include_inbound_ports=args.include_inbound_ports,
-        exclude_inbound_ports=args.exclude_inbound_ports,
-        exclude_outbound_ports=args.exclude_outbound_ports,
-        include_outbound_ip_ranges=args.include_outbound_ip_ranges,
-        exclude_outbound_ip_ranges=args.exclude_outbound_ip_ranges,
-    )
-
-
 def _init_iptables(args: argparse.Namespace) -> int:
-    from webhook import iptables
-    from webhook.interception import render
+    from webhook.node import iptables
+    from webhook.node.interception import render
 
     try:
-        spec = _from_flags(args)
+        spec = flags.from_args(args)
         if args.dry_run:
             wanted = [4, 6] if spec.wants_ipv6() or iptables.ipv6_available() else [4]
             for family in wanted:

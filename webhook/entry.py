@@ -1,6 +1,4 @@
-"""The ``proxy-injector`` executable. ``proxy-injector cni`` runs as the node's CNI plugin for
-every pod created there, so it starts without importing the engine or the web stack;
-everything else goes to ``webhook.cli``."""
+"""The ``proxy-injector`` executable."""
 
 from __future__ import annotations
 
@@ -8,11 +6,6 @@ import sys
 
 
 def main() -> int:
-    argv = sys.argv[1:]
-    if argv == ["cni"]:
-        from webhook import cni
-
-        return cni.main()
     from webhook import cli
 
-    return cli.main(argv)
+    return cli.main(sys.argv[1:])

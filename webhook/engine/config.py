@@ -97,6 +97,19 @@ class UpstreamPolicy(_Section):
     )
 
 
+class Cni(_Section):
+    """The CNI agent on each node (interception: cni)."""
+
+    exclude_namespaces: tuple[str, ...] = ("kube-system", "proxy-system")
+    """Pods here pass through the plugin without an API call, agent up or down."""
+    repair: Literal["delete", "label", "off"] = "delete"
+    """Pods that started without their interception (proxy-validate exit code 95): delete
+    them so their controller makes them again, only label them, or leave them."""
+    repair_per_minute: int = Field(30, ge=1, le=600)
+    add_timeout: Annotated[float, _checked(values.duration), Field(gt=0, le=120)] = 10.0
+    """One deadline for a whole ADD, the API read included; past it, code 11 (try again)."""
+
+
 class MeshConfig(_Section):
     proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
     init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.1.0"
@@ -144,6 +157,7 @@ class MeshConfig(_Section):
     events: bool = True
     """A Kubernetes Event for each injection, skip and denial (on the pod's controller)."""
     upstream_policy: UpstreamPolicy = UpstreamPolicy()
+    cni: Cni = Cni()
 
     @cached_property
     def generation(self) -> str:
@@ -159,6 +173,7 @@ class MeshConfig(_Section):
 
 
 _NOT_IN_THE_POD = {
+    "cni",
     "events",
     "inject_by_default",
     "never_inject_namespaces",

@@ -18,10 +18,17 @@ import time
 
 SO_ORIGINAL_DST = 80
 """getsockopt option (linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same number)."""
+NOT_REDIRECTED_EXIT = 95
+"""proxy-validate's exit code when the pod's interception is missing: the CNI agent's repair
+loop looks for it (as linkerd's validator does, with the same number)."""
 
 
-class NotRedirected(RuntimeError):
-    pass
+class CheckFailed(RuntimeError):
+    """The check could not be made (its port is taken, say): exit code 1."""
+
+
+class NotRedirected(CheckFailed):
+    """The check was made and nothing was redirected: exit code 95."""
 
 
 def target(text: str) -> tuple[str, int]:
@@ -49,7 +56,7 @@ def check(address: str, port: int, capture_port: int, timeout: float = 5.0) -> s
         try:
             listener.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", capture_port))
         except OSError as exc:
-            raise NotRedirected(f"cannot listen on port {capture_port}: {exc.strerror}") from None
+            raise CheckFailed(f"cannot listen on port {capture_port}: {exc.strerror}") from None
         listener.listen(1)
         listener.settimeout(timeout)
         with socket.socket(family, socket.SOCK_STREAM) as client:

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from webhook.interception import JUMPS, OUTPUT, Interception, jump_rule, render
+from webhook.node.interception import JUMPS, Interception, jump_rule, render
 
 BACKENDS = ("nft", "legacy")
 Run = Callable[[list[str], str | None], subprocess.CompletedProcess[str]]
@@ -116,9 +116,10 @@ def apply(documents: dict[int, str], backend: str, run: Run = _run) -> None:
 
 
 def holds_interception(run: Run = _run) -> bool:
-    """Whether this network namespace has our chains, in either backend."""
+    """Whether this network namespace jumps to our chains, in either backend."""
+    wanted = {jump_rule(builtin, chain) for builtin, chain in JUMPS}
     for backend in BACKENDS:
         save = tools(backend, 4).save
-        if shutil.which(save) and f":{OUTPUT} " in run([save, "-t", "nat"], None).stdout:
+        if shutil.which(save) and wanted <= set(run([save, "-t", "nat"], None).stdout.splitlines()):
             return True
     return False

@@ -1,0 +1,170 @@
+"""The few Kubernetes API calls the CNI agent makes, over asyncio streams, so that a caller's
+``asyncio.wait_for`` bounds a whole call (connecting, the status line, every byte of the
+body), which a socket timeout cannot: it bounds each read, not the request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+MAX_HEAD = 64 * 1024
+MAX_BODY = 64 * 1024 * 1024
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """The API answered, and not with success; ``status`` 0: it could not be reached."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Api:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    token_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @classmethod
+    def from_url(cls, url: str) -> Api:
+        """A plain-HTTP API (kubectl proxy, or a test's fake)."""
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"--kube-api {url!r}: expected http://HOST:PORT")
+        return cls(parts.hostname, parts.port or 80, None)
+
+    @classmethod
+    def in_cluster(cls) -> Api:
+        host, port = (
+            os.environ.get("KUBERNETES_SERVICE_HOST"),
+            os.environ.get("KUBERNETES_SERVICE_PORT"),
+        )
+        if not host or not port:
+            raise ValueError("KUBERNETES_SERVICE_HOST/PORT are not set: give --kube-api")
+        tls = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
+        return cls(host, int(port), tls, SERVICE_ACCOUNT / "token")
+
+    def _head(self, method: str, path: str, body: bytes | None, content_type: str) -> bytes:
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Accept: application/json",
+            "User-Agent: proxy-injector-cni",
+            "Connection: close",
+        ]
+        if self.token_file:
+            # Read each time: the kubelet rotates projected tokens.
+            lines.append(f"Authorization: Bearer {self.token_file.read_text().strip()}")
+        if body is not None:
+            lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+    async def _open(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.tls, limit=MAX_HEAD
+            )
+            writer.write(self._head(method, path, data, content_type))
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            raise ApiError(0, f"cannot reach the Kubernetes API at {self.url}: {exc}") from None
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        try:
+            status = int(status_line.split(" ", 2)[1])
+        except (IndexError, ValueError):
+            writer.close()
+            raise ApiError(0, f"the Kubernetes API sent {status_line[:80]!r}") from None
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, reader, writer
+
+    async def call(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        status, headers, reader, writer = await self._open(method, path, body, content_type)
+        try:
+            payload = await _body(reader, headers)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise ApiError(
+                0, f"the Kubernetes API's answer to {method} {path} broke: {exc}"
+            ) from None
+        finally:
+            writer.close()
+        try:
+            decoded = json.loads(payload) if payload else {}
+        except ValueError:
+            decoded = {"message": payload[:200].decode(errors="replace")}
+        if not 200 <= status < 300:
+            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
+            raise ApiError(status, f"{method} {path}: {status} {message}".strip())
+        return decoded
+
+    async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch, one JSON object per line, until the server ends it."""
+        status, headers, reader, writer = await self._open("GET", path)
+        try:
+            if status != 200:
+                payload = await _body(reader, headers)
+                raise ApiError(status, f"watch {path}: {status} {payload[:200]!r}")
+            pending = b""
+            async for chunk in _chunks(reader, headers):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            writer.close()
+
+
+async def _chunks(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    if headers.get("transfer-encoding", "").lower() != "chunked":
+        while chunk := await reader.read(65536):
+            yield chunk
+        return
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";")[0].strip(), 16)
+        if size == 0:
+            return
+        if size > MAX_BODY:
+            raise ValueError(f"a chunk of {size} bytes")
+        yield await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if "content-length" in headers:
+        size = int(headers["content-length"])
+        if size > MAX_BODY:
+            raise ValueError(f"a body of {size} bytes")
+        return await reader.readexactly(size)
+    parts, total = [], 0
+    async for chunk in _chunks(reader, headers):
+        total += len(chunk)
+        if total > MAX_BODY:
+            raise ValueError(f"a body over {MAX_BODY} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
