@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fake_kube import FakeKube
+from tests.netns import ipv6_available
 from tests.processes import free_port, stop, wait_for
 from tests.support import apply
 from webhook.engine import Outcome, inject
@@ -63,7 +64,13 @@ def pod_spec(namespace: str, name: str, *, meshed: bool, owned: bool = True) -> 
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "nodeName": NODE_NAME,
-            "containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}],
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "web:1",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                }
+            ],
         },
     }
     if owned:
@@ -144,6 +151,7 @@ class SimulatedNode:
         self.api: FakeKube | None = None
         try:
             self._ip("-n", self.netns, "link", "set", "lo", "up")
+            self._no_dad(self.netns)
             self.api = FakeKube(netns=f"/var/run/netns/{self.netns}")
             self.api.nodes[NODE_NAME] = {
                 "apiVersion": "v1",
@@ -155,6 +163,13 @@ class SimulatedNode:
             self.destroy()
             raise
 
+    def _no_dad(self, namespace: str) -> None:
+        """Addresses the bridge plugin adds are usable at once, not after DAD's seconds."""
+        for conf in ("all", "default"):
+            key = f"net.ipv6.conf.{conf}.accept_dad=0"
+            subprocess.run([IP, "netns", "exec", namespace, "sysctl", "-qw", key],
+                           capture_output=True, timeout=30, check=False)  # fmt: skip
+
     @staticmethod
     def _ip(*args: str) -> None:
         subprocess.run([IP, *args], check=True, capture_output=True, timeout=30)
@@ -165,14 +180,18 @@ class SimulatedNode:
     # The cluster's network config -----------------------------------------------------------
 
     def bridge(self) -> dict[str, Any]:
+        ranges, routes = [[{"subnet": "10.233.0.0/24"}]], [{"dst": "0.0.0.0/0"}]
+        if ipv6_available():
+            ranges.append([{"subnet": "fd33::/64"}])
+            routes.append({"dst": "::/0"})
         return {
             "type": "bridge",
             "bridge": f"pibr{self.suffix}",
             "isGateway": True,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{"subnet": "10.233.0.0/24"}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
+                "ranges": ranges,
+                "routes": routes,
                 "dataDir": str(self.folder / "ipam"),
             },
         }
@@ -264,6 +283,7 @@ class SimulatedNode:
         self._ip("netns", "add", box.netns)
         self.sandboxes.append(box)
         self._ip("-n", box.netns, "link", "set", "lo", "up")  # the runtime's loopback plugin
+        self._no_dad(box.netns)
         return box
 
     def plugin_env(self, command: str, box: Sandbox | None) -> dict[str, str]:

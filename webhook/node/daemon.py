@@ -175,6 +175,7 @@ async def serve(options: Options, mesh: MeshConfig) -> None:
     if options.node:
         repair = Repair(api, options.node, mesh.cni.repair, mesh.cni.repair_per_minute, metrics)
         pods = NodePods(api, options.node, repair.consider)
+        metrics.cached_pods.set_function(lambda: len(pods.pods))
         readiness.synced = pods.synced
     else:
         log.warning("no --node-name (NODE_NAME): no pod cache, no repair loop, no untaint")

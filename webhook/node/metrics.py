@@ -40,6 +40,11 @@ class AgentMetrics:
         )
         for action in REPAIR_ACTIONS:
             self.repairs.labels(action)
+        self.cached_pods = Gauge(
+            "proxy_injector_cni_cached_pods",
+            "Pods of this node the agent holds in its cache (read by ADD without an API call).",
+            registry=self.registry,
+        )
         self.installed = Gauge(
             "proxy_injector_cni_installed",
             "1 while the plugin is the last of the node's active CNI conflist.",
