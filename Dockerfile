@@ -1,14 +1,18 @@
-# One image for the webhook (`serve`) and for the proxy-init container (`init-iptables`).
+# One image for the webhook (`serve`), the proxy-init container (`init-iptables`) and the CNI
+# agent (`cni agent`), which copies the static relay onto each node.
 
-# Build stage: the app and its dependencies into a virtualenv, from a wheel.
+# Build stage: the app and its dependencies into a virtualenv, from a wheel; the CNI relay,
+# static, with Debian's musl.
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-pip musl-tools binutils \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY webhook ./webhook
 COPY certs ./certs
+COPY scripts/build-relay ./scripts/build-relay
+RUN mkdir -p /opt/proxy-injector/lib && sh scripts/build-relay /opt/proxy-injector/lib/cni-relay
 RUN python3 -m venv /opt/proxy-injector \
  && /opt/proxy-injector/bin/pip install --no-cache-dir --upgrade pip "setuptools>=77" wheel \
  && /opt/proxy-injector/bin/pip wheel --no-cache-dir --no-deps -w /wheels . \

@@ -62,6 +62,18 @@ def test_inserted_last_in_the_active_conflist_and_only_once(node) -> None:
     assert (node.conf_dir / "99-loopback.conf").exists()  # only the active file changes
 
 
+def test_keys_an_operator_added_to_our_entry_are_kept(node) -> None:
+    path = node.conf_dir / "10-flannel.conflist"
+    install.insert(node)
+    conflist = json.loads(path.read_text())
+    conflist["plugins"][-1] |= {"args": {"cni": {"K8S_POD_NAMESPACE": "shop"}}, "logFile": "x"}
+    path.write_text(json.dumps(conflist))
+    assert install.insert(node)[0] is install.State.CHANGED  # logFile is ours: rewritten
+    ours = json.loads(path.read_text())["plugins"][-1]
+    assert ours["args"] == {"cni": {"K8S_POD_NAMESPACE": "shop"}}
+    assert ours["logFile"] == "/var/log/proxy-injector-cni.log"
+
+
 def test_a_single_plugin_conf_becomes_a_conflist(node) -> None:
     (node.conf_dir / "10-flannel.conflist").unlink()
     (node.conf_dir / "05-bridge.conf").write_text(

@@ -294,3 +294,30 @@ def test_the_relays_log_is_capped(tmp_path) -> None:
     assert (tmp_path / "relay.log.1").stat().st_size > 1 << 20
     assert "DEL pod=/ container=c1: agent at" in log.read_text()
     assert os.stat(log).st_mode & 0o777 == 0o600
+
+
+def test_sigterm_takes_the_plugin_out_and_a_restart_clears_what_sigkill_left(node) -> None:
+    node.start_agent()
+    node.wait_ready()
+    node.kill_agent(signal.SIGKILL)
+    assert node.socket.exists()  # what SIGKILL leaves: a stale socket, the relay, the entry
+    node.start_agent()
+    node.wait_ready()
+    assert "removed" not in node.agent_log() or "left by an earlier instance" in node.agent_log()
+    node.kill_agent(signal.SIGTERM)
+    assert node.agent.returncode == 0
+    assert [p["type"] for p in node.conflist()["plugins"]] == ["bridge"]
+    assert not (node.bin_dir / "proxy-injector").exists()
+    assert not node.socket.exists()
+
+
+def test_the_pod_cache_lists_again_after_410_gone(node) -> None:
+    node.api.put_pod(pod_spec("shop", "web-0", meshed=True))
+    node.start_agent()
+    node.wait_ready()
+    node.api.compact()  # the watch's resourceVersion is now too old
+    node.api.put_pod(pod_spec("shop", "web-1", meshed=True))
+    wait_for(lambda: "proxy_injector_cni_cached_pods 2.0" in node.http("/metrics")[1], 20, "relist")
+    assert "pod watch expired (410 Gone): listing the node's pods again" in node.agent_log()
+    watches = [path for method, path, _ in node.api.requests if method == "WATCH"]
+    assert all("allowWatchBookmarks=true" in p and "resourceVersion=" in p for p in watches)

@@ -283,28 +283,48 @@ def test_checkov_passes_on_the_node_agent_example_with_its_one_justified_skip(tm
 CNI_OVERLAY = DEPLOY / "overlays" / "cni"
 
 
-def test_the_cni_overlay_adds_one_privileged_daemonset_reading_pods_only() -> None:
+def test_the_cni_overlay_adds_one_privileged_daemonset_that_always_starts() -> None:
     objects = render(CNI_OVERLAY)
     for obj in objects:
         assert object_errors(obj) == []
     daemonset = one(objects, "DaemonSet", "proxy-injector-cni")
     assert daemonset["metadata"]["namespace"] == "proxy-system"
     assert "proxy-system" in MeshConfig().never_inject_namespaces
+    assert "proxy-system" in MeshConfig().cni.exclude_namespaces
     pod = daemonset["spec"]["template"]["spec"]
-    assert pod["hostPID"] is True and pod["serviceAccountName"] == "proxy-injector-cni"
-    (installer,) = pod["containers"]
-    args = parser().parse_args(installer["args"])
-    assert (args.action, args.cni_bin_dir.as_posix(), args.cni_conf_dir.as_posix()) == (
-        "install",
+    # It never waits on a pod network (ours included), and every taint is tolerated.
+    assert pod["hostNetwork"] is True and "hostPID" not in pod
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["serviceAccountName"] == "proxy-injector-cni"
+    (agent,) = pod["containers"]
+    args = parser().parse_args(agent["args"])
+    assert args.action == "agent"
+    assert (args.cni_bin_dir.as_posix(), args.cni_conf_dir.as_posix()) == (
         "/opt/cni/bin",
         "/etc/cni/net.d",
     )
-    # What the conflist and the shim name must resolve inside the container: same paths.
+    assert agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": args.http_port}
+    # The paths it writes and serves are the node's, at the same place.
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    mounts = {m["name"]: m["mountPath"] for m in installer["volumeMounts"]}
+    mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
     assert {mounts[name] for name in host_paths} == set(host_paths.values())
+    assert args.socket.parent.as_posix() in host_paths.values()
+    # Its mesh config is the injector's.
+    config = next(v for v in pod["volumes"] if v["name"] == "mesh-config")
+    assert config["configMap"]["name"] == "proxy-injector-mesh"
+    assert args.config.as_posix() == f"{mounts['mesh-config']}/mesh.yaml"
     role = one(objects, "ClusterRole", "proxy-injector-cni")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["pods"],
+            "verbs": ["get", "list", "watch", "delete", "patch"],
+        },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+    ]
     privileged = [
         c["name"]
         for o in objects
@@ -312,7 +332,7 @@ def test_the_cni_overlay_adds_one_privileged_daemonset_reading_pods_only() -> No
         for c in o["spec"]["template"]["spec"]["containers"]
         if c.get("securityContext", {}).get("privileged")
     ]
-    assert privileged == ["install-cni"]
+    assert privileged == ["cni-agent"]
 
 
 def test_checkov_passes_on_the_cni_overlay_with_every_skip_justified(tmp_path) -> None:

@@ -308,14 +308,13 @@ def test_wrong_types_raise_invalid_pod_naming_the_field(pod, field) -> None:
     assert error.value.path == field
 
 
-def test_the_engine_imports_nothing_from_the_shells_around_it() -> None:
-    """webhook/engine/ is what decides; the HTTP layer, the CLI, iptables, Events and
-    metrics are shells around it and never the other way round."""
+def _webhook_imports(package: str) -> list[tuple[str, str]]:
+    """(file, module) for every webhook.* module imported under webhook/<package>/."""
     import ast
     from pathlib import Path
 
-    package = Path(__file__).parent.parent / "webhook" / "engine"
-    for path in package.rglob("*.py"):
+    found = []
+    for path in (Path(__file__).parent.parent / "webhook" / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = (
                 [node.module or ""]
@@ -324,7 +323,20 @@ def test_the_engine_imports_nothing_from_the_shells_around_it() -> None:
                 if isinstance(node, ast.Import)
                 else []
             )
-            for name in names:
-                if name == "webhook" or not name.startswith("webhook"):
-                    continue
-                assert name.startswith("webhook.engine"), f"{path.name} imports {name}"
+            found += [(path.name, n) for n in names if n.startswith("webhook") and n != "webhook"]
+    return found
+
+
+def test_the_engine_imports_nothing_from_the_shells_around_it() -> None:
+    """webhook/engine/ is what decides; the HTTP layer, the CLI, iptables, Events and
+    metrics are shells around it and never the other way round."""
+    for path, name in _webhook_imports("engine"):
+        assert name.startswith("webhook.engine"), f"{path} imports {name}"
+
+
+def test_the_node_side_imports_only_itself_and_the_engine() -> None:
+    """webhook/node/ runs on nodes and in pods: never the admission server or the CLI."""
+    found = _webhook_imports("node")
+    assert found
+    for path, name in found:
+        assert name.startswith(("webhook.node", "webhook.engine")), f"{path} imports {name}"

@@ -9,6 +9,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -16,10 +17,8 @@ import pytest
 
 from tests import netns
 from tests.conftest import free_port
-from tests.support import CORPUS, apply, load_case, review
-from webhook import cni_install
-from webhook.engine import inject
-from webhook.engine.config import from_mapping
+from tests.processes import wait_for
+from tests.support import CORPUS, load_case, review
 
 ROOT = Path(__file__).parent.parent
 TAG = "localhost/proxy-injector:test"
@@ -185,32 +184,29 @@ def test_init_iptables_in_the_image_programs_a_pods_namespace(image) -> None:
         net.destroy()
 
 
-def test_podman_runs_the_cni_plugin_and_proxy_validate_passes_only_for_a_meshed_pod(
-    image, tmp_path
-) -> None:
-    """A real runtime invokes the plugin: podman (its CNI backend, in a network namespace
-    standing for the node) runs Debian's bridge and host-local, then our plugin through the
-    shim `cni install` writes. The image's proxy-validate passes in a container the fake API
-    knows as a pod meshed in cni mode, and fails in one it knows as not meshed."""
-
-    def pod(name: str, meshed: bool) -> dict:
-        spec = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"containers": [{"name": "web", "image": "web:1"}]},
-        }
-        result = inject(spec, "shop", from_mapping({"interception": "cni"}))
-        return apply(spec, list(result.patch)) if meshed else spec
+def test_podman_runs_the_relay_and_the_images_agent_serves_it(image, tmp_path) -> None:
+    """A real runtime and the real image, as a node runs them: the image's agent runs in a
+    privileged container on the node's network (hostNetwork), copies the image's static
+    relay into the node's bin dir and inserts it into the node's conflist; podman (its CNI
+    backend, in a network namespace standing for the node) runs Debian's bridge and
+    host-local, then the relay, which asks the agent. The image's proxy-validate passes in a
+    container the fake API knows as a pod meshed in cni mode, and exits 95 in one it knows as
+    not meshed."""
+    from tests.cni_node import pod_spec
 
     node = f"pi-node-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", node], check=True, timeout=30)
-    api = None
+    api = agent = None
+    agent_name = f"proxy-injector-cni-{os.getpid()}"
     try:
         subprocess.run(["ip", "-n", node, "link", "set", "lo", "up"], check=True, timeout=30)
         pods = tmp_path / "pods.json"
-        pods.write_text(json.dumps([pod("web-0", True), pod("legacy-0", False)]))
-        # The API where the plugin runs: in the node's namespace, as on a node.
+        pods.write_text(
+            json.dumps(
+                [pod_spec("shop", "web-0", meshed=True), pod_spec("shop", "legacy-0", meshed=False)]
+            )
+        )
+        # The API where the agent runs: in the node's namespace, as on a node.
         api = subprocess.Popen(
             [
                 "ip",
@@ -222,7 +218,8 @@ def test_podman_runs_the_cni_plugin_and_proxy_validate_passes_only_for_a_meshed_
                 "import json, sys, time\n"
                 "from tests.fake_kube import FakeKube\n"
                 "api = FakeKube()\n"
-                "api.pods['shop'] = json.load(open(sys.argv[1]))\n"
+                "for pod in json.load(open(sys.argv[1])):\n"
+                "    api.put_pod(pod)\n"
                 "print(api.url, flush=True)\n"
                 "time.sleep(300)\n",
                 str(pods),
@@ -232,16 +229,10 @@ def test_podman_runs_the_cni_plugin_and_proxy_validate_passes_only_for_a_meshed_
             text=True,
         )
         url = api.stdout.readline().strip()
-        bin_dir, conf_dir, networks = tmp_path / "bin", tmp_path / "net.d", tmp_path / "networks"
-        for folder in (bin_dir, conf_dir, networks):
+        bin_dir, networks = tmp_path / "bin", tmp_path / "networks"
+        sockets, logs = tmp_path / "run-proxy-injector", tmp_path / "var-log"
+        for folder in (bin_dir, networks, sockets, logs):
             folder.mkdir()
-        token = tmp_path / "token"
-        token.write_text("t")
-        install = cni_install.Installation(bin_dir, conf_dir, os.getpid(), url, token, None)
-        cni_install.write_shim(install)
-        cni_install.write_kubeconfig(install)
-        ours = {"type": "proxy-injector", "kubeconfig": str(install.kubeconfig)}
-        ours["args"] = {"cni": {"K8S_POD_NAMESPACE": "shop"}}  # podman sets only the name
         bridge = {
             "type": "bridge",
             "bridge": f"pibr{os.getpid() % 100000}",
@@ -253,16 +244,71 @@ def test_podman_runs_the_cni_plugin_and_proxy_validate_passes_only_for_a_meshed_
                 "dataDir": str(tmp_path / "ipam"),
             },
         }
-        (networks / "meshnet.conflist").write_text(
-            json.dumps({"cniVersion": "1.0.0", "name": "meshnet", "plugins": [bridge, ours]})
+        conflist = networks / "meshnet.conflist"
+        conflist.write_text(
+            json.dumps({"cniVersion": "1.0.0", "name": "meshnet", "plugins": [bridge]})
         )
+        http_port = str(free_port())
+        mounts = [f"{d}:{d}" for d in (bin_dir, networks, sockets, logs)] + [
+            "/run/netns:/run/netns:rslave"
+        ]
+        agent = subprocess.Popen(
+            [
+                *PODMAN_RUN,
+                "--name",
+                agent_name,
+                "--network",
+                f"ns:/var/run/netns/{node}",
+                "--privileged",
+                "--user",
+                "0",
+                *[flag for mount in mounts for flag in ("-v", mount)],
+                image,
+                "cni",
+                "agent",
+                "--cni-bin-dir",
+                str(bin_dir),
+                "--cni-conf-dir",
+                str(networks),
+                "--socket",
+                str(sockets / "cni.sock"),
+                "--log-file",
+                str(logs / "proxy-injector-cni.log"),
+                "--node-name",
+                "node-1",
+                "--kube-api",
+                url,
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                http_port,
+            ],
+            stdout=(tmp_path / "agent.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+        def ready() -> bool:
+            assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+            probe = ["curl", "-sf", "--max-time", "2", f"http://127.0.0.1:{http_port}/readyz"]
+            done = subprocess.run(["ip", "netns", "exec", node, *probe], timeout=10, check=False)
+            return done.returncode == 0
+
+        wait_for(ready, 120, "the image's agent ready")
+        installed = json.loads(conflist.read_text())
+        assert [p["type"] for p in installed["plugins"]] == ["bridge", "proxy-injector"]
+        # podman sets only K8S_POD_NAME: the namespace goes in our entry's args, which the
+        # agent keeps when it rewrites the entry.
+        installed["plugins"][-1]["args"] = {"cni": {"K8S_POD_NAMESPACE": "shop"}}
+        conflist.write_text(json.dumps(installed))
+        time.sleep(1.5)  # a few of the agent's install rounds
+        assert json.loads(conflist.read_text()) == installed
         conf = tmp_path / "containers.conf"
         conf.write_text(
             '[network]\nnetwork_backend = "cni"\n'
             f'cni_plugin_dirs = ["{bin_dir}", "/usr/lib/cni"]\n'
             f'network_config_dir = "{networks}"\n'
         )
-        path = f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"
+        path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         env = {**os.environ, "CONTAINERS_CONF": str(conf), "PATH": path}
 
         def validate(name: str) -> subprocess.CompletedProcess:
@@ -295,10 +341,13 @@ def test_podman_runs_the_cni_plugin_and_proxy_validate_passes_only_for_a_meshed_
         assert meshed.returncode == 0, meshed.stdout + meshed.stderr
         assert meshed.stdout.startswith("redirected: 192.0.2.1 port 80 reached port 15001")
         plain = validate("legacy-0")
-        assert plain.returncode == 1
+        assert plain.returncode == 95
         assert "this pod's traffic is not redirected to the proxy" in plain.stderr
+        assert not (logs / "proxy-injector-cni.log").exists()  # the relay never failed open
     finally:
-        if api:
-            api.kill()
-            api.wait(timeout=10)
+        subprocess.run(["podman", "rm", "-f", agent_name], capture_output=True, timeout=60)
+        for process in (agent, api):
+            if process:
+                process.kill()
+                process.wait(timeout=30)
         subprocess.run(["ip", "netns", "del", node], capture_output=True, timeout=30)

@@ -158,7 +158,9 @@ def insert(install: Installation) -> tuple[State, Path]:
             f"serves ({', '.join(SUPPORTED_VERSIONS)})"
         )
     plugins = [p for p in config["plugins"] if p.get("type") != PLUGIN_TYPE]
-    wanted = [*plugins, install.entry()]
+    # Keys an operator added to our entry (args, say) are kept; ours are rewritten.
+    earlier = next((p for p in config["plugins"] if p.get("type") == PLUGIN_TYPE), {})
+    wanted = [*plugins, {**earlier, **install.entry()}]
     if config["plugins"] == wanted and path.suffix == ".conflist":
         return State.INSTALLED, path
     config["plugins"] = wanted
