@@ -38,15 +38,14 @@ READ_SECONDS = 5.0
 class Settings:
     exclude_namespaces: frozenset[str]
     add_timeout: float
-    iptables_backend: str = "auto"
+    iptables_backend: str
+    """nft or legacy: the node's, detected once at start."""
 
 
 def _apply(flags: list[str], backend: str) -> str:
     """In the pod's network namespace: the rules, as ``init-iptables`` applies them."""
-    spec = parse_flags(flags)
-    chosen = iptables.detect_backend() if backend == "auto" else backend
-    iptables.apply(iptables.plan(spec, chosen), chosen)
-    return chosen
+    iptables.apply(iptables.plan(parse_flags(flags), backend), backend)
+    return backend
 
 
 class Agent:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.engine.config import MeshConfig
-from webhook.node import install
+from webhook.node import install, iptables
 from webhook.node.agent import Agent, Settings
 from webhook.node.informer import NodePods
 from webhook.node.kube import MERGE_PATCH, Api, ApiError
@@ -157,6 +157,19 @@ async def _http(
         writer.close()
 
 
+async def _backend(options: Options) -> str:
+    """The node's iptables, detected once here in the node's namespace (a new pod's is
+    empty and says nothing), as istio-cni does."""
+    if options.iptables_backend != "auto":
+        return options.iptables_backend
+    try:
+        backend = await asyncio.to_thread(iptables.detect_backend)
+    except iptables.InterceptionError as exc:
+        raise ValueError(str(exc)) from None
+    log.info("the node's iptables: iptables-%s", backend)
+    return backend
+
+
 def _api(options: Options) -> Api:
     return Api.from_url(options.kube_api) if options.kube_api else Api.in_cluster()
 
@@ -180,7 +193,7 @@ async def serve(options: Options, mesh: MeshConfig) -> None:
     else:
         log.warning("no --node-name (NODE_NAME): no pod cache, no repair loop, no untaint")
     settings = Settings(
-        frozenset(mesh.cni.exclude_namespaces), mesh.cni.add_timeout, options.iptables_backend
+        frozenset(mesh.cni.exclude_namespaces), mesh.cni.add_timeout, await _backend(options)
     )
     for leftover in install.clean_previous(installation):
         log.info("removed %s, left by an earlier instance", leftover)
