@@ -143,3 +143,25 @@ def test_removed_from_the_conflist_and_the_relay_taken_away(node) -> None:
     install.remove(node)
     assert plugin_types(node) == ["flannel", "portmap"]
     assert not node.plugin.exists()
+
+
+def test_the_agent_refuses_to_lock_a_shared_socket_directory(tmp_path) -> None:
+    import asyncio
+
+    from webhook.node.agent import Agent, Settings
+    from webhook.node.metrics import AgentMetrics
+
+    shared = tmp_path / "run"
+    shared.mkdir(mode=0o755)
+    (shared / "containerd.sock").write_text("")
+    agent = Agent(Settings(frozenset(), 10.0, "nft"), None, None, AgentMetrics())
+    with pytest.raises(ValueError, match="give the socket a directory of its own"):
+        asyncio.run(agent.serve(shared / "cni.sock"))
+    assert shared.stat().st_mode & 0o777 == 0o755
+
+    async def served() -> int:
+        server = await agent.serve(tmp_path / "proxy-injector" / "cni.sock")
+        server.close()
+        return (tmp_path / "proxy-injector").stat().st_mode & 0o777
+
+    assert asyncio.run(served()) == 0o700

@@ -56,8 +56,15 @@ class Agent:
 
     async def serve(self, path: Path) -> asyncio.AbstractServer:
         """Listen at ``path`` (in a directory only root may enter), replacing a socket an
-        earlier agent left."""
+        earlier agent left. The directory is made 0700, so it must be the socket's own: a
+        shared one (``/var/run``, say) is refused rather than locked."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        others = sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+        if others:
+            raise ValueError(
+                f"--socket {path}: its directory also holds {', '.join(others[:5])}; give the "
+                "socket a directory of its own (it is made root-only)"
+            )
         path.parent.chmod(0o700)
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self._connection, path=str(path))
