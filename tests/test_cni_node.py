@@ -321,3 +321,21 @@ def test_the_pod_cache_lists_again_after_410_gone(node) -> None:
     assert "pod watch expired (410 Gone): listing the node's pods again" in node.agent_log()
     watches = [path for method, path, _ in node.api.requests if method == "WATCH"]
     assert all("allowWatchBookmarks=true" in p and "resourceVersion=" in p for p in watches)
+
+
+def test_every_version_is_answered_in_the_version_asked(node) -> None:
+    node.start_agent()
+    node.wait_ready()
+    plain = node.api.put_pod(pod_spec("shop", "legacy-0", meshed=False))
+    box = node.sandbox("shop", "legacy-0", plain["metadata"]["uid"])
+    for version in plugin.SUPPORTED_VERSIONS:
+        prev = {"cniVersion": version, "ips": [{"address": "10.233.0.9/24"}]}
+        added = node.ours("ADD", box, prev, version=version)
+        assert (added.returncode, json.loads(added.stdout)) == (0, prev), version
+        refused = node.ours("ADD", box, version=version, args={"cni": []})
+        assert json.loads(refused.stdout)["cniVersion"] == version
+        check = node.ours("CHECK", box, prev, version=version)
+        if version.startswith("0.3."):  # CHECK came with 0.4.0
+            assert json.loads(check.stdout)["code"] == plugin.INCOMPATIBLE_VERSION
+        else:
+            assert (check.returncode, check.stdout) == (0, b""), version
