@@ -7,6 +7,7 @@ Each test runs `proxy-injector serve` for real over TLS, verified against its CA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import signal
@@ -63,9 +64,12 @@ class Served:
 
 
 @contextmanager
-def served(tmp_path: Path, *flags: str, broken_engine: bool = False) -> Iterator[Served]:
+def served(
+    tmp_path: Path, *flags: str, broken_engine: bool = False, open_files: int | None = None
+) -> Iterator[Served]:
     """`proxy-injector serve --self-signed` in a process of its own; with ``broken_engine``
-    its engine raises an exception nobody foresaw."""
+    its engine raises an exception nobody foresaw; ``open_files``: its soft RLIMIT_NOFILE
+    at start, as a container runtime may set it."""
     import os
     import subprocess
 
@@ -79,6 +83,7 @@ def served(tmp_path: Path, *flags: str, broken_engine: bool = False) -> Iterator
             stdout=subprocess.DEVNULL,
             stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if open_files is None else _soft_open_files(open_files),
         )
     server = Served(port, tmp_path / "ca.crt", process, log)
     try:
@@ -86,6 +91,16 @@ def served(tmp_path: Path, *flags: str, broken_engine: bool = False) -> Iterator
         yield server
     finally:
         stop(process)
+
+
+def _soft_open_files(limit: int):
+    import resource
+
+    def apply() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+    return apply
 
 
 def _answers(server: Served) -> bool:
@@ -156,15 +171,14 @@ def test_connections_past_the_limit_are_closed_and_the_rest_served(tmp_path) -> 
         held = [server.connection() for _ in range(3)]
         for connection in held:
             assert status(connection, "GET", "/healthz")[0] == 200
-        extra = server.tls_socket()
-        extra.settimeout(5)
-        try:
+        # Refused at its accept, before any TLS work: the handshake fails.
+        with pytest.raises(OSError):
+            extra = server.tls_socket()
+            extra.settimeout(5)
             extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            reply = extra.recv(1024)
-        except OSError:
-            reply = b""
-        assert reply == b"", "a connection over the limit was served"
-        extra.close()
+            assert extra.recv(1024) == b"", "a connection over the limit was served"
+            extra.close()
+            raise OSError("closed unanswered")
         for connection in held:
             assert status(connection, "GET", "/healthz")[0] == 200
             connection.close()
@@ -265,3 +279,112 @@ def test_sigterm_drains_without_losing_a_request(tmp_path) -> None:
     assert all(c.closes for c in clients), "drain responses did not close connections"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+
+
+def rss_kib(pid: int) -> int:
+    status_lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line for line in status_lines if line.startswith("VmRSS:")).split()[1])
+
+
+def send_headers(server: Served, head: bytes, filler: bytes, total: int) -> bytes:
+    """``head``, then ``filler`` until ``total`` bytes or the server closes; its answer."""
+    conn = server.tls_socket()
+    conn.settimeout(10)
+    sent = 0
+    try:
+        conn.sendall(head)
+        while sent < total:
+            conn.sendall(filler)
+            sent += len(filler)
+    except OSError:
+        pass
+    try:
+        return conn.recv(1024)
+    except OSError:
+        return b""
+    finally:
+        conn.close()
+
+
+def test_oversized_headers_get_431_and_leave_memory_where_it_was(tmp_path) -> None:
+    with served(tmp_path) as server:
+        for _ in range(3):  # warm: TLS and the app's first requests
+            assert status(server.connection(), "GET", "/healthz")[0] == 200
+        before = rss_kib(server.process.pid)
+        head = b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+        answer = send_headers(server, head, b"a" * (1 << 20), 200 << 20)  # 200 MB
+        assert answer.startswith(b"HTTP/1.1 431 ") or answer == b""
+        # Many small fields: 431 as well, and this time the answer is read.
+        fields = b"".join(b"X-F%d: v\r\n" % i for i in range(101))
+        answer = send_headers(server, head.replace(b"X-Big: ", fields), b"", 0)
+        assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        # A long URL counts too.
+        answer = send_headers(server, b"GET /" + b"a" * 70_000, b"", 0)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        grew = rss_kib(server.process.pid) - before
+        assert grew < 4096, f"RSS grew {grew} KiB"
+        assert status(server.connection(), "GET", "/healthz")[0] == 200
+        # Headers at the limit's side of it are served.
+        connection = server.connection()
+        connection.request("GET", "/healthz", headers={f"X-F{i}": "v" * 500 for i in range(90)})
+        assert connection.getresponse().status == 200
+    logged = [json.loads(line) for line in server.log.read_text().splitlines()]
+    assert any(line["msg"] == "request headers too large, answered 431" for line in logged)
+
+
+def test_a_handshake_flood_at_1024_open_files_still_lets_every_review_through(tmp_path) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.fail(f"the hard open-files limit here is {hard}: the flood needs 4096")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the flooder's own sockets
+    try:
+        with served(tmp_path, open_files=1024) as server:
+            flood = []
+            try:
+                for _ in range(1500):  # half-open: a TLS record header, then nothing
+                    conn = socket.socket()
+                    conn.setblocking(False)
+                    conn.connect_ex(("127.0.0.1", server.port))
+                    flood.append(conn)
+                time.sleep(0.5)
+                for conn in flood:
+                    with contextlib.suppress(OSError):
+                        conn.send(b"\x16\x03\x01\x02\x00")
+                took = []
+                body = json.dumps(review(WEB)).encode()
+                for _ in range(40):
+                    started = time.monotonic()
+                    code, answer, _ = status(server.connection(timeout=5), "POST", "/mutate", body)
+                    took.append(time.monotonic() - started)
+                    assert code == 200 and json.loads(answer)["response"]["allowed"]
+                assert max(took) < 1.0, f"slowest review {max(took):.2f} s"
+            finally:
+                for conn in flood:
+                    conn.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    logged = [json.loads(line) for line in server.log.read_text().splitlines()]
+    raised = next(line for line in logged if line["msg"] == "open files limit raised")
+    assert raised["from"] == 1024 and raised["to"] > 1024
+
+
+def test_tls_1_2_serves_only_ecdhe_with_aead(tmp_path) -> None:
+    with served(tmp_path) as server:
+        for ciphers, accepted in (
+            ("ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA256:AES256-SHA256", False),
+            ("AES128-GCM-SHA256:AES256-GCM-SHA384", False),  # no forward secrecy
+            ("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256", True),
+        ):
+            context = server.context()
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(ciphers)
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            if accepted:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    assert tls.version() == "TLSv1.2"
+            else:
+                with pytest.raises(ssl.SSLError):
+                    context.wrap_socket(raw, server_hostname="localhost")
+                raw.close()

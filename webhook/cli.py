@@ -90,10 +90,24 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
         help="a request's headers must arrive within this long (default %(default)g)",
     )
     serve.add_argument(
+        "--handshake-timeout-seconds",
+        type=_seconds,
+        default=defaults.handshake_timeout,
+        help="a connection's TLS handshake must finish within this long (default %(default)g)",
+    )
+    serve.add_argument(
+        "--max-header-bytes",
+        type=_count,
+        default=defaults.max_header_bytes,
+        help="a request's line and headers together, at most (default %(default)d; past it, "
+        f"or past {defaults.max_header_fields} header fields, 431 and the connection closed)",
+    )
+    serve.add_argument(
         "--max-connections",
         type=_count,
         default=defaults.max_connections,
-        help="connections served at once; more are closed as they arrive (default %(default)d)",
+        help="connections at once, those in their TLS handshake included; past it a new one "
+        "replaces the oldest still in its handshake, or is closed (default %(default)d)",
     )
     serve.set_defaults(run=_serve)
 
@@ -567,6 +581,8 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(
         header_timeout=args.header_timeout_seconds,
         max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout_seconds,
+        max_header_bytes=args.max_header_bytes,
         drain_seconds=args.drain_seconds,
     )
     try:

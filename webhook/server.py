@@ -4,21 +4,27 @@ A mounted Secret is updated by swapping a symlink; new TLS handshakes must use t
 certificate without a restart and without dropping requests in flight. A certificate that
 fails to load leaves the current one in service.
 
-The connections are guarded (``GuardedProtocol``): headers must arrive within a time
-limit and only so many connections are served at once, so slow or idle clients cannot
-hold the server. Shutdown drains (``DrainingServer``): the API server does not retry a
-POST it has written, so no request written to us may go unanswered.
+The connections are guarded: a TLS handshake must finish within a time limit and only so
+many connections are held at once, those still in their handshake dropped first
+(``TlsListener``, ``Connections``); headers must arrive within a time limit and stay within
+a size (``GuardedProtocol``), so slow, idle or oversized clients cannot hold the server.
+Shutdown drains (``DrainingServer``): the API server does not retry a POST it has written,
+so no request written to us may go unanswered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
 import os
+import resource
 import signal
+import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -92,10 +98,14 @@ class CertificateReloader:
 
 @dataclass
 class _Refusals:
-    """Connections refused over the limit, logged at most once a second."""
+    """Connections refused over the limit, and requests whose headers are too large, each
+    logged at most once a second."""
 
     count: int = 0
     logged_at: float = field(default=0.0)
+
+    oversized: int = 0
+    oversized_logged_at: float = field(default=0.0)
 
     def add(self, limit: int) -> None:
         self.count += 1
@@ -107,9 +117,152 @@ class _Refusals:
             )
             self.logged_at, self.count = now, 0
 
+    def too_large(self, limits: Limits) -> None:
+        self.oversized += 1
+        now = time.monotonic()
+        if now - self.oversized_logged_at >= 1.0:
+            log.warning(
+                "request headers too large, answered 431",
+                extra={
+                    "max_header_bytes": limits.max_header_bytes,
+                    "max_header_fields": limits.max_header_fields,
+                    "refused": self.oversized,
+                },
+            )
+            self.oversized_logged_at, self.oversized = now, 0
+
 
 LINGER_SECONDS = 1.0
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+    b"connection: close\r\n\r\n"
+)
+INTERMEDIATE_TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+"""Mozilla's "intermediate" TLS 1.2 suites less DHE: ECDHE and AEAD only (TLS 1.3's are
+all AEAD and set apart)."""
+
+
+def server_context(cert: Path, key: str | Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(INTERMEDIATE_TLS12_CIPHERS)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: many runtimes start processes at 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = int(Path("/proc/sys/fs/nr_open").read_text())
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open files limit raised", extra={"from": soft, "to": hard})
+
+
+class Connections:
+    """Every connection from its accept on. At the limit, a new one takes the place of the
+    oldest still in its TLS handshake (a flood of half-open handshakes cannot keep out a
+    client that completes its own), or is refused when all are established."""
+
+    def __init__(self, limits: Limits, refusals: _Refusals) -> None:
+        self.limits, self.refusals = limits, refusals
+        self.handshaking: dict[socket.socket, None] = {}
+        """In the order they arrived (dicts keep it)."""
+        self.established: set[Any] = set()
+        """uvicorn's own set of HTTP connections (its server state's)."""
+
+    def admit(self, conn: socket.socket) -> bool:
+        if len(self.handshaking) + len(self.established) >= self.limits.max_connections:
+            if not self.handshaking:
+                self.refusals.add(self.limits.max_connections)
+                return False
+            oldest = next(iter(self.handshaking))
+            self.forget(oldest)
+            with contextlib.suppress(OSError):
+                oldest.shutdown(socket.SHUT_RDWR)  # its handshake fails, and it is closed
+        self.handshaking[conn] = None
+        return True
+
+    def forget(self, conn: socket.socket) -> None:
+        self.handshaking.pop(conn, None)
+
+
+class TlsListener:
+    """The listening socket, owned here rather than by uvicorn: each accepted connection
+    does its TLS handshake within ``handshake_timeout``, counted against the connection
+    limit, before the HTTP protocol sees it. uvicorn closes it as one of its servers."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        make_http: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext,
+        connections: Connections,
+    ) -> None:
+        self.listener, self.make_http = listener, make_http
+        self.context, self.connections = context, connections
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting: asyncio.Task[None] | None = None
+        self.failures = _Refusals()
+
+    def start(self) -> None:
+        self.accepting = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:  # out of file descriptors, say: the rest wait in the backlog
+                log.warning("accept failed", extra={"error": str(exc)})
+                await asyncio.sleep(0.1)
+                continue
+            if not self.connections.admit(conn):
+                conn.close()
+                continue
+            task = loop.create_task(self._handshake(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self.make_http,
+                conn,
+                ssl=self.context,
+                ssl_handshake_timeout=self.connections.limits.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError):
+            conn.close()
+        finally:
+            self.connections.forget(conn)
+
+    def close(self) -> None:
+        if self.accepting is not None:
+            self.accepting.cancel()
+        self.listener.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    listener = socket.create_server((host, port), family=family, backlog=backlog)
+    listener.setblocking(False)
+    return listener
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -123,6 +276,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.limits, self.lifecycle, self.refusals = limits, lifecycle, refusals
         self.header_timer: asyncio.TimerHandle | None = None
         self.refused = False
+        self.header_bytes = self.header_fields = 0
+        self.too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
@@ -139,9 +294,35 @@ class GuardedProtocol(HttpToolsProtocol):
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
         if self.header_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()  # the first bytes of the next request on a kept-alive connection
+        reading_headers = self.header_timer is not None
         super().data_received(data)
+        # Counted once fed: a chunk that ends the headers may carry the body as well.
+        if reading_headers and self.header_timer is not None:
+            self.header_bytes += len(data)
+            if self.header_bytes > self.limits.max_header_bytes:
+                self.too_large = True
+                self.send_400_response("")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_fields += 1
+        if self.header_fields > self.limits.max_header_fields:
+            self.too_large = True
+            raise ValueError("too many header fields")  # uvicorn answers send_400_response
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.too_large:
+            super().send_400_response(msg)
+            return
+        self._disarm()
+        self.refusals.too_large(self.limits)
+        self.transport.write(_TOO_LARGE)
+        self.transport.close()
+        self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -151,6 +332,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
+        self.header_bytes = self.header_fields = 0
         self.header_timer = self.loop.call_later(self.limits.header_timeout, self._too_slow)
 
     def _disarm(self) -> None:
@@ -174,10 +356,42 @@ class DrainingServer(uvicorn.Server):
     closes, requests already on their way are answered for ``settle_seconds``, and only
     then are idle connections closed. A second signal stops at once."""
 
-    def __init__(self, config: uvicorn.Config, limits: Limits, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        limits: Limits,
+        lifecycle: Lifecycle,
+        context: ssl.SSLContext,
+    ) -> None:
         super().__init__(config)
-        self.limits, self.lifecycle = limits, lifecycle
+        self.limits, self.lifecycle, self.context = limits, lifecycle, context
         self.drain_until: float | None = None
+        self.refusals = _Refusals()
+        self.connections = Connections(limits, self.refusals)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        self.connections.established = self.server_state.connections
+        make_http = functools.partial(
+            GuardedProtocol,
+            config=config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+            limits=self.limits,
+            lifecycle=self.lifecycle,
+            refusals=self.refusals,
+        )
+        try:
+            listener = listening_socket(config.host, config.port, config.backlog)
+        except OSError as exc:
+            log.error("cannot listen", extra={"host": config.host, "port": config.port,
+                                              "error": str(exc)})  # fmt: skip
+            sys.exit(3)
+        server = TlsListener(listener, make_http, self.context, self.connections)
+        server.start()
+        self.servers = [server]  # type: ignore[list-item]
+        log.info("serving", extra={"url": f"https://{config.host}:{config.port}"})
+        self.started = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain_until is not None:
@@ -220,19 +434,22 @@ def run(
     """Serve ``app`` on HTTPS (TLS 1.2+) until SIGTERM or SIGINT and a drain;
     ``lifecycle.loaded`` is set once the certificate is loaded; the certificate files are
     re-read every ``reload_every`` s, ``on_certificate`` told of each one in service;
-    ``background`` tasks run alongside."""
+    ``background`` tasks run alongside.
+
+    The listening socket is ours (``TlsListener``): each connection's TLS handshake is
+    bounded in time and counted against the connection limit before uvicorn's HTTP
+    protocol sees it."""
     lifecycle = lifecycle or Lifecycle()
     limits = limits or Limits()
-    protocol = functools.partial(
-        GuardedProtocol, limits=limits, lifecycle=lifecycle, refusals=_Refusals()
-    )
+    try:
+        context = server_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateError(f"cannot load certificate {cert} / key {key}: {exc}") from None
+    raise_open_files_limit()
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=protocol,  # type: ignore[arg-type]
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
         log_config=None,
         access_log=False,
         server_header=False,
@@ -240,13 +457,8 @@ def run(
         lifespan="off",
         timeout_graceful_shutdown=int(limits.shutdown_timeout),
     )
-    try:
-        config.load()
-    except (OSError, ssl.SSLError) as exc:
-        raise CertificateError(f"cannot load certificate {cert} / key {key}: {exc}") from None
-    assert config.ssl is not None
-    config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-    reloader = CertificateReloader(config.ssl, Path(cert), Path(key), on_certificate)
+    config.load()
+    reloader = CertificateReloader(context, Path(cert), Path(key), on_certificate)
     on_certificate(Path(cert))
     lifecycle.loaded = True
     # Start-up leaves ~65k long-lived objects (FastAPI, pydantic, the kubernetes client);
@@ -254,7 +466,7 @@ def run(
     gc.freeze()
     tasks = (lambda: reloader.watch(reload_every), *background)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(DrainingServer(config, limits, lifecycle), tasks))
+        runner.run(_serve(DrainingServer(config, limits, lifecycle, context), tasks))
 
 
 async def _serve(

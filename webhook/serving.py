@@ -27,7 +27,14 @@ class Limits:
     """Seconds from a connection's TLS handshake, or a request's first byte, to the end of
     its headers. The API server sends its headers at once."""
     max_connections: int = 512
-    """Connections served at once; more are closed as they arrive."""
+    """Connections at once, those still in their TLS handshake included: past it, a new
+    connection takes the place of the oldest still in its handshake, or is closed when all
+    are established."""
+    handshake_timeout: float = 5.0
+    """Seconds a connection may take over its TLS handshake."""
+    max_header_bytes: int = 65536
+    """A request's line and headers together; past it, 431 and the connection closed."""
+    max_header_fields: int = 100
     drain_seconds: float = 5.0
     """After SIGTERM: answering on, each response closing its connection, before the
     listener closes."""
