@@ -175,3 +175,67 @@ def test_a_config_that_fails_validation_is_logged_with_field_and_value(tmp_path,
     assert 'logLevel: "loud" is not valid' in record.error
     assert 'resources.cpuLimit: "two" is not valid' in record.error
     assert live.metrics.config_reloads.labels("error")._value.get() == 1
+
+
+ALIAS_BOMB = "".join(
+    [
+        "l0: &l0 [x, x, x, x, x, x, x, x, x]\n",
+        *(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)),
+    ]
+)
+"""562 bytes that expand to 9^9 strings."""
+
+
+def test_hostile_configs_are_errors_the_server_lives_through_and_a_valid_one_still_loads(
+    tmp_path,
+) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    hostile = {
+        "aliases.yaml": (ALIAS_BOMB + "nodeShm: {namespaces: *l8}\n").encode(),
+        "pull-secrets.yaml": (ALIAS_BOMB + "imagePullSecrets: *l8\n").encode(),
+        "latin1.yaml": "proxyImage: registry.example/envoy:caf\xe9\n".encode("latin-1"),
+        "deep.yaml": b"nodeShm: {namespaces: " + b"[" * 5000 + b"]" * 5000 + b"}\n",
+        "huge.yaml": b"# padding\n" * 200_000,
+    }
+    for name, data in hostile.items():
+        (configs / name).write_bytes(data)
+    (configs / "old.yaml").write_text("proxyImage: registry.example/envoy:old\n")
+    (configs / "new.yaml").write_text("proxyImage: registry.example/envoy:new\n")
+    link = tmp_path / "mesh.yaml"
+    link.symlink_to(configs / "old.yaml")
+    flags = ("--config", str(link), "--config-reload-seconds", "0.1")
+    with served(tmp_path, *flags) as server:
+
+        def errors() -> float:
+            _, text, _ = status(server.connection(), "GET", "/metrics")
+            return samples(text.decode())[
+                "proxy_injector_config_reloads_total", (("result", "error"),)
+            ]
+
+        for count, name in enumerate(hostile, start=1):
+            swap = tmp_path / "swap"
+            swap.symlink_to(configs / name)
+            swap.replace(link)
+            started = time.monotonic()
+            while errors() < count:
+                assert time.monotonic() - started < 10, f"{name} not counted as an error"
+                took = time.monotonic()
+                assert status(server.connection(timeout=2), "GET", "/healthz")[0] == 200
+                assert time.monotonic() - took < 1, f"/healthz slow while reading {name}"
+            assert proxy_image(mutate(server.connection(), WEB), WEB).endswith(":old"), name
+        swap = tmp_path / "swap"
+        swap.symlink_to(configs / "new.yaml")
+        swap.replace(link)
+        wait_for(
+            lambda: proxy_image(mutate(server.connection(), WEB), WEB).endswith(":new"),
+            10,
+            "the valid config in force",
+        )
+    logged = [json.loads(line) for line in Path(server.log).read_text().splitlines()]
+    reasons = [line["error"] for line in logged if line["msg"].startswith("new mesh config not")]
+    assert len(reasons) == len(hostile)
+    assert "aliases (*name) are not allowed in mesh config" in reasons[0]
+    assert "not UTF-8 text: byte 0xe9" in reasons[2]
+    assert "nested deeper than 32 levels" in reasons[3]
+    assert "larger than 1024 KiB" in reasons[4]

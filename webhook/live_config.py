@@ -2,8 +2,9 @@
 
 A mounted ConfigMap is updated by swapping a symlink, so the file is watched by its real
 path, size and mtime. A new config replaces the old in one reference assignment: each
-admission reads ``current`` once and sees one whole config. A file that fails to parse or
-validate is logged with the field and value, counted, and the old config stays in force.
+admission reads ``current`` once and sees one whole config. A file that fails to read, parse
+or validate, whatever the reason, is logged with it, counted, and the old config stays in
+force; the file is read and validated on a worker thread.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ class LiveConfig:
         self.seen = now
         try:
             loaded = config.load(self.path)
-        except config.ConfigError as exc:
+        except Exception as exc:  # whatever a file does, the old config stays and we watch on
+            error = str(exc) if isinstance(exc, config.ConfigError) else repr(exc)
             self.metrics.config_reloads.labels("error").inc()
             log.warning(
-                "new mesh config not loaded, keeping the current one", extra={"error": str(exc)}
+                "new mesh config not loaded, keeping the current one", extra={"error": error}
             )
             return False
         self.metrics.config_reloads.labels("ok").inc()
@@ -56,6 +58,10 @@ class LiveConfig:
         return True
 
     async def watch(self, every: float) -> None:
+        """Read and validate off the event loop, so admissions and probes go on meanwhile."""
         while True:
             await asyncio.sleep(every)
-            self.check()
+            try:
+                await asyncio.to_thread(self.check)
+            except Exception:  # never the end of watching
+                log.exception("mesh config check failed")

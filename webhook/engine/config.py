@@ -213,13 +213,59 @@ def from_mapping(data: object, source: str = "mesh config") -> MeshConfig:
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
-def load(path: str | Path) -> MeshConfig:
+MAX_BYTES = 1 << 20
+"""A mesh config is small and hand-written; a larger file is refused unread."""
+MAX_DEPTH = 32
+
+
+class _PlainYaml(yaml.SafeLoader):
+    """YAML without aliases (``*name``), which can make a few hundred bytes expand into
+    gigabytes, and nested at most MAX_DEPTH deep."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "aliases (*name) are not allowed in mesh config: a config is small and "
+                "hand-written, so write the value out",
+                mark,
+            )
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _read(path: str | Path) -> str:
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_BYTES // 1024} KiB: not a mesh config")
     try:
-        data = yaml.safe_load(text)
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        ) from None
+
+
+def load(path: str | Path) -> MeshConfig:
+    text = _read(path)
+    try:
+        data = yaml.load(text, Loader=_PlainYaml)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return from_mapping(data, str(path))
