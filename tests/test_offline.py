@@ -191,3 +191,47 @@ def test_explain_shows_each_annotation_parsed_or_wrong() -> None:
         "proxy.io/concurency: unknown, ignored; did you mean proxy.io/concurrency?" in result.stdout
     )
     assert "deny" in result.stdout.splitlines()[0]
+
+
+HOSTILE_FILES = {
+    "binary.yaml": (bytes(range(256)) * 40, "not UTF-8 text (byte 0x80 at offset 128)"),
+    "deep-flow.yaml": (b"a: " + b"[" * 600 + b"]" * 600, "document 1: nested deeper than 100"),
+    "deep.json": (b'{"a":' * 600 + b"1" + b"}" * 600, "document 1: nested deeper than 100"),
+    "deep-block.yaml": (
+        b"".join(b"  " * i + b"k:\n" for i in range(600)) + b"  " * 600 + b"v\n",
+        "document 1: nested deeper than 100",
+    ),
+    "many.yaml": (b"---\na: 1\n" * 200_000, "more than 10000 documents (--max-documents)"),
+    "big-annotation.yaml": (
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: big\n  annotations:\n    note: "
+        + b"x" * (50 << 20)
+        + b"\nspec:\n  containers: [{name: a, image: b}]\n",
+        "document 1 (Pod big): invalid_pod: metadata.annotations: 52,428,804 characters",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+@pytest.mark.parametrize("command", ["inject", "explain"])
+def test_a_hostile_file_gets_one_line_naming_it(tmp_path, name, command) -> None:
+    data, message = HOSTILE_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    done = proxy_injector(command, "-f", str(path), timeout=60)
+    if command == "explain" and name == "big-annotation.yaml":
+        assert done.returncode == 0 and "invalid_pod" in done.stdout  # explained, not refused
+        return
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"proxy-injector {command}: ") and message in line, line
+    if "document" not in message.split(":")[0] or "(Pod" not in message:
+        assert str(path) in line
+
+
+def test_an_endless_input_is_cut_at_max_bytes() -> None:
+    done = proxy_injector("inject", "-f", "/dev/zero", "--max-bytes", "1048576", timeout=60)
+    assert done.returncode == 1
+    assert (
+        done.stderr == "proxy-injector inject: /dev/zero: larger than 1048576 bytes (--max-bytes)\n"
+    )

@@ -97,7 +97,7 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--max-header-bytes",
-        type=_count,
+        type=_byte_count,
         default=defaults.max_header_bytes,
         help="a request's line and headers together, at most (default %(default)d; past it, "
         f"or past {defaults.max_header_fields} header fields, 431 and the connection closed)",
@@ -120,6 +120,12 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"{text!r} is not 0 to 3600 seconds")
     return value
+
+
+def _byte_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes, 1 to 1 GiB")
+    return int(text)
 
 
 def _count(text: str) -> int:
@@ -319,6 +325,12 @@ def _offline_parsers(commands: argparse._SubParsersAction) -> None:
         command.add_argument("--config", type=Path, help="mesh config YAML")
         command.add_argument("--namespace", help="default: each object's, else default")
         command.add_argument(
+            "--max-bytes", type=_byte_count, default=64 << 20, help="input cap (default 64 MiB)"
+        )
+        command.add_argument(
+            "--max-documents", type=_count, default=10_000, help="documents cap (default 10000)"
+        )
+        command.add_argument(
             "--namespace-labels",
             type=_labels,
             help="the namespace's labels, k=v,...: apply its proxy.io/inject rule (default: "
@@ -347,14 +359,21 @@ def _offline_input(args: argparse.Namespace) -> tuple[list, config.MeshConfig]:
 
     try:
         mesh = config.load(args.config) if args.config else config.MeshConfig()
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
-        return offline.load(text), mesh
+    except config.ConfigError as exc:
+        raise SystemExit(f"proxy-injector {args.command}: {exc}") from None
+    try:
+        if args.filename == "-":
+            data = sys.stdin.buffer.read(args.max_bytes + 1)
+        else:
+            with open(args.filename, "rb") as handle:
+                data = handle.read(args.max_bytes + 1)
+        return offline.load(offline.text_of(data, args.max_bytes), args.max_documents), mesh
     except OSError as exc:
         raise SystemExit(
             f"proxy-injector {args.command}: {args.filename}: {exc.strerror}"
         ) from None
-    except (config.ConfigError, offline.DocumentError) as exc:
-        raise SystemExit(f"proxy-injector {args.command}: {exc}") from None
+    except offline.DocumentError as exc:
+        raise SystemExit(f"proxy-injector {args.command}: {args.filename}: {exc}") from None
 
 
 def _inject(args: argparse.Namespace) -> int:

@@ -27,12 +27,58 @@ class DocumentError(ValueError):
     pass
 
 
-def load(text: str) -> list[Any]:
-    """Every document of multi-document YAML (JSON is YAML), empty ones left out."""
+MAX_BYTES = 64 << 20
+MAX_DOCUMENTS = 10_000
+MAX_DEPTH = 100
+"""Kubernetes objects nest a few dozen levels at most; deeper is not a manifest."""
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's: linear, fast on large scalars, and its own nesting limit, without recursion."""
+
+
+def text_of(data: bytes, max_bytes: int = MAX_BYTES) -> str:
+    """The input as text; ``data`` may hold one byte more than ``max_bytes`` (to tell)."""
+    if len(data) > max_bytes:
+        raise DocumentError(f"larger than {max_bytes} bytes (--max-bytes)")
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise DocumentError(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+            "not a YAML or JSON manifest"
+        ) from None
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests, iteratively (a deep document must not recurse)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_DEPTH:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack += [(child, depth + 1) for child in item.values()]
+        elif isinstance(item, list):
+            stack += [(child, depth + 1) for child in item]
+    return deepest
+
+
+def load(text: str, max_documents: int = MAX_DOCUMENTS) -> list[Any]:
+    """Every document of multi-document YAML (JSON is YAML), empty ones left out."""
+    documents: list[Any] = []
+    read = 0
+    try:
+        for document in yaml.load_all(text, Loader=_LOADER):
+            read += 1
+            if read > max_documents:
+                raise DocumentError(f"more than {max_documents} documents (--max-documents)")
+            if _depth(document) > MAX_DEPTH:
+                raise DocumentError(f"document {read}: nested deeper than {MAX_DEPTH} levels")
+            if document is not None:
+                documents.append(document)
     except yaml.YAMLError as exc:
-        raise DocumentError(f"not valid YAML or JSON: {exc}") from None
+        raise DocumentError(f"document {read + 1}: not valid YAML or JSON: {exc}") from None
+    except RecursionError:
+        raise DocumentError(f"document {read + 1}: nested too deeply") from None
+    return documents
 
 
 def dump(documents: list[Any]) -> str:
