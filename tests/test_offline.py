@@ -235,3 +235,76 @@ def test_an_endless_input_is_cut_at_max_bytes() -> None:
     assert (
         done.stderr == "proxy-injector inject: /dev/zero: larger than 1048576 bytes (--max-bytes)\n"
     )
+
+
+def created_pod(document: dict, ordinal: int = 0) -> dict:
+    """The pod a workload's controller makes from its template (what the webhook sees):
+    its owner set and, for a StatefulSet, its name, hostname and the claim volumes, which
+    replace template volumes of the same name."""
+    if document["kind"] == "Pod":
+        return copy.deepcopy(document)
+    path = TEMPLATE_PATHS.get(document["kind"], ("spec", "template"))
+    template = copy.deepcopy(at(document, path))
+    name = document["metadata"]["name"]
+    metadata = {**template.get("metadata", {}), "generateName": f"{name}-"}
+    metadata["ownerReferences"] = [
+        {"apiVersion": document["apiVersion"], "kind": document["kind"], "name": name,
+         "uid": "u-1", "controller": True}
+    ]  # fmt: skip
+    spec = template["spec"]
+    if document["kind"] == "StatefulSet":
+        metadata["name"] = f"{name}-{ordinal}"
+        spec |= {"hostname": f"{name}-{ordinal}", "subdomain": document["spec"]["serviceName"]}
+        claims = [c["metadata"]["name"] for c in document["spec"].get("volumeClaimTemplates", [])]
+        volumes = [v for v in spec.get("volumes", []) if v["name"] not in claims]
+        volumes += [{"name": c, "persistentVolumeClaim": {"claimName": f"{c}-{name}-{ordinal}"}}
+                    for c in claims]  # fmt: skip
+        if volumes:
+            spec["volumes"] = volumes
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+STATEFULSET_WITH_CLAIMS = workload(
+    "StatefulSet",
+    "apps/v1",
+    {
+        "selector": SELECTOR,
+        "serviceName": "web",
+        "template": TEMPLATE,
+        "volumeClaimTemplates": [
+            {
+                "metadata": {"name": "data"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        ],
+    },
+)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [d for d in DOCUMENTS if d["kind"] not in ("Service", "ConfigMap", "List")]
+    + [STATEFULSET_WITH_CLAIMS],
+    ids=lambda d: d["kind"] + ("-claims" if "volumeClaimTemplates" in d["spec"] else ""),
+)
+def test_inject_equals_the_webhook_on_the_pod_the_controller_makes(document) -> None:
+    from webhook.engine import inject as engine_inject
+    from webhook.engine.config import MeshConfig
+
+    done = run("inject", "-f", "-", "--namespace", "shop", stdin=yaml.safe_dump(document))
+    assert done.returncode == 0, done.stderr
+    (injected_document,) = yaml.safe_load_all(done.stdout)
+    made = created_pod(document)
+    result = engine_inject(made, "shop", MeshConfig())
+    by_webhook = apply(made, list(result.patch))
+    from_injected = created_pod(injected_document)
+    for pod in (from_injected, by_webhook):  # the order of volumes means nothing
+        pod["spec"]["volumes"] = sorted(pod["spec"].get("volumes", []), key=lambda v: v["name"])
+    assert from_injected["spec"] == by_webhook["spec"], document["kind"]
+    assert from_injected["metadata"] == by_webhook["metadata"], document["kind"]
+    if "volumeClaimTemplates" in document["spec"]:
+        # The data volume is the node's to own: no fsGroup that would re-own it.
+        assert "fsGroup" not in from_injected["spec"].get("securityContext", {})

@@ -109,7 +109,8 @@ def answers(
     for index, document in enumerate(documents):
         for template in templates(document):
             target = namespace or template.namespace or "default"
-            result = engine.inject_or_deny(template.pod, target, config, namespace_labels)
+            pod = template.as_created()
+            result = engine.inject_or_deny(pod, target, config, namespace_labels)
             yield Answer(index, template, target, result)
 
 
@@ -147,7 +148,8 @@ def inject(
         if result.outcome == engine.Outcome.DENY:
             out.denials.append(f"{place}: {result.reason.code}: {result.message}")
         elif result.patch:
-            patched = jsonpatch.apply_patch(template.pod, list(result.patch), in_place=False)
+            created = jsonpatch.apply_patch(template.as_created(), list(result.patch))
+            patched = template.from_created(created)
             index = answer.document
             out.documents[index] = _put(out.documents[index], template.path, patched)
     return out

@@ -30,6 +30,38 @@ class Template:
     name: str
     namespace: str
     pod: dict[str, Any]
+    claim_volumes: tuple[dict[str, Any], ...] = ()
+    """A StatefulSet's volumeClaimTemplates as the volumes its controller puts in each pod
+    (the first pod's claim names)."""
+
+    def as_created(self) -> dict[str, Any]:
+        """The pod its controller makes, as far as the engine's decisions go: a
+        StatefulSet's claim volumes replace template volumes of the same name."""
+        if not self.claim_volumes:
+            return self.pod
+        spec = self.pod.get("spec")
+        if not isinstance(spec, dict):
+            return self.pod
+        claims = {volume["name"] for volume in self.claim_volumes}
+        volumes = spec.get("volumes") if isinstance(spec.get("volumes"), list) else []
+        kept = [v for v in volumes if not (isinstance(v, dict) and v.get("name") in claims)]
+        return {**self.pod, "spec": {**spec, "volumes": [*kept, *self.claim_volumes]}}
+
+    def from_created(self, created: dict[str, Any]) -> dict[str, Any]:
+        """``created`` (the pod as made, changed) as the template it comes from: the claim
+        volumes the controller adds taken out again, the template's own put back."""
+        if not self.claim_volumes or not isinstance(created.get("spec"), dict):
+            return created
+        claims = {volume["name"] for volume in self.claim_volumes}
+        original = self.pod["spec"].get("volumes")
+        own = [v for v in original or [] if isinstance(v, dict) and v.get("name") in claims]
+        spec = dict(created["spec"])
+        volumes = [v for v in spec.get("volumes", []) if v not in self.claim_volumes] + own
+        if volumes or original is not None:
+            spec["volumes"] = volumes
+        else:
+            spec.pop("volumes", None)
+        return {**created, "spec": spec}
 
 
 def _name(obj: dict[str, Any]) -> tuple[str, str]:
@@ -57,4 +89,22 @@ def templates(document: Any, at: tuple[str | int, ...] = ()) -> Iterator[Templat
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, dict):
         name, namespace = _name(document)
-        yield Template((*at, *path), str(kind), name, namespace, node)
+        claims = _claim_volumes(document, name) if kind == "StatefulSet" else ()
+        yield Template((*at, *path), str(kind), name, namespace, node, claims)
+
+
+def _claim_volumes(statefulset: dict[str, Any], name: str) -> tuple[dict[str, Any], ...]:
+    spec = statefulset.get("spec")
+    claims = spec.get("volumeClaimTemplates") if isinstance(spec, dict) else None
+    volumes = []
+    for claim in claims if isinstance(claims, list) else []:
+        metadata = claim.get("metadata") if isinstance(claim, dict) else None
+        claim_name = metadata.get("name") if isinstance(metadata, dict) else None
+        if isinstance(claim_name, str):
+            volumes.append(
+                {
+                    "name": claim_name,
+                    "persistentVolumeClaim": {"claimName": f"{claim_name}-{name}-0"},
+                }
+            )
+    return tuple(volumes)
