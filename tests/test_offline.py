@@ -308,3 +308,82 @@ def test_inject_equals_the_webhook_on_the_pod_the_controller_makes(document) -> 
     if "volumeClaimTemplates" in document["spec"]:
         # The data volume is the node's to own: no fsGroup that would re-own it.
         assert "fsGroup" not in from_injected["spec"].get("securityContext", {})
+
+
+CUSTOM_KINDS = """\
+apiVersion: ray.io/v1
+kind: RayService
+metadata: {name: rs, namespace: shop}
+spec:
+  rayClusterConfig:
+    headGroupSpec:
+      template:
+        spec:
+          containers:
+            - {name: head, image: rayproject/ray:2.9, ports: [{containerPort: 8265, name: http}]}
+    workerGroupSpecs:
+      - groupName: workers
+        template:
+          metadata: {labels: {group: workers}}
+          spec:
+            containers: [{name: worker, image: rayproject/ray:2.9}]
+---
+apiVersion: jobset.x-k8s.io/v1alpha2
+kind: JobSet
+metadata: {name: js, namespace: shop}
+spec:
+  replicatedJobs:
+    - name: workers
+      template:
+        spec:
+          template:
+            spec:
+              restartPolicy: Never
+              containers: [{name: work, image: busybox:1.36}]
+---
+apiVersion: example.com/v1
+kind: Runner
+metadata: {name: bare, namespace: shop}
+spec:
+  podSpec:
+    containers: [{name: run, image: busybox:1.36}]
+"""
+RAY_PATHS = (
+    "spec.rayClusterConfig.headGroupSpec.template, "
+    "spec.rayClusterConfig.workerGroupSpecs[0].template"
+)
+
+
+@pytest.mark.parametrize("command", ["inject", "explain"])
+def test_kinds_inject_does_not_know_are_named_with_where_their_pods_are(command) -> None:
+    done = run(command, "-f", "-", stdin=CUSTOM_KINDS)
+    assert done.returncode == 0, done.stderr
+    warnings = done.stderr.splitlines()
+    assert warnings == [
+        "warning: document 1 (RayService rs): kind RayService is not one inject knows: pod "
+        f"templates at {RAY_PATHS} are not injected (--all-kinds injects them)",
+        "warning: document 2 (JobSet js): kind JobSet is not one inject knows: pod templates "
+        "at spec.replicatedJobs[0].template.spec.template are not injected (--all-kinds "
+        "injects them)",
+        "warning: document 3 (Runner bare): kind Runner is not one inject knows: pod specs at "
+        "spec.podSpec have no metadata to carry what the injector writes and are left alone",
+    ]
+    if command == "inject":
+        assert list(yaml.safe_load_all(done.stdout)) == list(yaml.safe_load_all(CUSTOM_KINDS))
+
+
+def test_all_kinds_injects_the_templates_found_in_them() -> None:
+    done = run("inject", "--all-kinds", "-f", "-", stdin=CUSTOM_KINDS)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Runner bare" in done.stderr
+    ray, jobset, runner = yaml.safe_load_all(done.stdout)
+    cluster = ray["spec"]["rayClusterConfig"]
+    for template in (
+        cluster["headGroupSpec"]["template"],
+        cluster["workerGroupSpecs"][0]["template"],
+        jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"],
+    ):
+        names = [c["name"] for c in template["spec"].get("initContainers", [])]
+        assert "proxy" in names, template
+        assert "proxy.io/status" in template["metadata"]["annotations"]
+    assert runner == list(yaml.safe_load_all(CUSTOM_KINDS))[2]

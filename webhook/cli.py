@@ -325,6 +325,11 @@ def _offline_parsers(commands: argparse._SubParsersAction) -> None:
         command.add_argument("--config", type=Path, help="mesh config YAML")
         command.add_argument("--namespace", help="default: each object's, else default")
         command.add_argument(
+            "--all-kinds",
+            action="store_true",
+            help="also the pod templates found in kinds inject does not know (CRDs)",
+        )
+        command.add_argument(
             "--max-bytes", type=_byte_count, default=64 << 20, help="input cap (default 64 MiB)"
         )
         command.add_argument(
@@ -380,7 +385,7 @@ def _inject(args: argparse.Namespace) -> int:
     from webhook import offline
 
     documents, mesh = _offline_input(args)
-    result = offline.inject(documents, mesh, args.namespace, args.namespace_labels)
+    result = offline.inject(documents, mesh, args.namespace, args.namespace_labels, args.all_kinds)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.denials:
@@ -400,7 +405,11 @@ def _explain(args: argparse.Namespace) -> int:
     from webhook import offline
 
     documents, mesh = _offline_input(args)
-    reports = offline.explain(documents, mesh, args.namespace, args.namespace_labels)
+    for warning in offline.unknown_kinds(documents, args.all_kinds):
+        print(f"warning: {warning}", file=sys.stderr)
+    reports = offline.explain(
+        documents, mesh, args.namespace, args.namespace_labels, args.all_kinds
+    )
     if args.output == "json":
         print(json.dumps(reports, indent=2))
     else:

@@ -20,7 +20,7 @@ from webhook import engine
 from webhook.engine import annotations as annotation_table
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod, mapping, string_map
-from webhook.workloads import Template, templates
+from webhook.workloads import Template, templates, unknown_kind
 
 
 class DocumentError(ValueError):
@@ -103,11 +103,12 @@ def answers(
     config: MeshConfig,
     namespace: str | None,
     namespace_labels: Mapping[str, str] | None,
+    all_kinds: bool = False,
 ) -> Iterator[Answer]:
     """The engine's answer for every pod template, in document order; the namespace is
     ``namespace``, else the object's, else default."""
     for index, document in enumerate(documents):
-        for template in templates(document):
+        for template in templates(document, all_kinds=all_kinds):
             target = namespace or template.namespace or "default"
             pod = template.as_created()
             result = engine.inject_or_deny(pod, target, config, namespace_labels)
@@ -132,16 +133,44 @@ def _put(document: Any, path: tuple[str | int, ...], value: Any) -> Any:
     return document
 
 
+def unknown_kinds(documents: list[Any], all_kinds: bool = False) -> list[str]:
+    """A warning for each document of a kind inject does not know that holds pod
+    templates (with ``all_kinds``, only for the pod specs it still cannot inject)."""
+    found = []
+    for index, document in enumerate(documents):
+        items = document.get("items") if isinstance(document, dict) else None
+        inner = (
+            items if document_kind(document) == "List" and isinstance(items, list) else [document]
+        )
+        for item in inner:
+            sentence = unknown_kind(item)
+            if sentence and (not all_kinds or "have no metadata" in sentence):
+                found.append(f"document {index + 1} ({_named(item)}): {sentence}")
+    return found
+
+
+def document_kind(document: Any) -> Any:
+    return document.get("kind") if isinstance(document, dict) else None
+
+
+def _named(document: dict[str, Any]) -> str:
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return f"{document.get('kind')} {name or '(unnamed)'}"
+
+
 def inject(
     documents: list[Any],
     config: MeshConfig,
     namespace: str | None = None,
     namespace_labels: Mapping[str, str] | None = None,
+    all_kinds: bool = False,
 ) -> Injected:
     """Each pod template injected exactly as the webhook would inject a pod made from it;
     every other document, and every other field, as it was."""
     out = Injected([copy.deepcopy(document) for document in documents])
-    for answer in answers(documents, config, namespace, namespace_labels):
+    out.warnings += unknown_kinds(documents, all_kinds)
+    for answer in answers(documents, config, namespace, namespace_labels, all_kinds):
         result, template = answer.result, answer.template
         place = where(answer.document, template)
         out.warnings += [f"{place}: {warning}" for warning in result.warnings]
@@ -180,11 +209,12 @@ def explain(
     config: MeshConfig,
     namespace: str | None = None,
     namespace_labels: Mapping[str, str] | None = None,
+    all_kinds: bool = False,
 ) -> list[dict[str, Any]]:
     """For each pod template: the decision with the fields of the webhook's log line
     (decision, reason, detail), which input decided, and every proxy.io/* annotation."""
     reports = []
-    for answer in answers(documents, config, namespace, namespace_labels):
+    for answer in answers(documents, config, namespace, namespace_labels, all_kinds):
         result, template = answer.result, answer.template
         try:
             metadata = mapping(template.pod, "metadata", "pod")

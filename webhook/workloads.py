@@ -72,17 +72,86 @@ def _name(obj: dict[str, Any]) -> tuple[str, str]:
     return str(name), str(namespace)
 
 
-def templates(document: Any, at: tuple[str | int, ...] = ()) -> Iterator[Template]:
-    """Every pod template in ``document``; other kinds have none."""
+def _is_pod_spec(node: Any) -> bool:
+    containers = node.get("containers") if isinstance(node, dict) else None
+    return (
+        isinstance(containers, list)
+        and bool(containers)
+        and all(isinstance(c, dict) and "image" in c for c in containers)
+    )
+
+
+def embedded(document: dict[str, Any]) -> tuple[list[tuple[str | int, ...]], list[str]]:
+    """In a document of a kind not in TEMPLATE_PATHS: the paths of what looks like a pod
+    template (``{metadata, spec: {containers}}``), and where a pod spec stands bare (which
+    has no metadata to carry what the injector writes)."""
+    found: list[tuple[str | int, ...]] = []
+    bare: list[str] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(document, ())]
+    while stack:
+        node, path = stack.pop()
+        children: list[tuple[Any, tuple[str | int, ...]]] = []
+        if isinstance(node, dict):
+            if path and _is_pod_spec(node.get("spec")):
+                found.append(path)
+                continue
+            if path and path[-1] != "spec" and _is_pod_spec(node):
+                bare.append(dotted(path))
+                continue
+            children = [(v, (*path, k)) for k, v in node.items() if isinstance(k, str)]
+        elif isinstance(node, list):
+            children = [(v, (*path, i)) for i, v in enumerate(node)]
+        stack += reversed(children)
+    return found, bare
+
+
+def dotted(path: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def unknown_kind(document: Any) -> str | None:
+    """A sentence about a document of a kind inject does not know that holds pod
+    templates, or None."""
+    if not isinstance(document, dict) or document.get("kind") in (*TEMPLATE_PATHS, "List"):
+        return None
+    found, bare = embedded(document)
+    if not found and not bare:
+        return None
+    parts = []
+    if found:
+        parts.append(
+            f"pod templates at {', '.join(dotted(p) for p in found)} are not injected "
+            "(--all-kinds injects them)"
+        )
+    if bare:
+        parts.append(
+            f"pod specs at {', '.join(bare)} have no metadata to carry what the injector "
+            "writes and are left alone"
+        )
+    return f"kind {document.get('kind')} is not one inject knows: {'; '.join(parts)}"
+
+
+def templates(
+    document: Any, at: tuple[str | int, ...] = (), all_kinds: bool = False
+) -> Iterator[Template]:
+    """Every pod template in ``document``; with ``all_kinds`` also the template-shaped
+    parts of kinds not in TEMPLATE_PATHS."""
     if not isinstance(document, dict):
         return
     kind = document.get("kind")
     if kind == "List" and isinstance(document.get("items"), list):
         for index, item in enumerate(document["items"]):
-            yield from templates(item, (*at, "items", index))
+            yield from templates(item, (*at, "items", index), all_kinds)
         return
     path = TEMPLATE_PATHS.get(kind) if isinstance(kind, str) else None
     if path is None:
+        if all_kinds:
+            name, namespace = _name(document)
+            for found in embedded(document)[0]:
+                node: Any = document
+                for part in found:
+                    node = node[part]
+                yield Template((*at, *found), str(kind), name, namespace, node)
         return
     node: Any = document
     for part in path:
