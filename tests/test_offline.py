@@ -387,3 +387,57 @@ def test_all_kinds_injects_the_templates_found_in_them() -> None:
         assert "proxy" in names, template
         assert "proxy.io/status" in template["metadata"]["annotations"]
     assert runner == list(yaml.safe_load_all(CUSTOM_KINDS))[2]
+
+
+MANIFESTS = CORPUS.parent / "manifests"
+
+
+def template_lines(text: str) -> list[range]:
+    """The line ranges of each ``template:`` block (by indentation) in ``text``."""
+    lines = text.splitlines()
+    found = []
+    for start, line in enumerate(lines):
+        if line.strip() == "template:":
+            indent = len(line) - len(line.lstrip())
+            end = start + 1
+            while end < len(lines) and (
+                not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent
+            ):
+                end += 1
+            found.append(range(start + 1, end + 1))
+    return found
+
+
+def test_comments_quotes_and_flow_style_are_kept_and_only_templates_change() -> None:
+    import difflib
+
+    before = (MANIFESTS / "commented.yaml").read_text()
+    done = run("inject", "-f", str(MANIFESTS / "commented.yaml"), stdin="")
+    assert done.returncode == 0, done.stderr
+    after = done.stdout
+    assert after.startswith("# Copyright 2024 Example Corp.\n# Licensed under")  # the header
+    comments = [line.split("#", 1)[1] for line in before.splitlines() if "#" in line]
+    assert [c for c in comments if c in after] == comments
+    assert "ports: [{port: 80, targetPort: http}]   # flow style stays" in after
+    assert "value: 'production'" in after and 'image: "registry.example/web:1.2"' in after
+    allowed = template_lines(before)
+    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), False)
+    for tag, i1, i2, _, _ in matcher.get_opcodes():
+        if tag != "equal":
+            assert any(i1 in block or i1 == block.stop for block in allowed), (tag, i1, i2)
+            assert any(i2 <= block.stop and i1 >= block.start for block in allowed), (i1, i2)
+    # And the content is what the plain injection gives.
+    plain = list(yaml.safe_load_all(after))
+    assert [d["kind"] for d in plain] == ["Deployment", "Service", "StatefulSet"]
+    db = plain[2]["spec"]["template"]["spec"]
+    assert "fsGroup" not in db.get("securityContext", {})
+    assert [c["name"] for c in db["initContainers"]] == ["proxy-init", "proxy"]
+
+
+def test_json_in_gives_json_out() -> None:
+    deployment = workload("Deployment", "apps/v1", {"selector": SELECTOR, "template": TEMPLATE})
+    done = run("inject", "-f", "-", "--namespace", "shop", stdin=json.dumps(deployment, indent=4))
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    assert list(written) == list(deployment)
+    assert written["spec"]["template"]["metadata"]["annotations"]["proxy.io/status"]

@@ -359,7 +359,7 @@ def _labels(text: str) -> dict[str, str]:
     return labels
 
 
-def _offline_input(args: argparse.Namespace) -> tuple[list, config.MeshConfig]:
+def _offline_input(args: argparse.Namespace) -> tuple[str, list, config.MeshConfig]:
     from webhook import offline
 
     try:
@@ -372,7 +372,8 @@ def _offline_input(args: argparse.Namespace) -> tuple[list, config.MeshConfig]:
         else:
             with open(args.filename, "rb") as handle:
                 data = handle.read(args.max_bytes + 1)
-        return offline.load(offline.text_of(data, args.max_bytes), args.max_documents), mesh
+        text = offline.text_of(data, args.max_bytes)
+        return text, offline.load(text, args.max_documents), mesh
     except OSError as exc:
         raise SystemExit(
             f"proxy-injector {args.command}: {args.filename}: {exc.strerror}"
@@ -382,9 +383,9 @@ def _offline_input(args: argparse.Namespace) -> tuple[list, config.MeshConfig]:
 
 
 def _inject(args: argparse.Namespace) -> int:
-    from webhook import offline
+    from webhook import offline, roundtrip
 
-    documents, mesh = _offline_input(args)
+    text, documents, mesh = _offline_input(args)
     result = offline.inject(documents, mesh, args.namespace, args.namespace_labels, args.all_kinds)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -392,10 +393,8 @@ def _inject(args: argparse.Namespace) -> int:
         for denial in result.denials:
             print(f"proxy-injector inject: {denial}", file=sys.stderr)
         return 1
-    if args.diff:
-        sys.stdout.write(offline.diff(documents, result.documents))
-    else:
-        sys.stdout.write(offline.dump(result.documents))
+    written = roundtrip.write(text, result.documents, result.changes)
+    sys.stdout.write(offline.diff(text, written) if args.diff else written)
     return 0
 
 
@@ -404,7 +403,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     from webhook import offline
 
-    documents, mesh = _offline_input(args)
+    _, documents, mesh = _offline_input(args)
     for warning in offline.unknown_kinds(documents, args.all_kinds):
         print(f"warning: {warning}", file=sys.stderr)
     reports = offline.explain(

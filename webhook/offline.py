@@ -81,10 +81,6 @@ def load(text: str, max_documents: int = MAX_DOCUMENTS) -> list[Any]:
     return documents
 
 
-def dump(documents: list[Any]) -> str:
-    return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True)
-
-
 def where(index: int, template: Template) -> str:
     return f"document {index + 1} ({template.kind} {template.name})"
 
@@ -120,6 +116,8 @@ class Injected:
     documents: list[Any]
     denials: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    changes: list[tuple[int, tuple[str | int, ...], Any]] = field(default_factory=list)
+    """(document index, template path, patched template) of each template changed."""
 
 
 def _put(document: Any, path: tuple[str | int, ...], value: Any) -> Any:
@@ -181,16 +179,14 @@ def inject(
             patched = template.from_created(created)
             index = answer.document
             out.documents[index] = _put(out.documents[index], template.path, patched)
+            out.changes.append((index, template.path, patched))
     return out
 
 
-def diff(before: list[Any], after: list[Any]) -> str:
+def diff(before: str, after: str) -> str:
     return "".join(
         difflib.unified_diff(
-            dump(before).splitlines(keepends=True),
-            dump(after).splitlines(keepends=True),
-            "before",
-            "after",
+            before.splitlines(keepends=True), after.splitlines(keepends=True), "before", "after"
         )
     )
 
