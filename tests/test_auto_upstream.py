@@ -178,3 +178,51 @@ def test_auto_mode_is_the_default_and_keeps_the_env() -> None:
     env = {e["name"]: e["value"] for e in web["env"]}
     assert env["PROXY_UDS_PATH"] == "/dev/shm/web-8080.sock"
     assert env["PROXY_UDS_PATH_8080"] == "/dev/shm/web-8080.sock"
+
+
+def wrk_failures(output: str) -> tuple[int, int]:
+    total = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in errors.groups()) if errors else 0
+    )
+    return total, failed
+
+
+@pytest.mark.parametrize("listens", ["tcp", "socket"])
+def test_no_request_fails_once_an_app_that_started_after_the_proxy_listens(
+    envoy, folder, tcp_port, listens
+) -> None:
+    """Native sidecar order: the proxy is up, and has seen neither endpoint healthy, when
+    the app starts. From the moment the app accepts, every request is answered: on TCP,
+    Envoy's panic routing keeps choosing the socket until the health check has seen the
+    app, and the retries wait for it."""
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed (scripts/test installs it)")
+    assert transport(envoy) == "8080 none\n"
+    app = Nginx(
+        folder,
+        sockets=[str(folder / "web-8080.sock")] if listens == "socket" else [],
+        tcp_ports=[tcp_port] if listens == "tcp" else [],
+    )
+    try:
+        app.start()  # returns once the app accepts
+        done = subprocess.run(
+            ["wrk", "-t1", "-c4", "-d2s", f"http://127.0.0.1:{envoy.ports[8080]}/"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        app.stop()
+    total, failed = wrk_failures(done.stdout)
+    print(
+        f"\napp started after the proxy, listening on {listens}: {total} requests, {failed} failed"
+    )
+    assert total >= 1000, done.stdout
+    log = (folder / f"envoy-{envoy.ports[15000]}.log").read_text().splitlines()
+    assert failed == 0, done.stdout + "\n".join(line for line in log if '" 5' in line)[:3000]

@@ -31,6 +31,14 @@ BLACKHOLE = "inbound|blackhole"
 PASSTHROUGH_SOURCE = "127.0.0.6"
 """Source of passthrough connections (as in Istio), so the app and rules can tell them apart."""
 SOCKET_CHECK_SECONDS = 1
+UNHEALTHY_CHECK_SECONDS = 0.1
+"""Auto mode: an endpoint nothing answers on is checked this often, so an app that starts
+listening is seen within a tenth of a second (at most ten connect attempts a second)."""
+FALLBACK_RETRIES = 8
+FALLBACK_BACKOFF = ("0.025s", "0.25s")
+"""Auto mode: connect failures retried with fully jittered backoff (25 ms doubling to
+250 ms): together well past one unhealthy check, so a request that comes while no
+endpoint has been seen healthy yet waits for the check rather than failing."""
 ENVOY_MAX_REQUESTS = 1024
 """Envoy's default limit of requests in flight per cluster."""
 
@@ -43,10 +51,10 @@ def tls_cluster_name(port: int) -> str:
     return f"inbound|{port}|tls"
 
 
-def _socket_check() -> Json:
+def _socket_check(auto: bool) -> Json:
     """Connect-only health check: what makes an unreachable socket fail readiness."""
     every = f"{SOCKET_CHECK_SECONDS}s"
-    return {
+    check = {
         "timeout": every,
         "interval": every,
         "no_traffic_interval": every,
@@ -54,6 +62,16 @@ def _socket_check() -> Json:
         "healthy_threshold": 1,
         "tcp_health_check": {},
     }
+    if auto:
+        # Also before the cluster's first connection (Envoy's "no traffic" intervals),
+        # when the app has just started; a healthy endpoint stays at once a second.
+        fast = f"{UNHEALTHY_CHECK_SECONDS}s"
+        check |= {
+            "unhealthy_interval": fast,
+            "no_traffic_interval": fast,
+            "no_traffic_healthy_interval": every,
+        }
+    return check
 
 
 def _app_address(port: AppPort) -> Json:
@@ -67,7 +85,7 @@ def _app_cluster(name: str, port: AppPort, **extra: Any) -> Json:
     to the socket within a second of the app listening on it again. Every endpoint keeps
     its own stats, so operators can see which way traffic goes."""
     if port.socket:
-        extra["health_checks"] = [_socket_check()]
+        extra["health_checks"] = [_socket_check(port.tcp_fallback)]
     cluster = static_cluster(name, _app_address(port), **extra)
     if port.tcp_fallback:
         tcp = {"endpoint": {"address": socket_address("127.0.0.1", port.number)}}
@@ -96,13 +114,19 @@ def tls_probe_cluster(port: AppPort) -> Json:
 def fallback_retry(port: AppPort) -> Json:
     """Route option for auto mode: a request whose connection to the socket is refused
     (the app stopped listening there, and the health check has not seen it yet) is sent
-    again, to TCP."""
+    again, to TCP. Right after the app starts, neither endpoint has been seen healthy and
+    Envoy's panic routing keeps choosing the first priority (previous_priorities falls
+    back to it when no other is healthy): the backoff then outlasts the next check."""
     if not port.tcp_fallback:
         return {}
     return {
         "retry_policy": {
             "retry_on": "connect-failure",
-            "num_retries": 1,
+            "num_retries": FALLBACK_RETRIES,
+            "retry_back_off": {
+                "base_interval": FALLBACK_BACKOFF[0],
+                "max_interval": FALLBACK_BACKOFF[1],
+            },
             "retry_priority": typed(
                 "envoy.retry_priorities.previous_priorities",
                 "retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
