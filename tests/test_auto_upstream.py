@@ -155,14 +155,7 @@ def test_traffic_follows_the_app_under_load(envoy, folder, tcp_port) -> None:
         load.kill()
         on_socket.stop()
         tcp_app.stop()
-    total = int(re.search(r"(\d+) requests in", output).group(1))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(n) for n in errors.groups()) if errors else 0
-    )
+    total, failed = wrk_failures(output)
     print(
         f"\nauto upstream under load: {total} requests, {failed} failed; traffic moved to the "
         f"socket in {to_socket:.2f} s and back to TCP in {to_tcp:.2f} s "

@@ -94,18 +94,34 @@ def proxy_image(answer: dict, pod: dict) -> str:
     return container(apply(pod, patch_of({"response": answer})), "proxy")["image"]
 
 
+class MountedConfig:
+    """Config files and the symlink a ConfigMap mount reads through, swapped atomically
+    as the kubelet swaps it; starts at old.yaml (registry.example/envoy:old)."""
+
+    def __init__(self, tmp_path: Path, files: dict[str, bytes]) -> None:
+        self.folder, self.link = tmp_path / "configs", tmp_path / "mesh.yaml"
+        self.folder.mkdir()
+        files = {
+            "old.yaml": b"proxyImage: registry.example/envoy:old\n",
+            "new.yaml": b"proxyImage: registry.example/envoy:new\n",
+            **files,
+        }
+        for name, data in files.items():
+            (self.folder / name).write_bytes(data)
+        self.link.symlink_to(self.folder / "old.yaml")
+        self.flags = ("--config", str(self.link), "--config-reload-seconds", "0.1")
+
+    def swap_to(self, name: str) -> None:
+        swap = self.link.with_name("swap")
+        swap.symlink_to(self.folder / name)
+        swap.replace(self.link)
+
+
 def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored(
     tmp_path,
 ) -> None:
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "old.yaml").write_text("proxyImage: registry.example/envoy:old\n")
-    (configs / "new.yaml").write_text("proxyImage: registry.example/envoy:new\n")
-    (configs / "broken.yaml").write_text("proxyImage: [not an image\n")
-    link = tmp_path / "mesh.yaml"
-    link.symlink_to(configs / "old.yaml")
-    flags = ("--config", str(link), "--config-reload-seconds", "0.1")
-    with served(tmp_path, *flags) as server:
+    mounted = MountedConfig(tmp_path, {"broken.yaml": b"proxyImage: [not an image\n"})
+    with served(tmp_path, *mounted.flags) as server:
         answers: list[list[str]] = [[], [], []]
         failures: list[str] = []
         stop = threading.Event()
@@ -124,13 +140,10 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
             thread.start()
         wait_for(lambda: len(seen) > 50, 20, "answers with the old config")
         load = start_wrk(server, tmp_path, seconds=5)
-        swap = tmp_path / "swap"
-        swap.symlink_to(configs / "new.yaml")
-        swap.replace(link)  # atomic, as the kubelet swaps a ConfigMap's files
+        mounted.swap_to("new.yaml")
         wait_for(lambda: seen[-1].endswith(":new"), 10, "answers with the new config")
         after_swap = len(seen)
-        swap.symlink_to(configs / "broken.yaml")
-        swap.replace(link)
+        mounted.swap_to("broken.yaml")
         time.sleep(1)
         wait_for(lambda: len(seen) > after_swap + 50, 20, "answers after the broken config")
         stop.set()
@@ -189,8 +202,6 @@ ALIAS_BOMB = "".join(
 def test_hostile_configs_are_errors_the_server_lives_through_and_a_valid_one_still_loads(
     tmp_path,
 ) -> None:
-    configs = tmp_path / "configs"
-    configs.mkdir()
     hostile = {
         "aliases.yaml": (ALIAS_BOMB + "nodeShm: {namespaces: *l8}\n").encode(),
         "pull-secrets.yaml": (ALIAS_BOMB + "imagePullSecrets: *l8\n").encode(),
@@ -198,14 +209,8 @@ def test_hostile_configs_are_errors_the_server_lives_through_and_a_valid_one_sti
         "deep.yaml": b"nodeShm: {namespaces: " + b"[" * 5000 + b"]" * 5000 + b"}\n",
         "huge.yaml": b"# padding\n" * 200_000,
     }
-    for name, data in hostile.items():
-        (configs / name).write_bytes(data)
-    (configs / "old.yaml").write_text("proxyImage: registry.example/envoy:old\n")
-    (configs / "new.yaml").write_text("proxyImage: registry.example/envoy:new\n")
-    link = tmp_path / "mesh.yaml"
-    link.symlink_to(configs / "old.yaml")
-    flags = ("--config", str(link), "--config-reload-seconds", "0.1")
-    with served(tmp_path, *flags) as server:
+    mounted = MountedConfig(tmp_path, hostile)
+    with served(tmp_path, *mounted.flags) as server:
 
         def errors() -> float:
             _, text, _ = status(server.connection(), "GET", "/metrics")
@@ -214,9 +219,7 @@ def test_hostile_configs_are_errors_the_server_lives_through_and_a_valid_one_sti
             ]
 
         for count, name in enumerate(hostile, start=1):
-            swap = tmp_path / "swap"
-            swap.symlink_to(configs / name)
-            swap.replace(link)
+            mounted.swap_to(name)
             started = time.monotonic()
             while errors() < count:
                 assert time.monotonic() - started < 10, f"{name} not counted as an error"
@@ -224,9 +227,7 @@ def test_hostile_configs_are_errors_the_server_lives_through_and_a_valid_one_sti
                 assert status(server.connection(timeout=2), "GET", "/healthz")[0] == 200
                 assert time.monotonic() - took < 1, f"/healthz slow while reading {name}"
             assert proxy_image(mutate(server.connection(), WEB), WEB).endswith(":old"), name
-        swap = tmp_path / "swap"
-        swap.symlink_to(configs / "new.yaml")
-        swap.replace(link)
+        mounted.swap_to("new.yaml")
         wait_for(
             lambda: proxy_image(mutate(server.connection(), WEB), WEB).endswith(":new"),
             10,

@@ -194,7 +194,7 @@ def test_explain_shows_each_annotation_parsed_or_wrong() -> None:
 
 
 HOSTILE_FILES = {
-    "binary.yaml": (bytes(range(256)) * 40, "not UTF-8 text (byte 0x80 at offset 128)"),
+    "binary.yaml": (bytes(range(256)) * 40, "not UTF-8 text: byte 0x80 at offset 128: not a YAML"),
     "deep-flow.yaml": (b"a: " + b"[" * 600 + b"]" * 600, "document 1: nested deeper than 100"),
     "deep.json": (b'{"a":' * 600 + b"1" + b"}" * 600, "document 1: nested deeper than 100"),
     "deep-block.yaml": (

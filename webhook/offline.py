@@ -18,6 +18,7 @@ import yaml
 
 from webhook import engine
 from webhook.engine import annotations as annotation_table
+from webhook.engine import values
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod, mapping, string_map
 from webhook.workloads import Template, templates, unknown_kind
@@ -40,12 +41,9 @@ def text_of(data: bytes, max_bytes: int = MAX_BYTES) -> str:
     if len(data) > max_bytes:
         raise DocumentError(f"larger than {max_bytes} bytes (--max-bytes)")
     try:
-        return data.decode()
-    except UnicodeDecodeError as exc:
-        raise DocumentError(
-            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
-            "not a YAML or JSON manifest"
-        ) from None
+        return values.utf8(data)
+    except ValueError as exc:
+        raise DocumentError(f"{exc}: not a YAML or JSON manifest") from None
 
 
 def _depth(value: Any) -> int:

@@ -27,7 +27,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -97,39 +97,35 @@ class CertificateReloader:
 
 
 @dataclass
-class _Refusals:
-    """Connections refused over the limit, and requests whose headers are too large, each
-    logged at most once a second."""
+class _Throttled:
+    """Refusals of one kind, logged at most once a second with how many there were."""
 
+    message: str
     count: int = 0
-    logged_at: float = field(default=0.0)
+    logged_at: float = 0.0
 
-    oversized: int = 0
-    oversized_logged_at: float = field(default=0.0)
-
-    def add(self, limit: int) -> None:
+    def add(self, **extra: int) -> None:
         self.count += 1
         now = time.monotonic()
         if now - self.logged_at >= 1.0:
-            log.warning(
-                "connection limit reached, closing new connections",
-                extra={"max_connections": limit, "refused": self.count},
-            )
+            log.warning(self.message, extra={**extra, "refused": self.count})
             self.logged_at, self.count = now, 0
 
+
+class _Refusals:
+    """Connections refused over the limit, and requests whose headers are too large."""
+
+    def __init__(self) -> None:
+        self.connections = _Throttled("connection limit reached, closing new connections")
+        self.headers = _Throttled("request headers too large, answered 431")
+
+    def add(self, limit: int) -> None:
+        self.connections.add(max_connections=limit)
+
     def too_large(self, limits: Limits) -> None:
-        self.oversized += 1
-        now = time.monotonic()
-        if now - self.oversized_logged_at >= 1.0:
-            log.warning(
-                "request headers too large, answered 431",
-                extra={
-                    "max_header_bytes": limits.max_header_bytes,
-                    "max_header_fields": limits.max_header_fields,
-                    "refused": self.oversized,
-                },
-            )
-            self.oversized_logged_at, self.oversized = now, 0
+        self.headers.add(
+            max_header_bytes=limits.max_header_bytes, max_header_fields=limits.max_header_fields
+        )
 
 
 LINGER_SECONDS = 1.0

@@ -255,11 +255,9 @@ def _read(path: str | Path) -> str:
     if len(data) > MAX_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_BYTES // 1024} KiB: not a mesh config")
     try:
-        return data.decode()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
-        ) from None
+        return values.utf8(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load(path: str | Path) -> MeshConfig:

@@ -54,6 +54,16 @@ def quote(value: str, limit: int = 120) -> str:
     return json.dumps(value)
 
 
+def utf8(data: bytes) -> str:
+    """``data`` as text; ValueError naming the first byte that is not UTF-8."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        ) from None
+
+
 def boolean(text: str) -> bool:
     value = text.strip().lower()
     if value == "true":
