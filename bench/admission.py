@@ -38,9 +38,9 @@ from fastapi.responses import Response
 
 from tests.processes import free_port
 from tests.support import CORPUS, load_case, review
-from webhook.app import create_app
 from webhook.engine import inject
 from webhook.engine.config import MeshConfig
+from webhook.server.app import create_app
 
 BODIES = {
     "one-container": "01-web-single",
@@ -99,7 +99,8 @@ FLOORS = ("allow-all", "allow-all-asgi")
 
 
 def serve(kind: str, port: int, cert: str, key: str) -> None:
-    from webhook import logs, server
+    from webhook.server import logs
+    from webhook.server import serve as server
 
     logs.configure("info")
     server.run(APPS[kind](), host="127.0.0.1", port=port, cert=Path(cert), key=key)

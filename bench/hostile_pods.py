@@ -16,10 +16,10 @@ import orjson
 from common import ROOT  # noqa: F401  (puts the project on sys.path)
 
 from tests.hostile import SHAPES, body
-from webhook.admission import review
 from webhook.engine import InternalError, inject
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod
+from webhook.server.admission import review
 
 TARGET_MS = 100.0
 

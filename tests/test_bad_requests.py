@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import CORPUS, asgi_call, load_case, review
-from webhook.app import MAX_BODY, create_app
 from webhook.engine.config import MeshConfig
+from webhook.server.app import MAX_BODY, create_app
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 

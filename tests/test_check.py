@@ -14,9 +14,9 @@ import yaml
 from certs.authority import write_for_service
 from tests.fake_kube import FakeKube
 from tests.support import CORPUS, apply, load_case, proxy_injector
-from webhook.check import EXPECTED_SELECTORS
 from webhook.engine import inject
 from webhook.engine.config import MeshConfig, from_mapping
+from webhook.tools.check import EXPECTED_SELECTORS
 
 ROOT = Path(__file__).parent.parent
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]

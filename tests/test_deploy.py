@@ -14,7 +14,7 @@ from tests.support import apply, container, object_errors
 from webhook.cli import parser
 from webhook.engine import Outcome, inject
 from webhook.engine.config import MeshConfig, from_mapping
-from webhook.serving import Limits
+from webhook.server.settings import Limits
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"

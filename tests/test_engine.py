@@ -334,9 +334,11 @@ def test_the_engine_imports_nothing_from_the_shells_around_it() -> None:
         assert name.startswith("webhook.engine"), f"{path} imports {name}"
 
 
-def test_the_node_side_imports_only_itself_and_the_engine() -> None:
-    """webhook/node/ runs on nodes and in pods: never the admission server or the CLI."""
-    found = _webhook_imports("node")
+@pytest.mark.parametrize("room", ["node", "server", "tools"])
+def test_each_shell_imports_only_itself_and_the_engine(room) -> None:
+    """webhook/node/ runs on nodes and in pods, webhook/server/ is the admission server,
+    webhook/tools/ the offline tools: none reaches into another (only the CLI sees all)."""
+    found = _webhook_imports(room)
     assert found
     for path, name in found:
-        assert name.startswith(("webhook.node", "webhook.engine")), f"{path} imports {name}"
+        assert name.startswith((f"webhook.{room}", "webhook.engine")), f"{room}/{path}: {name}"

@@ -14,10 +14,10 @@ from kubernetes import client
 from tests.fake_kube import FakeKube
 from tests.processes import wait_for
 from tests.support import CORPUS, asgi_call, load_case, review
-from webhook.app import create_app
 from webhook.engine.config import MeshConfig, from_mapping
-from webhook.events import EventSender, kube_post
-from webhook.metrics import Metrics
+from webhook.server.app import create_app
+from webhook.server.events import EventSender, kube_post
+from webhook.server.metrics import Metrics
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 

@@ -19,9 +19,9 @@ import orjson
 
 from tests.fuzz import mutants
 from tests.support import review
-from webhook.admission import BadRequest
-from webhook.admission import review as review_body
 from webhook.engine.config import MeshConfig
+from webhook.server.admission import BadRequest
+from webhook.server.admission import review as review_body
 
 SEED = int(os.environ.get("FUZZ_SEED", "10"))
 IN_PROCESS = 20_000

@@ -14,12 +14,13 @@ import pytest
 
 from tests import hostile
 from tests.support import apply, review, schema_errors
-from webhook import admission, engine
-from webhook.admission import Reviewed
-from webhook.admission import review as review_body
+from webhook import engine
 from webhook.engine import annotations, bootstrap, limits, quantity
 from webhook.engine.config import MeshConfig
-from webhook.logs import JsonFormatter
+from webhook.server import admission
+from webhook.server.admission import Reviewed
+from webhook.server.admission import review as review_body
+from webhook.server.logs import JsonFormatter
 
 CONFIG = MeshConfig()
 

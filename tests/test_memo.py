@@ -9,7 +9,7 @@ from tests import hostile
 from tests.support import CORPUS, load_case
 from webhook.engine import inject
 from webhook.engine.config import MeshConfig, from_mapping
-from webhook.memo import Memo, encode
+from webhook.server.memo import Memo, encode
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 

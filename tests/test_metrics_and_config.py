@@ -174,8 +174,8 @@ def test_a_swapped_config_applies_from_one_answer_on_and_a_broken_one_is_ignored
 
 def test_a_config_that_fails_validation_is_logged_with_field_and_value(tmp_path, caplog) -> None:
     from webhook.engine.config import MeshConfig
-    from webhook.live_config import LiveConfig
-    from webhook.metrics import Metrics
+    from webhook.server.live_config import LiveConfig
+    from webhook.server.metrics import Metrics
 
     path = tmp_path / "mesh.yaml"
     path.write_text("logLevel: info\n")

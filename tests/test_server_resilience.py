@@ -26,10 +26,10 @@ import pytest
 from tests import hostile
 from tests.processes import free_port, stop, wait_for
 from tests.support import CORPUS, asgi_call, load_case, review
-from webhook import app as app_module
-from webhook.admission import review as real_review
-from webhook.app import create_app
 from webhook.engine.config import MeshConfig
+from webhook.server import app as app_module
+from webhook.server.admission import review as real_review
+from webhook.server.app import create_app
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 BROKEN_ENGINE = """

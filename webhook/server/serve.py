@@ -36,7 +36,7 @@ import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from webhook.serving import Lifecycle, Limits
+from webhook.server.settings import Lifecycle, Limits
 
 log = logging.getLogger("proxy_injector.tls")
 

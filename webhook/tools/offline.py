@@ -21,7 +21,7 @@ from webhook.engine import annotations as annotation_table
 from webhook.engine import values
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod, mapping, string_map
-from webhook.workloads import Template, templates, unknown_kind
+from webhook.tools.workloads import Template, templates, unknown_kind
 
 
 class DocumentError(ValueError):

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from webhook.engine import config
-from webhook.metrics import Metrics
+from webhook.server.metrics import Metrics
 
 log = logging.getLogger("proxy_injector.config")
 

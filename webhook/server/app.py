@@ -25,12 +25,12 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from webhook import __version__
-from webhook.admission import BadRequest, Reviewed, review
 from webhook.engine.config import MeshConfig
 from webhook.engine.policy import Reason
-from webhook.events import EventSender, event, subject
-from webhook.live_config import LiveConfig
-from webhook.metrics import CONTENT_TYPE, Metrics
+from webhook.server.admission import BadRequest, Reviewed, review
+from webhook.server.events import EventSender, event, subject
+from webhook.server.live_config import LiveConfig
+from webhook.server.metrics import CONTENT_TYPE, Metrics
 
 MAX_BODY = 3 * 2**20
 """The API server caps requests at 3 MiB; anything larger is not from it."""

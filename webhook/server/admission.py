@@ -19,7 +19,7 @@ from webhook import engine
 from webhook.engine.config import MeshConfig
 from webhook.engine.limits import PROBLEM_CHARS, clip
 from webhook.engine.policy import Reason
-from webhook.memo import Memo
+from webhook.server.memo import Memo
 
 VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 MEMO = Memo()

@@ -1,0 +1,37 @@
+"""Argument types the command groups share: each names what it accepts."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 to 3600 seconds")
+    return value
+
+
+def byte_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes, 1 to 1 GiB")
+    return int(text)
+
+
+def count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number 1 to 1000000")
+    return int(text)
+
+
+def labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{item!r} is not key=value")
+        labels[key] = value
+    return labels

@@ -1,0 +1,155 @@
+"""`inject`, `explain` and `check` (the flags; the code is ``webhook.tools``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from webhook.cli.args import byte_count, count, labels
+from webhook.engine import config
+
+
+def _offline_parsers(commands: argparse._SubParsersAction) -> None:
+    for name, help_text in (
+        ("inject", "inject the pod templates of Kubernetes documents, as the webhook would"),
+        ("explain", "say whether each pod template would be injected, and why"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or -")
+        command.add_argument("--config", type=Path, help="mesh config YAML")
+        command.add_argument("--namespace", help="default: each object's, else default")
+        command.add_argument(
+            "--all-kinds",
+            action="store_true",
+            help="also the pod templates found in kinds inject does not know (CRDs)",
+        )
+        command.add_argument(
+            "--max-bytes", type=byte_count, default=64 << 20, help="input cap (default 64 MiB)"
+        )
+        command.add_argument(
+            "--max-documents", type=count, default=10_000, help="documents cap (default 10000)"
+        )
+        command.add_argument(
+            "--namespace-labels",
+            type=labels,
+            help="the namespace's labels, k=v,...: apply its proxy.io/inject rule (default: "
+            "assume the webhook's selectors matched, as in an enabled namespace)",
+        )
+        if name == "inject":
+            command.add_argument("--diff", action="store_true", help="print a unified diff")
+            command.set_defaults(run=_inject)
+        else:
+            command.add_argument("-o", "--output", choices=["text", "json"], default="text")
+            command.set_defaults(run=_explain)
+
+
+def _offline_input(args: argparse.Namespace) -> tuple[str, list, config.MeshConfig]:
+    from webhook.tools import offline
+
+    try:
+        mesh = config.load(args.config) if args.config else config.MeshConfig()
+    except config.ConfigError as exc:
+        raise SystemExit(f"proxy-injector {args.command}: {exc}") from None
+    try:
+        if args.filename == "-":
+            data = sys.stdin.buffer.read(args.max_bytes + 1)
+        else:
+            with open(args.filename, "rb") as handle:
+                data = handle.read(args.max_bytes + 1)
+        text = offline.text_of(data, args.max_bytes)
+        return text, offline.load(text, args.max_documents), mesh
+    except OSError as exc:
+        raise SystemExit(
+            f"proxy-injector {args.command}: {args.filename}: {exc.strerror}"
+        ) from None
+    except offline.DocumentError as exc:
+        raise SystemExit(f"proxy-injector {args.command}: {args.filename}: {exc}") from None
+
+
+def _inject(args: argparse.Namespace) -> int:
+    from webhook.tools import offline, roundtrip
+
+    text, documents, mesh = _offline_input(args)
+    result = offline.inject(documents, mesh, args.namespace, args.namespace_labels, args.all_kinds)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.denials:
+        for denial in result.denials:
+            print(f"proxy-injector inject: {denial}", file=sys.stderr)
+        return 1
+    written = roundtrip.write(text, result.documents, result.changes)
+    sys.stdout.write(offline.diff(text, written) if args.diff else written)
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from webhook.tools import offline
+
+    _, documents, mesh = _offline_input(args)
+    for warning in offline.unknown_kinds(documents, args.all_kinds):
+        print(f"warning: {warning}", file=sys.stderr)
+    reports = offline.explain(
+        documents, mesh, args.namespace, args.namespace_labels, args.all_kinds
+    )
+    if args.output == "json":
+        print(json.dumps(reports, indent=2))
+    else:
+        sys.stdout.write(offline.explanation_text(reports))
+    return 0
+
+
+def _check_parser(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser("check", help="is the installation healthy? (like linkerd check)")
+    check.add_argument("--config", type=Path, help="mesh config YAML the webhook runs with")
+    check.add_argument("--namespace", default="proxy-system", help="where the injector runs")
+    check.add_argument(
+        "--kube-api",
+        default=None,
+        help="a plain-HTTP API URL (kubectl proxy); default: kubeconfig, else in-cluster",
+    )
+    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    check.set_defaults(run=_check)
+
+
+def _kube_client(kube_api: str | None) -> Any:
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    if kube_api:
+        configuration = client.Configuration()
+        configuration.host = kube_api
+        return client.ApiClient(configuration)
+    try:
+        kube_config.load_kube_config()
+    except kube_config.ConfigException:
+        kube_config.load_incluster_config()
+    return client.ApiClient()
+
+
+def _check(args: argparse.Namespace) -> int:
+    from webhook.tools import check
+
+    try:
+        mesh = config.load(args.config) if args.config else config.MeshConfig()
+        results = check.run(
+            check.kube_reader(_kube_client(args.kube_api)), mesh, check.Target(args.namespace)
+        )
+    except config.ConfigError as exc:
+        print(f"proxy-injector check: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"proxy-injector check: cannot read the cluster: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(
+        check.as_json(results) + "\n" if args.output == "json" else check.text(results)
+    )
+    return 0 if all(r.ok for r in results) else 1
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    _offline_parsers(commands)
+    _check_parser(commands)
