@@ -441,3 +441,22 @@ def test_json_in_gives_json_out() -> None:
     written = json.loads(done.stdout)
     assert list(written) == list(deployment)
     assert written["spec"]["template"]["metadata"]["annotations"]["proxy.io/status"]
+
+
+def test_bootstrap_prints_the_pods_envoy_config_readably(webhook) -> None:
+    from tests.support import bootstrap_of
+
+    pod = {**copy.deepcopy(WEB_POD), "metadata": {"name": "web-0", "namespace": "shop"}}
+    injected_pod = apply(pod, patch_of(webhook.mutate(review(pod, "shop"))))
+    expected = json.loads(bootstrap_of(injected_pod))
+    for shown in (pod, injected_pod):  # would be injected; is injected
+        done = run("bootstrap", "-f", "-", stdin=yaml.safe_dump(shown))
+        assert done.returncode == 0, done.stderr
+        assert yaml.safe_load(done.stdout) == expected
+        head = [line for line in done.stdout.splitlines() if line.startswith("#")]
+        assert "#   inbound: 0.0.0.0:15006" in head
+        assert any(line.startswith("#     port 8080 -> inbound|8080 (http)") for line in head)
+    skipped = {**pod, "metadata": {"name": "web-1", "annotations": {"proxy.io/inject": "false"}}}
+    done = run("bootstrap", "-f", "-", stdin=yaml.safe_dump(skipped))
+    assert done.returncode == 1
+    assert done.stderr.startswith("proxy-injector bootstrap: Pod web-1: not injected: opted_out")

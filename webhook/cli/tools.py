@@ -45,6 +45,37 @@ def _offline_parsers(commands: argparse._SubParsersAction) -> None:
             command.set_defaults(run=_explain)
 
 
+def _bootstrap_parser(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "bootstrap",
+        help="print the Envoy bootstrap of an injected pod, or of the pod the webhook would make",
+        description="Example: kubectl get pod web-0 -o yaml | proxy-injector bootstrap -f -",
+    )
+    command.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or -")
+    command.add_argument("--config", type=Path, help="mesh config YAML")
+    command.add_argument("--namespace", help="default: the object's, else default")
+    command.set_defaults(run=_bootstrap, max_bytes=64 << 20, max_documents=10_000)
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from webhook.tools import bootstrap
+    from webhook.tools.workloads import templates
+
+    _, documents, mesh = _offline_input(args)
+    found = [t for document in documents for t in templates(document)]
+    if not found:
+        print(f"proxy-injector bootstrap: {args.filename}: no pod or pod template", file=sys.stderr)
+        return 1
+    template = found[0]
+    try:
+        chosen = bootstrap.of(template, mesh, args.namespace or template.namespace or "default")
+    except bootstrap.NoBootstrap as exc:
+        print(f"proxy-injector bootstrap: {template.kind} {template.name}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(bootstrap.text(chosen))
+    return 0
+
+
 def _offline_input(args: argparse.Namespace) -> tuple[str, list, config.MeshConfig]:
     from webhook.tools import offline
 
@@ -152,4 +183,5 @@ def _check(args: argparse.Namespace) -> int:
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     _offline_parsers(commands)
+    _bootstrap_parser(commands)
     _check_parser(commands)

@@ -1,0 +1,96 @@
+"""``bootstrap``: the Envoy bootstrap of an injected pod (or of the pod the webhook would
+make of it), readable: a summary of its listeners and clusters, then the whole of it as
+YAML, instead of the one-line JSON argument ``kubectl get pod -o yaml`` shows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonpatch
+import yaml
+
+from webhook import engine
+from webhook.engine.config import MeshConfig
+from webhook.engine.names import PROXY_CONTAINER
+from webhook.tools.workloads import Template
+
+
+class NoBootstrap(ValueError):
+    pass
+
+
+def _proxy_args(pod: dict[str, Any]) -> list[str] | None:
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            if isinstance(container, dict) and container.get("name") == PROXY_CONTAINER:
+                args = container.get("args")
+                return args if isinstance(args, list) else None
+    return None
+
+
+def of(template: Template, config: MeshConfig, namespace: str) -> dict[str, Any]:
+    """The bootstrap of ``template``'s proxy: its own when it is injected already, else the
+    one the webhook would give it. Raises NoBootstrap saying why there is none."""
+    pod = template.as_created()
+    args = _proxy_args(pod)
+    if args is None:
+        result = engine.inject_or_deny(pod, namespace, config)
+        if result.outcome != engine.Outcome.INJECT:
+            raise NoBootstrap(f"not injected: {result.reason.code}: {result.message}")
+        args = _proxy_args(jsonpatch.apply_patch(pod, list(result.patch))) or []
+    if "--config-yaml" not in args[:-1]:
+        raise NoBootstrap("its proxy container has no --config-yaml bootstrap")
+    try:
+        return json.loads(args[args.index("--config-yaml") + 1])
+    except ValueError as exc:
+        raise NoBootstrap(f"its bootstrap is not JSON: {exc}") from None
+
+
+def _address(address: dict[str, Any]) -> str:
+    if "pipe" in address:
+        return address["pipe"]["path"]
+    socket = address.get("socket_address", {})
+    return f"{socket.get('address')}:{socket.get('port_value')}"
+
+
+def _cluster_of(chain: dict[str, Any]) -> str:
+    """Where a filter chain sends its traffic: an HTTP route's cluster, or a TCP proxy's."""
+    for network_filter in chain.get("filters", []):
+        config = network_filter.get("typed_config", {})
+        if "cluster" in config:
+            return f"{config['cluster']} (tcp)"
+        for host in config.get("route_config", {}).get("virtual_hosts", []):
+            for route in host.get("routes", []):
+                if "cluster" in route.get("route", {}):
+                    return f"{route['route']['cluster']} (http)"
+    return "?"
+
+
+def summary(bootstrap: dict[str, Any]) -> list[str]:
+    """A line per listener and per cluster, with where each listens or sends."""
+    resources = bootstrap.get("static_resources", {})
+    lines = ["listeners:"]
+    for listener in resources.get("listeners", []):
+        lines.append(f"  {listener['name']}: {_address(listener['address'])}")
+        for chain in listener.get("filter_chains", []):
+            port = chain.get("filter_chain_match", {}).get("destination_port")
+            if port is not None:
+                lines.append(f"    port {port} -> {_cluster_of(chain)}")
+    lines.append("clusters:")
+    for cluster in resources.get("clusters", []):
+        endpoints = [
+            f"{_address(lb['endpoint']['address'])}"
+            + (f" (priority {group['priority']})" if group.get("priority") else "")
+            for group in cluster.get("load_assignment", {}).get("endpoints", [])
+            for lb in group.get("lb_endpoints", [])
+        ]
+        target = ", ".join(endpoints) or cluster.get("type", "").lower()
+        lines.append(f"  {cluster['name']}: {target}")
+    return lines
+
+
+def text(bootstrap: dict[str, Any]) -> str:
+    head = "".join(f"# {line}\n" for line in summary(bootstrap))
+    return head + yaml.safe_dump(bootstrap, sort_keys=False, width=100)
