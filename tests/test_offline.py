@@ -460,3 +460,15 @@ def test_bootstrap_prints_the_pods_envoy_config_readably(webhook) -> None:
     done = run("bootstrap", "-f", "-", stdin=yaml.safe_dump(skipped))
     assert done.returncode == 1
     assert done.stderr.startswith("proxy-injector bootstrap: Pod web-1: not injected: opted_out")
+
+
+def test_the_readme_tour_runs() -> None:
+    """README's five-minute tour, command by command, as written there."""
+    readme = (CORPUS.parent.parent / "README.md").read_text()
+    tour = [line for line in readme.splitlines() if line.startswith(".venv/bin/proxy-injector ")]
+    assert len(tour) == 3
+    for line in tour:
+        args = line.split("|")[0].split()[1:]
+        done = run(*args, stdin="")
+        assert done.returncode == 0, (line, done.stderr)
+        assert done.stdout.strip(), line

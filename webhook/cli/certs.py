@@ -8,7 +8,12 @@ from pathlib import Path
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    certs = commands.add_parser("certs", help="make and check the webhook's certificates")
+    certs = commands.add_parser(
+        "certs",
+        help="make and check the webhook's certificates",
+        description="Example: proxy-injector certs check --cert tls.crt --ca ca.crt "
+        "--name proxy-injector.proxy-system.svc",
+    )
     actions = certs.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a CA and a serving certificate for a Service")
     create.add_argument("--service", required=True)

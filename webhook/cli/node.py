@@ -82,8 +82,9 @@ def _validate_interception(args: argparse.Namespace) -> int:
 def _cni_parser(commands: argparse._SubParsersAction) -> None:
     plugin = commands.add_parser(
         "cni",
-        help="`cni agent`: the proxy-injector-cni DaemonSet's process (puts the plugin on the "
+        help="cni agent: the proxy-injector-cni DaemonSet's process (puts the plugin on the "
         "node, serves it, repairs pods that started without it)",
+        description="Example: proxy-injector cni agent --config /etc/proxy-injector/mesh.yaml",
     )
     plugin.add_argument(
         "action", choices=["agent", "install"], help="install: the same as agent (older manifests)"

@@ -15,7 +15,11 @@ from webhook.server.settings import Lifecycle, Limits
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser("serve", help="serve the admission webhook over HTTPS")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the admission webhook over HTTPS",
+        description="Example: proxy-injector serve --self-signed",
+    )
     serve.add_argument(
         "--self-signed",
         action="store_true",

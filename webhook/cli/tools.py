@@ -16,7 +16,9 @@ def _offline_parsers(commands: argparse._SubParsersAction) -> None:
         ("inject", "inject the pod templates of Kubernetes documents, as the webhook would"),
         ("explain", "say whether each pod template would be injected, and why"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(
+            name, help=help_text, description=f"Example: proxy-injector {name} -f deploy.yaml"
+        )
         command.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or -")
         command.add_argument("--config", type=Path, help="mesh config YAML")
         command.add_argument("--namespace", help="default: each object's, else default")
@@ -134,7 +136,11 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _check_parser(commands: argparse._SubParsersAction) -> None:
-    check = commands.add_parser("check", help="is the installation healthy? (like linkerd check)")
+    check = commands.add_parser(
+        "check",
+        help="is the installation healthy? (like linkerd check)",
+        description="Example: proxy-injector check --namespace proxy-system",
+    )
     check.add_argument("--config", type=Path, help="mesh config YAML the webhook runs with")
     check.add_argument("--namespace", default="proxy-system", help="where the injector runs")
     check.add_argument(
