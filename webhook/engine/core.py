@@ -205,6 +205,36 @@ def _fs_group_op(spec: dict[str, Any], plan: sockets.PortPlan) -> list[jp.Op]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every decision the engine made for one pod it injects; ``_render`` turns it into
+    the patch. A new feature adds a field here and a step there."""
+
+    apps: tuple[pods.Container, ...]
+    ports: sockets.PortPlan
+    probes: probes.ProbePlan
+    access: node_access.NodeAccess
+    resources: sidecar.Resources
+    existing_shm: str | None
+    """The volume an app container already mounts at /dev/shm, which the proxy shares."""
+    added_volumes: tuple[str, ...]
+    outbound_socket: str | None
+    cni: bool
+    init: dict[str, Any]
+    """proxy-init, or proxy-validate in cni mode."""
+    interception_spec: jp.Op | None
+    """cni mode: the annotation the node's agent reads."""
+    native: bool
+    bootstrap: str
+    drain_seconds: float
+    grace_seconds: int | None
+    warnings: tuple[str, ...]
+
+    @property
+    def shm_volume_name(self) -> str:
+        return self.existing_shm or SHM_VOLUME
+
+
 def _build(
     pod: dict[str, Any],
     spec: dict[str, Any],
@@ -213,6 +243,25 @@ def _build(
     config: MeshConfig,
     reading: _Reading,
 ) -> InjectionResult:
+    plan = _plan(pod, spec, namespace, parsed, config, reading)
+    if isinstance(plan, InjectionResult):
+        return plan
+    reading.field = "the patch"
+    ops = _render(pod, spec, parsed, config, plan)
+    return InjectionResult(
+        Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, ops, plan.warnings
+    )
+
+
+def _plan(
+    pod: dict[str, Any],
+    spec: dict[str, Any],
+    namespace: str,
+    parsed: annotation_table.Parsed,
+    config: MeshConfig,
+    reading: _Reading,
+) -> Plan | InjectionResult:
+    """Every decision, or the denial with all its reasons; cheap checks first."""
     overrides = parsed.overrides
     reading.field = "spec.containers"
     too_many = _too_many_containers(spec)
@@ -231,14 +280,13 @@ def _build(
     least = bootstrap.least_size(sockets.least_ports(apps, overrides, config), 0, len(declared))
     if least > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
-    plan = sockets.plan(apps, overrides, config, access.socket_root)
+    port_plan = sockets.plan(apps, overrides, config, access.socket_root)
     reading.field = "the app containers' probes"
-    probe_plan = probes.plan(apps, plan, pick(overrides.rewrite_probes, True))
+    probe_plan = probes.plan(apps, port_plan, pick(overrides.rewrite_probes, True))
     reading.field = "the proxy's resources"
     sized = sidecar.resources(overrides, config)
-    resources = sized.resources
-    if plan.annotation_errors or sized.errors:
-        return deny(Reason.INVALID_ANNOTATION, [*plan.annotation_errors, *sized.errors])
+    if port_plan.annotation_errors or sized.errors:
+        return deny(Reason.INVALID_ANNOTATION, [*port_plan.annotation_errors, *sized.errors])
     reading.field = "spec.securityContext"
     proxy_uid_warnings = _proxy_uid_apps(spec, apps)
     if proxy_uid_warnings and config.deny_proxy_uid_apps:
@@ -249,73 +297,41 @@ def _build(
     added = [*([] if existing_shm else [SHM_VOLUME]), *access.volume_names]
     conflicts = _name_conflicts(spec, added)
     conflicts += node_access.pod_problems(access, apps, overrides, config)
-    if plan.pod_errors or shm_errors or conflicts or probe_plan.errors:
-        return deny(
-            Reason.INVALID_POD, [*plan.pod_errors, *shm_errors, *conflicts, *probe_plan.errors]
-        )
+    if port_plan.pod_errors or shm_errors or conflicts or probe_plan.errors:
+        problems = [*port_plan.pod_errors, *shm_errors, *conflicts, *probe_plan.errors]
+        return deny(Reason.INVALID_POD, problems)
     reading.field = "proxy.io/upstreams"
     outbound_socket = access.socket_path(OUTBOUND_UDS_PATH) if overrides.outbound_uds else None
-    least = bootstrap.least_size(len(plan.ports), len(probe_plan.routes), len(declared))
+    least = bootstrap.least_size(len(port_plan.ports), len(probe_plan.routes), len(declared))
     if least > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
     upstream_list, upstream_warnings = upstreams.resolve(declared, namespace, config.cluster_domain)
-
     reading.field = "spec"
-    volume_name = existing_shm or SHM_VOLUME
     cni = pick(overrides.interception, config.interception) == "cni"
-    init_name = VALIDATE_CONTAINER if cni else INIT_CONTAINER
-    ops: list[jp.Op] = [_status_op(pod, parsed, added, init_name, config.sidecar_generation)]
-    new_volumes = node_access.volumes(access)
-    if existing_shm is None:
-        size = node_access.pod_volume_size(access, sidecar.shm_size(apps, overrides, config))
-        new_volumes.insert(0, sidecar.shm_volume(size))
-    ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), new_volumes)
-    if access.host_shm and spec.get("hostIPC") is not True:
-        ops.append(jp.add("/spec/hostIPC", True))
-    ops += _fs_group_op(spec, plan)
-    interception = _interception(pod, overrides, config, resources, cni)
+    interception = _interception(pod, overrides, config, sized.resources, cni)
     if isinstance(interception, InjectionResult):
         return interception
     init, spec_ops = interception
-    ops += spec_ops
-    ops += _pull_secrets_ops(spec, config.image_pull_secrets)
-    ops.append(
-        jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), init)
-    )
-    native = pick(overrides.native_sidecar, config.native_sidecar)
-    app_mounts = node_access.app_mounts(access, volume_name)
-    for app in apps:
-        ops += _app_container_ops(app, app_mounts, plan, outbound_socket)
-    ops += _probe_ops(probe_plan.rewrites)
     reading.field = "the sidecar's bootstrap"
     sidecar_plan = bootstrap.SidecarPlan(
-        plan.ports, tuple(probe_plan.routes), upstream_list, config.upstream_policy, outbound_socket
+        port_plan.ports,
+        tuple(probe_plan.routes),
+        upstream_list,
+        config.upstream_policy,
+        outbound_socket,
     )
     encoded = bootstrap.encoded(sidecar_plan)
     size = len(encoded) if encoded.isascii() else len(encoded.encode())
     if size > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(size, len(declared))])
     reading.field = "spec.terminationGracePeriodSeconds"
+    native = pick(overrides.native_sidecar, config.native_sidecar)
     drain_seconds = pick(overrides.drain_duration, config.drain_duration)
-    proxy = sidecar.proxy_container(
-        image=overrides.image or config.proxy_image,
-        bootstrap=encoded,
-        workers=sidecar.concurrency(overrides, config, resources.cpu_limit),
-        log_level=overrides.log_level or config.log_level,
-        limits=resources,
-        mounts=node_access.proxy_mounts(access, volume_name),
-        drain_seconds=drain_seconds,
-        pull_policy=config.image_pull_policy,
-    )
     grace_seconds = pods.termination_grace_seconds(spec)
-    proxy = lifecycle.stopping_after_the_app(
-        proxy, native=native, drain_seconds=drain_seconds, grace_seconds=grace_seconds
-    )
-    ops.append(_proxy_op(proxy, native, bool(overrides.hold_application)))
     warnings = _bounded_warnings(
         [
             *sized.warnings,
-            *plan.warnings,
+            *port_plan.warnings,
             *probe_plan.warnings,
             *upstream_warnings,
             *proxy_uid_warnings,
@@ -325,9 +341,74 @@ def _build(
         ],
         parsed.unknown,
     )
-    return InjectionResult(
-        Outcome.INJECT, Reason.INJECTED, Reason.INJECTED.sentence, tuple(ops), warnings
+    return Plan(
+        apps=apps,
+        ports=port_plan,
+        probes=probe_plan,
+        access=access,
+        resources=sized.resources,
+        existing_shm=existing_shm,
+        added_volumes=tuple(added),
+        outbound_socket=outbound_socket,
+        cni=cni,
+        init=init,
+        interception_spec=spec_ops[0] if spec_ops else None,
+        native=native,
+        bootstrap=encoded,
+        drain_seconds=drain_seconds,
+        grace_seconds=grace_seconds,
+        warnings=warnings,
     )
+
+
+def _render(
+    pod: dict[str, Any],
+    spec: dict[str, Any],
+    parsed: annotation_table.Parsed,
+    config: MeshConfig,
+    plan: Plan,
+) -> tuple[jp.Op, ...]:
+    """The patch ops of a plan, in the order the API server applies them."""
+    overrides, access = parsed.overrides, plan.access
+    init_name = VALIDATE_CONTAINER if plan.cni else INIT_CONTAINER
+    added = list(plan.added_volumes)
+    ops: list[jp.Op] = [_status_op(pod, parsed, added, init_name, config.sidecar_generation)]
+    new_volumes = node_access.volumes(access)
+    if plan.existing_shm is None:
+        size = node_access.pod_volume_size(access, sidecar.shm_size(plan.apps, overrides, config))
+        new_volumes.insert(0, sidecar.shm_volume(size))
+    ops += jp.append("/spec/volumes", isinstance(spec.get("volumes"), list), new_volumes)
+    if access.host_shm and spec.get("hostIPC") is not True:
+        ops.append(jp.add("/spec/hostIPC", True))
+    ops += _fs_group_op(spec, plan.ports)
+    if plan.interception_spec is not None:
+        ops.append(plan.interception_spec)
+    ops += _pull_secrets_ops(spec, config.image_pull_secrets)
+    ops.append(
+        jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), plan.init)
+    )
+    app_mounts = node_access.app_mounts(access, plan.shm_volume_name)
+    for app in plan.apps:
+        ops += _app_container_ops(app, app_mounts, plan.ports, plan.outbound_socket)
+    ops += _probe_ops(plan.probes.rewrites)
+    proxy = sidecar.proxy_container(
+        image=overrides.image or config.proxy_image,
+        bootstrap=plan.bootstrap,
+        workers=sidecar.concurrency(overrides, config, plan.resources.cpu_limit),
+        log_level=overrides.log_level or config.log_level,
+        limits=plan.resources,
+        mounts=node_access.proxy_mounts(access, plan.shm_volume_name),
+        drain_seconds=plan.drain_seconds,
+        pull_policy=config.image_pull_policy,
+    )
+    proxy = lifecycle.stopping_after_the_app(
+        proxy,
+        native=plan.native,
+        drain_seconds=plan.drain_seconds,
+        grace_seconds=plan.grace_seconds,
+    )
+    ops.append(_proxy_op(proxy, plan.native, bool(overrides.hold_application)))
+    return tuple(ops)
 
 
 def _bounded_warnings(
