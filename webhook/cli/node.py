@@ -16,7 +16,9 @@ from webhook.node import flags
 
 def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
     init = commands.add_parser(
-        "init-iptables", help="program the pod's network namespace to send TCP through Envoy"
+        "init-iptables",
+        help="program the pod's network namespace to send TCP through Envoy",
+        description="Example: proxy-injector init-iptables --exclude-outbound-ports 5432 --dry-run",
     )
     flags.add_to(init)
     init.add_argument(
@@ -59,6 +61,8 @@ def _validate_parser(commands: argparse._SubParsersAction) -> None:
     validate = commands.add_parser(
         "validate-interception",
         help="check that the pod's traffic is redirected to the proxy (proxy-validate)",
+        description="Example: proxy-injector validate-interception --connect 192.0.2.1:80 "
+        "(exit code 95: not redirected)",
     )
     validate.add_argument("--connect", required=True, help="ADDRESS:PORT the rules redirect")
     validate.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
