@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import patch_of, proxy_injector
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def handshake(webhook, context: ssl.SSLContext, host: str = "localhost") -> str:

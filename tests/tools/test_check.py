@@ -18,7 +18,7 @@ from webhook.engine import inject
 from webhook.engine.config import MeshConfig, from_mapping
 from webhook.tools.check import EXPECTED_SELECTORS
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 SHIPPED = yaml.safe_load((ROOT / "deploy/base/mutatingwebhookconfiguration.yaml").read_text())
 

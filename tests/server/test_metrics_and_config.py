@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import free_port, wait_for
 from tests.support import CORPUS, apply, container, load_case, patch_of, review
-from tests.test_server_resilience import served, status
+from tests.server.test_server_resilience import served, status
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 

@@ -1,0 +1,1 @@
+"""Tests of the admission server (webhook/server/), most of them against it running."""
