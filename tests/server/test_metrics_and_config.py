@@ -16,8 +16,8 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import free_port, wait_for
-from tests.support import CORPUS, apply, container, load_case, patch_of, review
 from tests.server.test_server_resilience import served, status
+from tests.support import CORPUS, apply, container, load_case, patch_of, review
 
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
 
