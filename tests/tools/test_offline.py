@@ -472,3 +472,19 @@ def test_the_readme_tour_runs() -> None:
         done = run(*args, stdin="")
         assert done.returncode == 0, (line, done.stderr)
         assert done.stdout.strip(), line
+
+
+def test_explain_and_bootstrap_show_the_engines_plan() -> None:
+    path = str(MANIFESTS / "commented.yaml")
+    reports = json.loads(run("explain", "-o", "json", "-f", path, stdin="").stdout)
+    web, db = reports
+    assert web["plan"]["ports"] == [
+        {"container": "web", "port": 8080, "protocol": "http",
+         "socket": "/dev/shm/web-8080.sock", "tcpFallback": True}
+    ]  # fmt: skip
+    assert (web["plan"]["interception"], web["plan"]["probesRewritten"]) == ("init-container", 1)
+    assert db["plan"]["ports"][0]["protocol"] == "tcp"
+    text = run("explain", "-f", path, stdin="").stdout
+    assert "  plan: port 8080 (web, http): socket /dev/shm/web-8080.sock, else TCP" in text
+    shown = run("bootstrap", "-f", path, stdin="").stdout
+    assert shown.startswith("# plan: port 8080 (web, http): socket /dev/shm/web-8080.sock")

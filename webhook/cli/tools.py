@@ -74,7 +74,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
     except bootstrap.NoBootstrap as exc:
         print(f"proxy-injector bootstrap: {template.kind} {template.name}: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(bootstrap.text(chosen))
+    planned = bootstrap.plan(template, mesh, args.namespace or template.namespace or "default")
+    sys.stdout.write(bootstrap.text(chosen, planned))
     return 0
 
 

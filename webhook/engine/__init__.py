@@ -13,9 +13,11 @@ from webhook.engine.core import (
     InjectionResult,
     InternalError,
     Outcome,
+    Plan,
     deny,
     inject,
     inject_or_deny,
+    plan,
     skip,
 )
 
@@ -23,8 +25,10 @@ __all__ = [
     "InjectionResult",
     "InternalError",
     "Outcome",
+    "Plan",
     "deny",
     "inject",
     "inject_or_deny",
+    "plan",
     "skip",
 ]

@@ -121,6 +121,22 @@ def inject_or_deny(
         return deny(Reason.INVALID_POD, [str(exc)])
 
 
+def plan(
+    pod: Any,
+    namespace: str,
+    config: MeshConfig,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> Plan | InjectionResult:
+    """The decisions ``inject`` turns into a patch, or the skip or denial it answers.
+    Raises ``pod.InvalidPod`` as ``inject`` does."""
+    reading = _Reading()
+    prepared = _prepare(pod, namespace, config, namespace_labels, reading)
+    if isinstance(prepared, InjectionResult):
+        return prepared
+    spec, parsed, _ = prepared
+    return _plan(pod, spec, namespace, parsed, config, reading)
+
+
 def _inject(
     pod: Any,
     namespace: str,
@@ -128,6 +144,21 @@ def _inject(
     namespace_labels: Mapping[str, str] | None,
     reading: _Reading,
 ) -> InjectionResult:
+    prepared = _prepare(pod, namespace, config, namespace_labels, reading)
+    if isinstance(prepared, InjectionResult):
+        return prepared
+    spec, parsed, rule = prepared
+    return replace(_build(pod, spec, namespace, parsed, config, reading), rule=rule)
+
+
+def _prepare(
+    pod: Any,
+    namespace: str,
+    config: MeshConfig,
+    namespace_labels: Mapping[str, str] | None,
+    reading: _Reading,
+) -> tuple[dict[str, Any], annotation_table.Parsed, str] | InjectionResult:
+    """Whether to inject at all, and the parsed annotations when so."""
     if not isinstance(pod, dict):
         raise pods.InvalidPod("(pod)", "expected an object")
     reading.field = "metadata"
@@ -148,7 +179,7 @@ def _inject(
     parsed = annotation_table.parse(annotations)
     if parsed.errors:
         return deny(Reason.INVALID_ANNOTATION, parsed.errors)
-    return replace(_build(pod, spec, namespace, parsed, config, reading), rule=decision.rule)
+    return spec, parsed, decision.rule
 
 
 def _annotations_too_large(size: int) -> str:
@@ -233,6 +264,27 @@ class Plan:
     @property
     def shm_volume_name(self) -> str:
         return self.existing_shm or SHM_VOLUME
+
+    def summary(self) -> dict[str, Any]:
+        """The decisions as plain data, for ``explain`` and ``bootstrap`` to show."""
+        return {
+            "ports": [
+                {
+                    "container": port.container,
+                    "port": port.number,
+                    "protocol": port.protocol,
+                    "socket": port.socket,
+                    "tcpFallback": port.tcp_fallback,
+                }
+                for port in self.ports.ports
+            ],
+            "interception": "cni" if self.cni else "init-container",
+            "nativeSidecar": self.native,
+            "shmVolume": self.shm_volume_name,
+            "outboundSocket": self.outbound_socket,
+            "probesRewritten": len(self.probes.rewrites),
+            "drainSeconds": self.drain_seconds,
+        }
 
 
 def _build(

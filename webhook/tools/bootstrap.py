@@ -30,6 +30,12 @@ def _proxy_args(pod: dict[str, Any]) -> list[str] | None:
     return None
 
 
+def plan(template: Template, config: MeshConfig, namespace: str) -> dict[str, Any] | None:
+    """The engine's plan for a template not injected yet (None for one that is)."""
+    decided = engine.plan(template.as_created(), namespace, config)
+    return decided.summary() if isinstance(decided, engine.Plan) else None
+
+
 def of(template: Template, config: MeshConfig, namespace: str) -> dict[str, Any]:
     """The bootstrap of ``template``'s proxy: its own when it is injected already, else the
     one the webhook would give it. Raises NoBootstrap saying why there is none."""
@@ -91,6 +97,9 @@ def summary(bootstrap: dict[str, Any]) -> list[str]:
     return lines
 
 
-def text(bootstrap: dict[str, Any]) -> str:
-    head = "".join(f"# {line}\n" for line in summary(bootstrap))
+def text(bootstrap: dict[str, Any], planned: dict[str, Any] | None = None) -> str:
+    from webhook.tools.offline import plan_lines
+
+    lines = [f"plan: {line}" for line in plan_lines(planned)] if planned else []
+    head = "".join(f"# {line}\n" for line in [*lines, *summary(bootstrap)])
     return head + yaml.safe_dump(bootstrap, sort_keys=False, width=100)

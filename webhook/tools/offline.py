@@ -230,6 +230,10 @@ def explain(
                 "warnings": list(result.warnings),
             }
         )
+        if result.outcome == engine.Outcome.INJECT:
+            decided = engine.plan(template.as_created(), answer.namespace, config, namespace_labels)
+            if isinstance(decided, engine.Plan):
+                reports[-1]["plan"] = decided.summary()
     return reports
 
 
@@ -266,4 +270,25 @@ def explanation_text(reports: list[dict[str, Any]]) -> str:
             else:
                 lines.append(f"  {item['key']}: {item['value']!r} -> {item['parsed']}")
         lines += [f"  warning: {warning}" for warning in report["warnings"]]
+        if "plan" in report:
+            lines += [f"  plan: {line}" for line in plan_lines(report["plan"])]
     return "\n".join(lines) + "\n"
+
+
+def plan_lines(summary: dict[str, Any]) -> list[str]:
+    """A plan's summary in sentences: each port, then the sidecar's shape."""
+    lines = []
+    for port in summary["ports"]:
+        way = (
+            f"socket {port['socket']}" + (", else TCP" if port["tcpFallback"] else "")
+            if port["socket"]
+            else "TCP"
+        )
+        lines.append(f"port {port['port']} ({port['container']}, {port['protocol']}): {way}")
+    lines.append(
+        f"interception {summary['interception']}; "
+        f"{'native sidecar' if summary['nativeSidecar'] else 'regular container'}; "
+        f"/dev/shm from volume {summary['shmVolume']}; "
+        f"{summary['probesRewritten']} probe(s) moved to the proxy"
+    )
+    return lines
