@@ -2,7 +2,9 @@
 
 Everything in this package is pure: no I/O, no clock, no globals written, and nothing
 imported from the shells around it (the HTTP layer, the command line, iptables, Events,
-metrics). ``core.inject`` is the entry point; the modules beside it each decide one part:
+metrics). ``core.inject`` is the entry point (``core.plan`` gives its decisions without the
+patch: ``_plan`` decides, ``_render`` writes the ops); the modules beside it each decide one
+part:
 ``policy`` (inject or not, and why), ``annotations`` (the one table of proxy.io/*),
 ``pod`` (reading the pod), ``sockets``, ``probes``, ``upstreams``, ``sidecar``,
 ``lifecycle``, ``bootstrap/`` (Envoy's config), ``patch`` (JSONPatch ops), with their
