@@ -262,8 +262,9 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
 
 
 class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol with a header deadline, a connection limit, and
-    ``Connection: close`` on every response while draining."""
+    """uvicorn's HTTP/1.1 protocol with a header deadline and size, and ``Connection:
+    close`` on every response while draining. (The connection limit is ``Connections``',
+    counted from the accept on.)"""
 
     def __init__(
         self, *args: Any, limits: Limits, lifecycle: Lifecycle, refusals: _Refusals, **kw: Any
@@ -271,23 +272,16 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kw)
         self.limits, self.lifecycle, self.refusals = limits, lifecycle, refusals
         self.header_timer: asyncio.TimerHandle | None = None
-        self.refused = False
         self.header_bytes = self.header_fields = 0
         self.too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.limits.max_connections:
-            self.refused = True
-            self.refusals.add(self.limits.max_connections)
-            transport.abort()
-            return
         super().connection_made(transport)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if not self.refused:
-            super().connection_lost(exc)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
