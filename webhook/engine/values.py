@@ -64,6 +64,21 @@ def utf8(data: bytes) -> str:
         ) from None
 
 
+def nests_deeper(value: object, limit: int) -> bool:
+    """Whether parsed JSON or YAML ``value`` nests more than ``limit`` levels; iterative, so a
+    deep document cannot exhaust the stack, and it stops at the first level past ``limit``."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack += [(child, depth + 1) for child in item.values()]
+        elif isinstance(item, list):
+            stack += [(child, depth + 1) for child in item]
+    return False
+
+
 def boolean(text: str) -> bool:
     value = text.strip().lower()
     if value == "true":

@@ -42,10 +42,9 @@ class Settings:
     """nft or legacy: the node's, detected once at start."""
 
 
-def _apply(flags: list[str], backend: str) -> str:
+def _apply(flags: list[str], backend: str) -> None:
     """In the pod's network namespace: the rules, as ``init-iptables`` applies them."""
     iptables.apply(iptables.plan(parse_flags(flags), backend), backend)
-    return backend
 
 
 class Agent:
@@ -133,7 +132,8 @@ class Agent:
             flags = await self._flags(req)
             if flags is None:
                 return "passed_through", req.passed_through()
-            backend = await self._in_pod(req, lambda: _apply(flags, self.settings.iptables_backend))
+            backend = self.settings.iptables_backend
+            await self._in_pod(req, lambda: _apply(flags, backend))
             log.info("cni ADD %s: interception applied (iptables-%s)", req.pod, backend)
             return "meshed", req.passed_through()
         if req.command == "CHECK":

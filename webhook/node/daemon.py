@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -52,7 +52,6 @@ class Readiness:
     installed: str = "not yet inserted into the node's CNI config"
     """Empty once the plugin is in the active conflist; else why not."""
     synced: asyncio.Event | None = None
-    problems: list[str] = field(default_factory=list)
 
     def reasons(self) -> list[str]:
         found = [] if self.serving else ["the agent's socket is not served yet"]

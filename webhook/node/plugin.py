@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.engine import values
+
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 NEWEST = SUPPORTED_VERSIONS[-1]
@@ -65,21 +67,6 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def _depth(value: Any) -> int:
-    """How deep ``value`` nests, iteratively (a deep document must not recurse)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if depth > MAX_DEPTH:
-            break
-        if isinstance(item, dict):
-            stack += [(child, depth + 1) for child in item.values()]
-        elif isinstance(item, list):
-            stack += [(child, depth + 1) for child in item]
-    return deepest
-
-
 def _config(stdin: bytes) -> dict[str, Any]:
     try:
         config = json.loads(stdin)
@@ -91,7 +78,7 @@ def _config(stdin: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(config, dict):
         raise CniError(DECODING_FAILURE, "the network configuration is not a JSON object")
-    if _depth(config) > MAX_DEPTH:
+    if values.nests_deeper(config, MAX_DEPTH):
         raise CniError(DECODING_FAILURE, f"the network configuration nests deeper than {MAX_DEPTH}")
     return config
 

@@ -46,19 +46,6 @@ def text_of(data: bytes, max_bytes: int = MAX_BYTES) -> str:
         raise DocumentError(f"{exc}: not a YAML or JSON manifest") from None
 
 
-def _depth(value: Any) -> int:
-    """How deep ``value`` nests, iteratively (a deep document must not recurse)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack and deepest <= MAX_DEPTH:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if isinstance(item, dict):
-            stack += [(child, depth + 1) for child in item.values()]
-        elif isinstance(item, list):
-            stack += [(child, depth + 1) for child in item]
-    return deepest
-
-
 def load(text: str, max_documents: int = MAX_DOCUMENTS) -> list[Any]:
     """Every document of multi-document YAML (JSON is YAML), empty ones left out."""
     documents: list[Any] = []
@@ -68,7 +55,7 @@ def load(text: str, max_documents: int = MAX_DOCUMENTS) -> list[Any]:
             read += 1
             if read > max_documents:
                 raise DocumentError(f"more than {max_documents} documents (--max-documents)")
-            if _depth(document) > MAX_DEPTH:
+            if values.nests_deeper(document, MAX_DEPTH):
                 raise DocumentError(f"document {read}: nested deeper than {MAX_DEPTH} levels")
             if document is not None:
                 documents.append(document)
