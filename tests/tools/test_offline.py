@@ -488,3 +488,23 @@ def test_explain_and_bootstrap_show_the_engines_plan() -> None:
     assert "  plan: port 8080 (web, http): socket /dev/shm/web-8080.sock, else TCP" in text
     shown = run("bootstrap", "-f", path, stdin="").stdout
     assert shown.startswith("# plan: port 8080 (web, http): socket /dev/shm/web-8080.sock")
+
+
+def test_all_kinds_warns_only_about_what_it_still_leaves_alone() -> None:
+    mixed = {
+        "apiVersion": "example.com/v1",
+        "kind": "Mixed",
+        "metadata": {"name": "m"},
+        "spec": {
+            "a": {"template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}},
+            "b": {"podSpec": {"containers": [{"name": "d", "image": "i:1"}]}},
+        },
+    }
+    done = run("inject", "--all-kinds", "-f", "-", stdin=yaml.safe_dump(mixed))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        "warning: document 1 (Mixed m): kind Mixed is not one inject knows: pod specs at "
+        "spec.b.podSpec have no metadata to carry what the injector writes and are left alone\n"
+    )
+    injected = yaml.safe_load(done.stdout)
+    assert "proxy.io/status" in injected["spec"]["a"]["template"]["metadata"]["annotations"]

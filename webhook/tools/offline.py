@@ -21,7 +21,7 @@ from webhook.engine import annotations as annotation_table
 from webhook.engine import values
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod, mapping, string_map
-from webhook.tools.workloads import Template, templates, unknown_kind
+from webhook.tools.workloads import Template, named, templates, unknown_kind
 
 
 class DocumentError(ValueError):
@@ -122,24 +122,12 @@ def unknown_kinds(documents: list[Any], all_kinds: bool = False) -> list[str]:
     found = []
     for index, document in enumerate(documents):
         items = document.get("items") if isinstance(document, dict) else None
-        inner = (
-            items if document_kind(document) == "List" and isinstance(items, list) else [document]
-        )
-        for item in inner:
-            sentence = unknown_kind(item)
-            if sentence and (not all_kinds or "have no metadata" in sentence):
-                found.append(f"document {index + 1} ({_named(item)}): {sentence}")
+        listed = isinstance(document, dict) and document.get("kind") == "List"
+        for item in items if listed and isinstance(items, list) else [document]:
+            sentence = unknown_kind(item, all_kinds)
+            if sentence:
+                found.append(f"document {index + 1} ({named(item)}): {sentence}")
     return found
-
-
-def document_kind(document: Any) -> Any:
-    return document.get("kind") if isinstance(document, dict) else None
-
-
-def _named(document: dict[str, Any]) -> str:
-    metadata = document.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    return f"{document.get('kind')} {name or '(unnamed)'}"
 
 
 def inject(

@@ -109,16 +109,15 @@ def dotted(path: tuple[str | int, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
-def unknown_kind(document: Any) -> str | None:
+def unknown_kind(document: Any, all_kinds: bool = False) -> str | None:
     """A sentence about a document of a kind inject does not know that holds pod
-    templates, or None."""
+    templates, or None; with ``all_kinds`` (which injects the templates) only about the bare
+    pod specs it still leaves alone."""
     if not isinstance(document, dict) or document.get("kind") in (*TEMPLATE_PATHS, "List"):
         return None
     found, bare = embedded(document)
-    if not found and not bare:
-        return None
     parts = []
-    if found:
+    if found and not all_kinds:
         parts.append(
             f"pod templates at {', '.join(dotted(p) for p in found)} are not injected "
             "(--all-kinds injects them)"
@@ -128,7 +127,14 @@ def unknown_kind(document: Any) -> str | None:
             f"pod specs at {', '.join(bare)} have no metadata to carry what the injector "
             "writes and are left alone"
         )
+    if not parts:
+        return None
     return f"kind {document.get('kind')} is not one inject knows: {'; '.join(parts)}"
+
+
+def named(document: dict[str, Any]) -> str:
+    """``Kind name``, as messages about a document say it."""
+    return f"{document.get('kind')} {_name(document)[0]}"
 
 
 def templates(
