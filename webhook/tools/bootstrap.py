@@ -13,6 +13,7 @@ import yaml
 from webhook import engine
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import PROXY_CONTAINER
+from webhook.tools.offline import plan_lines
 from webhook.tools.workloads import Template
 
 
@@ -98,8 +99,6 @@ def summary(bootstrap: dict[str, Any]) -> list[str]:
 
 
 def text(bootstrap: dict[str, Any], planned: dict[str, Any] | None = None) -> str:
-    from webhook.tools.offline import plan_lines
-
     lines = [f"plan: {line}" for line in plan_lines(planned)] if planned else []
     head = "".join(f"# {line}\n" for line in [*lines, *summary(bootstrap)])
     return head + yaml.safe_dump(bootstrap, sort_keys=False, width=100)
