@@ -125,13 +125,15 @@ def test_an_earlier_instances_leftovers_are_cleared_and_the_relay_copied(node) -
     shim = node.plugin
     shim.write_text("#!/bin/sh\nexec nsenter --target 4242 --mount -- proxy-injector cni\n")
     (node.conf_dir / "proxy-injector-kubeconfig").write_text("{}")
-    (node.conf_dir / ".10-flannel.conflist.tmp").write_text("{")
+    (node.conf_dir / ".10-flannel.conflist.proxy-injector.tmp").write_text("{")
+    (node.conf_dir / ".10-calico.conflist.tmp").write_text("{")  # another agent's: kept
     removed = install.clean_previous(node)
     assert sorted(Path(p).name for p in removed) == [
-        ".10-flannel.conflist.tmp",
+        ".10-flannel.conflist.proxy-injector.tmp",
         "proxy-injector",
         "proxy-injector-kubeconfig",
     ]
+    assert (node.conf_dir / ".10-calico.conflist.tmp").exists()
     assert install.copy_relay(node) is True
     assert shim.read_bytes() == b"\x7fELF relay" and shim.stat().st_mode & 0o777 == 0o755
     assert install.copy_relay(node) is False  # unchanged: not rewritten

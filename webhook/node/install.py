@@ -23,6 +23,9 @@ from typing import Any
 from webhook.node.plugin import SUPPORTED_VERSIONS
 
 PLUGIN_TYPE = "proxy-injector"
+TEMPORARY = f".{PLUGIN_TYPE}.tmp"
+"""The ending of the files written before they are renamed into place: only ours are
+ever cleared (other agents on the node write temporary files of their own there)."""
 OLD_KUBECONFIG = "proxy-injector-kubeconfig"
 CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 
@@ -61,7 +64,7 @@ class Installation:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Atomically, so the runtime never reads (or runs) half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}{TEMPORARY}")
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -74,9 +77,10 @@ def clean_previous(install: Installation) -> list[str]:
     """What an earlier instance left; returns what was removed."""
     removed = []
     for leftover in (
-        install.bin_dir / f".{PLUGIN_TYPE}.tmp",
+        install.bin_dir / f".{PLUGIN_TYPE}.tmp",  # what releases before this one wrote
         install.conf_dir / OLD_KUBECONFIG,
-        *install.conf_dir.glob(".*.tmp"),
+        *install.bin_dir.glob(f".*{TEMPORARY}"),
+        *install.conf_dir.glob(f".*{TEMPORARY}"),
     ):
         if leftover.exists():
             leftover.unlink()
