@@ -210,7 +210,7 @@ class TlsListener:
         self.context, self.connections = context, connections
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting: asyncio.Task[None] | None = None
-        self.failures = _Refusals()
+        self.failures = _Throttled("accept failed, connections wait in the backlog")
 
     def start(self) -> None:
         self.accepting = asyncio.get_running_loop().create_task(self._accept())
@@ -220,8 +220,8 @@ class TlsListener:
         while True:
             try:
                 conn, _ = await loop.sock_accept(self.listener)
-            except OSError as exc:  # out of file descriptors, say: the rest wait in the backlog
-                log.warning("accept failed", extra={"error": str(exc)})
+            except OSError as exc:
+                self.failures.add(errno=exc.errno or 0)  # out of file descriptors, say
                 await asyncio.sleep(0.1)
                 continue
             if not self.connections.admit(conn):
