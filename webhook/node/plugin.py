@@ -26,7 +26,6 @@ INVALID_ENVIRONMENT = 4
 DECODING_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
-POD_LOOKUP_FAILED = 100
 RULES_FAILED = 101
 RULES_MISSING = 102
 
@@ -48,7 +47,6 @@ class Request:
     command: str
     version: str
     netns: str
-    container_id: str
     pod_namespace: str | None
     pod_name: str | None
     pod_uid: str | None
@@ -134,7 +132,6 @@ def request(environ: dict[str, str], stdin: bytes) -> Request:
         command,
         version,
         netns,
-        environ.get("CNI_CONTAINERID", ""),
         args.get("K8S_POD_NAMESPACE"),
         args.get("K8S_POD_NAME"),
         args.get("K8S_POD_UID"),
