@@ -253,8 +253,8 @@ class Plan:
     cni: bool
     init: dict[str, Any]
     """proxy-init, or proxy-validate in cni mode."""
-    interception_spec: jp.Op | None
-    """cni mode: the annotation the node's agent reads."""
+    interception_spec: str | None
+    """cni mode: the annotation the node's agent reads (proxy.io/interception-spec)."""
     native: bool
     bootstrap: str
     drain_seconds: float
@@ -363,7 +363,7 @@ def _plan(
     interception = _interception(pod, overrides, config, sized.resources, cni)
     if isinstance(interception, InjectionResult):
         return interception
-    init, spec_ops = interception
+    init, interception_spec = interception
     reading.field = "the sidecar's bootstrap"
     sidecar_plan = bootstrap.SidecarPlan(
         port_plan.ports,
@@ -404,7 +404,7 @@ def _plan(
         outbound_socket=outbound_socket,
         cni=cni,
         init=init,
-        interception_spec=spec_ops[0] if spec_ops else None,
+        interception_spec=interception_spec,
         native=native,
         bootstrap=encoded,
         drain_seconds=drain_seconds,
@@ -434,7 +434,10 @@ def _render(
         ops.append(jp.add("/spec/hostIPC", True))
     ops += _fs_group_op(spec, plan.ports)
     if plan.interception_spec is not None:
-        ops.append(plan.interception_spec)
+        # After the status annotation, which made the annotations object if there was none.
+        ops.append(
+            jp.add(jp.pointer("metadata", "annotations", INTERCEPTION_KEY), plan.interception_spec)
+        )
     ops += _pull_secrets_ops(spec, config.image_pull_secrets)
     ops.append(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), plan.init)
@@ -614,7 +617,7 @@ def _interception(
     config: MeshConfig,
     resources: sidecar.Resources,
     cni: bool,
-) -> tuple[dict[str, Any], list[jp.Op]] | InjectionResult:
+) -> tuple[dict[str, Any], str | None] | InjectionResult:
     """The init container that sets up interception (proxy-init) or checks the CNI plugin
     did (proxy-validate, with the spec the plugin reads), or the denial that stops it."""
     init_args = sidecar.init_args(overrides, config)
@@ -626,12 +629,12 @@ def _interception(
             pull_policy=config.image_pull_policy,
         )
         long_args = _too_long_args(init)
-        return deny(Reason.INVALID_ANNOTATION, long_args) if long_args else (init, [])
+        return deny(Reason.INVALID_ANNOTATION, long_args) if long_args else (init, None)
     target = sidecar.validation_target(overrides, config)
     if target is None:
         return deny(Reason.INVALID_ANNOTATION, [_nothing_to_validate()])
-    spec_op = _interception_spec_op(init_args)
-    too_large = _spec_too_large(pod, spec_op["value"])
+    spec = _interception_spec(init_args)
+    too_large = _spec_too_large(pod, spec)
     if too_large:
         return deny(Reason.INVALID_ANNOTATION, [too_large])
     init = sidecar.validate_container(
@@ -640,16 +643,13 @@ def _interception(
         limits=resources,
         pull_policy=config.image_pull_policy,
     )
-    return init, [spec_op]
+    return init, spec
 
 
-def _interception_spec_op(init_args: list[str]) -> jp.Op:
-    """What the CNI plugin applies: the init-iptables flags, versioned. Added after the
-    status annotation, which created the annotations object if the pod had none."""
+def _interception_spec(init_args: list[str]) -> str:
+    """What the CNI agent applies: the init-iptables flags, versioned."""
     spec = {"version": INTERCEPTION_SPEC_VERSION, "initIptables": init_args[1:]}
-    return jp.add(
-        jp.pointer("metadata", "annotations", INTERCEPTION_KEY), orjson.dumps(spec).decode()
-    )
+    return orjson.dumps(spec).decode()
 
 
 def _spec_too_large(pod: dict[str, Any], spec: str) -> str | None:
