@@ -13,8 +13,9 @@ from tests import netns
 from tests.processes import proxy_envoy, stat_value, wait_for
 from tests.support import apply, bootstrap_of, container
 from webhook.engine import Outcome, inject
-from webhook.engine.bootstrap.remap import remap
+from webhook.engine.bootstrap.remap import moved_identity, remap
 from webhook.engine.config import MeshConfig
+from webhook.engine.names import SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY
 
 CLI = [sys.executable, "-m", "webhook"]
 
@@ -59,13 +60,36 @@ class MeshedPod:
         args = next(c for c in proxies if c["name"] == "proxy")["args"]
         return [part for i, a in enumerate(args) if a in names for part in args[i : i + 2]]
 
+    @property
+    def identity_root(self) -> Path:
+        """Where the pod's identity and SDS volumes live (``proxy-identity``, ``proxy-sds``)."""
+        return self.folder / "volumes"
+
+    def write_sds_volume(self) -> None:
+        """What the downward API writes from the pod's SDS annotations, paths moved."""
+        sds = self.identity_root / "proxy-sds"
+        sds.mkdir(parents=True, exist_ok=True)
+        self.identity_root.chmod(0o755)
+        sds.chmod(0o755)
+        annotations = self.spec["metadata"]["annotations"]
+        for key, name in (
+            (SDS_IDENTITY_KEY, "identity.json"),
+            (SDS_TRUST_BUNDLE_KEY, "trust-bundle.json"),
+        ):
+            (sds / name).write_text(moved_identity(annotations[key], self.identity_root))
+            (sds / name).chmod(0o644)
+
     def start_envoy(self, workers: int = 1, prefix: tuple[str, ...] = ()) -> None:
         """Envoy with ``workers`` threads; ``prefix`` runs before it (e.g. taskset)."""
+        meshed = SDS_IDENTITY_KEY in self.spec["metadata"].get("annotations", {})
+        if meshed:
+            self.write_sds_volume()
         config = remap(
             json.loads(bootstrap_of(self.spec)),
             socket_dir=self.folder,
             proxy_ports={},
             loopback_only=False,
+            identity_root=self.identity_root if meshed else None,
         )
         path = self.folder / "bootstrap.json"
         path.write_text(json.dumps(config))
@@ -78,6 +102,7 @@ class MeshedPod:
             "--log-level",
             "warning",
             *self.proxy_flags("--drain-time-s", "--drain-strategy"),
+            *["--service-node", "pod.ns", "--service-cluster", "ns"],
         ]
         self.envoy = subprocess.Popen(
             [*prefix, *self.as_proxy(proxy_envoy(), "-c", str(path), *flags)],

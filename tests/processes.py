@@ -132,6 +132,7 @@ NGINX_SITE = """
         listen {listen}{options};
         location = /healthz {{ return 200 "ok\\n"; }}
         location = /headers {{ return 200 "x-probe=$http_x_probe host=$host args=$args\\n"; }}
+        location = /xfcc {{ return 200 "$http_x_forwarded_client_cert\\n"; }}
         location /static/ {{ root {root}; }}
         location / {{ return 200 "hello from nginx {name}\\n"; }}
     }}

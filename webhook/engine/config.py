@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from webhook.engine import values
@@ -110,6 +117,40 @@ class Cni(_Section):
     """One deadline for a whole ADD, the API read included; past it, code 11 (try again)."""
 
 
+MtlsMode = Literal["off", "permissive", "strict"]
+KEY_TYPES = ("ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519", "RSA3072", "RSA4096")
+"""What PodCertificateProjection.keyType accepts (and Envoy serves: each was tried)."""
+
+
+class Mtls(_Section):
+    """Mutual TLS between meshed pods, with identities the cluster issues as files."""
+
+    mode: MtlsMode | None = None
+    """Unset: permissive once an identity source is set, off while identity is none."""
+    identity: Literal["none", "pod-certificate", "csi-spiffe"] = "none"
+    trust_domain: Annotated[str, _checked(values.dns_name)] = "cluster.local"
+    signer_name: Annotated[str, _checked(values.signer_name)] = "proxy.io/spiffe"
+    key_type: Literal[KEY_TYPES] = "ECDSAP256"  # type: ignore[valid-type]
+    max_expiration_seconds: int = Field(86400, ge=3600, le=7862400)
+    """The API server refuses less than an hour and more than 91 days."""
+    csi_driver: Annotated[str, _checked(values.dns_name)] = "spiffe.csi.cert-manager.io"
+
+    @model_validator(mode="after")
+    def _needs_identity(self) -> Mtls:
+        if self.identity == "none" and self.mode in ("permissive", "strict"):
+            raise ValueError(
+                f"mode {self.mode} needs an identity source: set mtls.identity to "
+                "pod-certificate or csi-spiffe"
+            )
+        return self
+
+    @property
+    def default_mode(self) -> MtlsMode:
+        if self.mode is not None:
+            return self.mode
+        return "off" if self.identity == "none" else "permissive"
+
+
 class MeshConfig(_Section):
     proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
     init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.1.0"
@@ -158,6 +199,7 @@ class MeshConfig(_Section):
     """A Kubernetes Event for each injection, skip and denial (on the pod's controller)."""
     upstream_policy: UpstreamPolicy = UpstreamPolicy()
     cni: Cni = Cni()
+    mtls: Mtls = Mtls()
 
     @cached_property
     def generation(self) -> str:

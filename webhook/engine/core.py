@@ -20,6 +20,7 @@ from webhook.engine import (
     bootstrap,
     lifecycle,
     limits,
+    mtls,
     node_access,
     probes,
     sidecar,
@@ -32,6 +33,7 @@ from webhook.engine.annotations import Overrides, pick
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
     ARG_MAX_BYTES,
+    IDENTITY_VOLUME,
     INIT_CONTAINER,
     INTERCEPTION_KEY,
     INTERCEPTION_SPEC_VERSION,
@@ -40,6 +42,7 @@ from webhook.engine.names import (
     PROXY_CONTAINER,
     PROXY_GID,
     PROXY_UID,
+    SDS_VOLUME,
     SHM_VOLUME,
     STATUS_KEY,
     VALIDATE_CONTAINER,
@@ -260,6 +263,7 @@ class Plan:
     drain_seconds: float
     grace_seconds: int | None
     warnings: tuple[str, ...]
+    mtls: mtls.MtlsPlan | None = None
 
     @property
     def shm_volume_name(self) -> str:
@@ -284,7 +288,20 @@ class Plan:
             "outboundSocket": self.outbound_socket,
             "probesRewritten": len(self.probes.rewrites),
             "drainSeconds": self.drain_seconds,
+            "mtls": _mtls_summary(self.mtls),
         }
+
+
+def _mtls_summary(plan: mtls.MtlsPlan | None) -> dict[str, Any]:
+    if plan is None:
+        return {"mode": "off"}
+    return {
+        "mode": plan.mode,
+        "identity": plan.identity,
+        "source": plan.source,
+        "plaintextRefused": plan.refuses_plaintext,
+        "allowFrom": [str(peer) for peer in plan.allow_from],
+    }
 
 
 def _build(
@@ -334,7 +351,10 @@ def _plan(
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
     port_plan = sockets.plan(apps, overrides, config, access.socket_root)
     reading.field = "the app containers' probes"
-    probe_plan = probes.plan(apps, port_plan, pick(overrides.rewrite_probes, True))
+    refuses_plaintext = mtls.refuses_plaintext(overrides, config)
+    probe_plan = probes.plan(
+        apps, port_plan, pick(overrides.rewrite_probes, True), refuses_plaintext
+    )
     reading.field = "the proxy's resources"
     sized = sidecar.resources(overrides, config)
     if port_plan.annotation_errors or sized.errors:
@@ -347,6 +367,8 @@ def _plan(
     # In host mode the app's /dev/shm is the node's: a volume of its own there is refused.
     existing_shm, shm_errors = (None, []) if access.host_shm else _shm_volume(apps)
     added = [*([] if existing_shm else [SHM_VOLUME]), *access.volume_names]
+    if mtls.mode_of(overrides, config) != "off":
+        added += [IDENTITY_VOLUME, SDS_VOLUME]
     conflicts = _name_conflicts(spec, added)
     conflicts += node_access.pod_problems(access, apps, overrides, config)
     if port_plan.pod_errors or shm_errors or conflicts or probe_plan.errors:
@@ -358,6 +380,11 @@ def _plan(
     if least > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
     upstream_list, upstream_warnings = upstreams.resolve(declared, namespace, config.cluster_domain)
+    reading.field = "spec.serviceAccountName"
+    account = pods.service_account(spec)
+    secured = mtls.decide(overrides, config, namespace, account, upstream_list)
+    if secured.errors:
+        return deny(Reason.INVALID_ANNOTATION, secured.errors)
     reading.field = "spec"
     cni = pick(overrides.interception, config.interception) == "cni"
     interception = _interception(pod, overrides, config, sized.resources, cni)
@@ -368,9 +395,10 @@ def _plan(
     sidecar_plan = bootstrap.SidecarPlan(
         port_plan.ports,
         tuple(probe_plan.routes),
-        upstream_list,
+        secured.upstreams,
         config.upstream_policy,
         outbound_socket,
+        mtls=secured.plan,
     )
     encoded = bootstrap.encoded(sidecar_plan)
     size = len(encoded) if encoded.isascii() else len(encoded.encode())
@@ -386,6 +414,7 @@ def _plan(
             *port_plan.warnings,
             *probe_plan.warnings,
             *upstream_warnings,
+            *secured.warnings,
             *proxy_uid_warnings,
             *lifecycle.grace_warnings(native, drain_seconds, grace_seconds),
             *node_access.warnings(access),
@@ -410,6 +439,7 @@ def _plan(
         drain_seconds=drain_seconds,
         grace_seconds=grace_seconds,
         warnings=warnings,
+        mtls=secured.plan,
     )
 
 
@@ -424,8 +454,12 @@ def _render(
     overrides, access = parsed.overrides, plan.access
     init_name = VALIDATE_CONTAINER if plan.cni else INIT_CONTAINER
     added = list(plan.added_volumes)
-    ops: list[jp.Op] = [_status_op(pod, parsed, added, init_name, config.sidecar_generation)]
+    ops: list[jp.Op] = [
+        _status_op(pod, parsed, added, init_name, config.sidecar_generation, plan.mtls)
+    ]
     new_volumes = node_access.volumes(access)
+    if plan.mtls is not None:
+        new_volumes += [mtls.identity_volume(config.mtls), mtls.sds_volume()]
     if plan.existing_shm is None:
         size = node_access.pod_volume_size(access, sidecar.shm_size(plan.apps, overrides, config))
         new_volumes.insert(0, sidecar.shm_volume(size))
@@ -433,11 +467,14 @@ def _render(
     if access.host_shm and spec.get("hostIPC") is not True:
         ops.append(jp.add("/spec/hostIPC", True))
     ops += _fs_group_op(spec, plan.ports)
+    # After the status annotation, which made the annotations object if there was none.
     if plan.interception_spec is not None:
-        # After the status annotation, which made the annotations object if there was none.
         ops.append(
             jp.add(jp.pointer("metadata", "annotations", INTERCEPTION_KEY), plan.interception_spec)
         )
+    if plan.mtls is not None:
+        for key, document in mtls.sds_documents(plan.mtls.files).items():
+            ops.append(jp.add(jp.pointer("metadata", "annotations", key), document))
     ops += _pull_secrets_ops(spec, config.image_pull_secrets)
     ops.append(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), plan.init)
@@ -452,7 +489,10 @@ def _render(
         workers=sidecar.concurrency(overrides, config, plan.resources.cpu_limit),
         log_level=overrides.log_level or config.log_level,
         limits=plan.resources,
-        mounts=node_access.proxy_mounts(access, plan.shm_volume_name),
+        mounts=[
+            *node_access.proxy_mounts(access, plan.shm_volume_name),
+            *(mtls.proxy_mounts() if plan.mtls else []),
+        ],
         drain_seconds=plan.drain_seconds,
         pull_policy=config.image_pull_policy,
     )
@@ -567,6 +607,7 @@ def _status_op(
     volumes: list[str],
     init_name: str,
     generation: str,
+    secured: mtls.MtlsPlan | None,
 ) -> jp.Op:
     ignored = parsed.unknown[: limits.IGNORED_KEYS]
     status: dict[str, Any] = {
@@ -576,7 +617,10 @@ def _status_op(
         "initContainers": [init_name],
         "volumes": volumes,
         "ignoredAnnotations": [limits.clip(u.key, limits.KEY_CHARS) for u in ignored],
+        "mtls": secured.mode if secured else "off",
     }
+    if secured is not None:
+        status["identity"] = secured.identity
     if len(parsed.unknown) > len(ignored):
         status["ignoredAnnotationsNotListed"] = len(parsed.unknown) - len(ignored)
     encoded = orjson.dumps(status).decode()

@@ -14,7 +14,11 @@ VALIDATE_CONTAINER = "proxy-validate"
 INTERCEPTION_KEY = "proxy.io/interception-spec"
 """interception: cni: what the CNI plugin applies, written by the injector (versioned JSON)."""
 INTERCEPTION_SPEC_VERSION = 1
-WRITTEN_KEYS = frozenset({STATUS_KEY, INTERCEPTION_KEY})
+SDS_IDENTITY_KEY = "proxy.io/sds-identity"
+SDS_TRUST_BUNDLE_KEY = "proxy.io/sds-trust-bundle"
+"""mTLS: Envoy's SDS files for the pod's certificate and trust bundle (JSON, written by the
+injector), which the kubelet writes into the proxy's SDS volume through the downward API."""
+WRITTEN_KEYS = frozenset({STATUS_KEY, INTERCEPTION_KEY, SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY})
 """Annotations the injector writes: never read as settings, never warned about."""
 SHM_VOLUME = "proxy-shm"
 SHM_MOUNT_PATH = "/dev/shm"
@@ -22,6 +26,14 @@ NODE_SHM_VOLUME = "proxy-node-shm"
 """proxy.io/shm: host: the node's /dev/shm, mounted at /dev/shm in the app containers."""
 NODE_SOCKETS_VOLUME = "proxy-node-sockets-{index}"
 """proxy.io/node-sockets: one per node directory, in the annotation's order from 0."""
+IDENTITY_VOLUME = "proxy-identity"
+IDENTITY_DIR = "/var/run/proxy-identity"
+"""mTLS: the pod's certificate, key and trust bundle, mounted read-only in the proxy only."""
+SDS_VOLUME = "proxy-sds"
+SDS_DIR = "/var/run/proxy-sds"
+MTLS_ALPN = "proxy.io-mtls"
+"""The ALPN value of mTLS between sidecars: what tells the inbound listener a connection is
+ours, so an app's own TLS still passes through untouched."""
 
 PROXY_UID = 1337
 PROXY_GID = 1337
@@ -47,9 +59,15 @@ OUTBOUND_UDS_PATH = "/dev/shm/proxy-outbound.sock"
 OUTBOUND_UDS_ENV = "PROXY_OUTBOUND_UDS"
 """Env var with the egress socket, when proxy.io/outbound-uds is on."""
 APP_HEALTH_PATH = "/healthz/app"
+"""Readiness of the proxy and of every app socket: the proxy container's readiness probe."""
 APP_TRANSPORT_PATH = "/app-transport"
 """On the readiness port: a line per app port, ``8080 socket``, ``8080 tcp`` or ``8080 none``."""
-"""Readiness of the proxy and of every app socket: the proxy container's readiness probe."""
+IDENTITY_PATH = "/identity"
+"""On the readiness port: the pod's SPIFFE ID and its certificate's notAfter, or why not."""
+MTLS_PATH = "/mtls"
+"""On the readiness port: per inbound port, the mTLS and plaintext connections so far."""
+UPSTREAM_TRANSPORT_PATH = "/upstream-transport"
+"""On the readiness port: per declared upstream, ``mtls``, ``plaintext`` or ``none``."""
 
 ARG_MAX_BYTES = 131_071
 """Longest single argument Linux will exec (MAX_ARG_STRLEN, 128 KiB, less the NUL): the

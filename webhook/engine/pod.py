@@ -212,3 +212,12 @@ def termination_grace_seconds(spec: dict[str, Any]) -> int:
 def containers(spec: dict[str, Any], key: str = "containers") -> tuple[Container, ...]:
     path = f"spec.{key}"
     return tuple(container(raw, i, path) for i, raw in enumerate(objects(spec, key, "spec")))
+
+
+def service_account(spec: dict[str, Any]) -> str:
+    """The pod's service account, as the API server will set it (``default`` when unset)."""
+    return (
+        text(spec, "serviceAccountName", "spec")
+        or text(spec, "serviceAccount", "spec")
+        or "default"
+    )

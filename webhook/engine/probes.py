@@ -1,9 +1,10 @@
-"""Kubelet probes of app ports that now listen on a Unix socket.
+"""Kubelet probes of app ports that now listen on a Unix socket, or refuse plaintext.
 
 The kubelet can only probe TCP, so each ``httpGet`` or ``tcpSocket`` probe on a socket port
 becomes an ``httpGet`` on the proxy's port 15021 at ``/app-health/<container>/<kind>``,
 which Envoy forwards to the app's socket (or, for ``tcpSocket``, answers from a connect
-check of it). Probes on ports that stay TCP are left alone.
+check of it). Probes on ports that stay TCP are left alone, unless mTLS refuses plaintext
+there: then every probe of an intercepted port goes the same way.
 """
 
 from __future__ import annotations
@@ -83,7 +84,11 @@ def _rewrite(container: Container, kind: str, probe: dict[str, Any], path: str) 
     return Rewrite(container.index, kind, removed, target)
 
 
-def plan(apps: Iterable[Container], ports: PortPlan, enabled: bool) -> ProbePlan:
+def plan(
+    apps: Iterable[Container], ports: PortPlan, enabled: bool, refuses_plaintext: bool = False
+) -> ProbePlan:
+    """``refuses_plaintext``: mTLS refuses the kubelet's own connections to every app
+    port, so every probe of one goes through 15021, not only those of socket ports."""
     result = ProbePlan()
     for container in apps:
         for kind, probe in container.probes.items():
@@ -93,26 +98,52 @@ def plan(apps: Iterable[Container], ports: PortPlan, enabled: bool) -> ProbePlan
             spec = probe[handler]
             number = _port_number(container, spec.get("port"))
             app_port = ports.of(container.name, number) if number else None
-            if app_port is None or app_port.socket is None or spec.get("host"):
+            if app_port is None or spec.get("host"):
                 continue
-            if handler == "grpc" and app_port.tcp_fallback:
+            if app_port.socket is None and not refuses_plaintext:
+                continue
+            if handler == "grpc" and app_port.tcp_fallback and not refuses_plaintext:
                 # Auto mode: the kubelet's gRPC check is intercepted like any traffic to
                 # the port and Envoy forwards it to the app, over its socket or TCP.
                 continue
-            where = f"container {container.name} {kind} ({handler} on port {number})"
-            if not enabled:
-                result.warnings.append(
-                    f"{where} will fail: the port listens on a socket and "
-                    'proxy.io/rewrite-probes is "false"'
-                )
-            elif handler == "grpc":
-                result.errors.append(
-                    f"{where}: the port now listens on a socket, which the kubelet cannot "
-                    "probe; leave it out of proxy.io/uds-ports or set proxy.io/upstream: tcp"
-                )
-            else:
-                path = f"/app-health/{container.name}/{KIND_PATHS[kind]}"
-                field = f"spec.containers[{container.index}].{kind}.{handler}"
-                result.routes.append(_route(path, app_port, handler, spec, field))
-                result.rewrites.append(_rewrite(container, kind, probe, path))
+            _add(result, container, kind, probe, handler, app_port, enabled, refuses_plaintext)
     return result
+
+
+def _add(
+    result: ProbePlan,
+    container: Container,
+    kind: str,
+    probe: dict[str, Any],
+    handler: str,
+    app_port: AppPort,
+    enabled: bool,
+    refuses_plaintext: bool,
+) -> None:
+    where = f"container {container.name} {kind} ({handler} on port {app_port.number})"
+    if not enabled and refuses_plaintext:
+        result.errors.append(
+            f"{where} would fail: mTLS refuses the kubelet's plaintext probe on the port and "
+            'proxy.io/rewrite-probes is "false"'
+        )
+    elif not enabled:
+        result.warnings.append(
+            f"{where} will fail: the port listens on a socket and "
+            'proxy.io/rewrite-probes is "false"'
+        )
+    elif handler == "grpc" and refuses_plaintext:
+        result.errors.append(
+            f"{where}: mTLS refuses the kubelet's plaintext gRPC probe on the port, and a gRPC "
+            "probe cannot be rewritten; use an httpGet or tcpSocket probe, or leave the port "
+            "out with proxy.io/exclude-inbound-ports"
+        )
+    elif handler == "grpc":
+        result.errors.append(
+            f"{where}: the port now listens on a socket, which the kubelet cannot "
+            "probe; leave it out of proxy.io/uds-ports or set proxy.io/upstream: tcp"
+        )
+    else:
+        path = f"/app-health/{container.name}/{KIND_PATHS[kind]}"
+        field = f"spec.containers[{container.index}].{kind}.{handler}"
+        result.routes.append(_route(path, app_port, handler, probe[handler], field))
+        result.rewrites.append(_rewrite(container, kind, probe, path))

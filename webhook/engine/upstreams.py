@@ -4,6 +4,10 @@ Envoy can tell their traffic apart without a control plane."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from webhook.engine.mtls import Peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +16,8 @@ class Upstream:
     port: int
     domains: tuple[str, ...]
     """Host headers (with and without namespace, svc and cluster domain) that mean it."""
+    peer: Peer | None = None
+    """mTLS: who the upstream must prove to be; None calls it in plaintext."""
 
     @property
     def cluster(self) -> str:

@@ -317,6 +317,15 @@ def dns_name(text: str) -> str:
     return text
 
 
+def signer_name(text: str) -> str:
+    """A Kubernetes signer name: a DNS name, a slash, and a path (``proxy.io/spiffe``)."""
+    domain, slash, path = text.partition("/")
+    if not slash or not path or not re.fullmatch(r"[A-Za-z0-9._/-]{1,253}", path):
+        raise ValueError(f"{text!r} is not a signer name like proxy.io/spiffe")
+    dns_name(domain)
+    return text
+
+
 @cached(maxsize=64)
 def dns_names(text: str) -> tuple[str, ...]:
     """Comma-separated DNS names (Secret names), each once, in order."""
@@ -333,3 +342,59 @@ def upstreams(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"{item!r} has no port")
         found[(dns_name(host), _port(port))] = None
     return tuple(found)
+
+
+_SPIFFE = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)+)(/\*)?$")
+SPIFFE_MAX = 2048
+
+
+def spiffe_id(text: str) -> str:
+    """A SPIFFE ID (``spiffe://trust.domain/path``); a trailing ``/*`` means any ID under
+    that path."""
+    match = _SPIFFE.match(text)
+    if not match or len(text) > SPIFFE_MAX:
+        raise ValueError(f"{text!r} is not a SPIFFE ID like spiffe://cluster.local/ns/shop/sa/web")
+    if any(part in (".", "..") for part in match.group(2).split("/")):
+        raise ValueError(f"{text!r}: a SPIFFE ID has no . or .. segments")
+    return text
+
+
+def peer(text: str) -> str:
+    """Who a peer may be: a SPIFFE ID (``/*`` at the end for any under it), or ``ns/NS``
+    or ``ns/NS/sa/ACCOUNT`` in the mesh's trust domain."""
+    value = text.strip()
+    if value.startswith("spiffe://"):
+        return spiffe_id(value)
+    parts = value.split("/")
+    if parts[0] != "ns" or len(parts) not in (2, 4) or (len(parts) == 4 and parts[2] != "sa"):
+        raise ValueError(f"{value!r} is neither a SPIFFE ID nor ns/NAMESPACE[/sa/ACCOUNT]")
+    if not _DNS_LABEL.match(parts[1]):
+        raise ValueError(f"{value!r}: {parts[1]!r} is not a namespace name")
+    if len(parts) == 4:
+        dns_name(parts[3])
+    return value
+
+
+@cached(maxsize=256)
+def peers(text: str) -> tuple[str, ...]:
+    """Comma-separated peers (see ``peer``), each once, in order."""
+    found = tuple(dict.fromkeys(peer(item) for item in _items(text)))
+    if not found:
+        raise ValueError("no peer given")
+    return found
+
+
+@cached(maxsize=256)
+def upstream_peers(text: str) -> tuple[tuple[tuple[str, int], str], ...]:
+    """Comma-separated ``service:port=peer``: who each declared upstream must be."""
+    found: dict[tuple[str, int], str] = {}
+    for item in _items(text):
+        target, sep, who = item.partition("=")
+        host, colon, port = target.strip().rpartition(":")
+        if not sep or not colon:
+            raise ValueError(f"{item!r} is not service:port=spiffe://...")
+        key = (dns_name(host), _port(port))
+        if key in found:
+            raise ValueError(f"{target.strip()!r} is given twice")
+        found[key] = peer(who)
+    return tuple(found.items())

@@ -25,6 +25,7 @@ from webhook.engine.bootstrap.objects import (
 )
 from webhook.engine.bootstrap.stats import stats_config
 from webhook.engine.config import UpstreamPolicy
+from webhook.engine.mtls import MtlsPlan
 from webhook.engine.names import ADMIN_PORT
 from webhook.engine.probes import ProbeRoute
 from webhook.engine.sockets import AppPort
@@ -40,22 +41,25 @@ class SidecarPlan:
     outbound_socket: str | None
     """Egress Unix socket path, when proxy.io/outbound-uds is on."""
     dual_stack: bool = True
+    mtls: MtlsPlan | None = None
 
 
 def build(plan: SidecarPlan) -> Json:
     socket_ports = tuple(p for p in plan.ports if p.socket)
     tls_ports = {p.port.number: p.port for p in plan.probes if p.tls}
+    checked = frozenset(p.port.number for p in plan.probes if p.connect_only)
+    mode = plan.mtls.mode if plan.mtls else None
     listeners = [
-        health.readiness_listener(plan.ports, socket_ports, plan.probes),
+        health.readiness_listener(plan.ports, socket_ports, plan.probes, plan.mtls, plan.upstreams),
         health.prometheus_listener(),
-        inbound.inbound_listener(plan.ports),
-        outbound.outbound_listener(plan.upstreams, plan.policy),
+        inbound.inbound_listener(plan.ports, plan.mtls),
+        outbound.outbound_listener(plan.upstreams, plan.policy, mode),
     ]
     if plan.dual_stack:
         listeners = [also_ipv6(item) for item in listeners]
     if plan.outbound_socket:
         listeners.append(
-            outbound.outbound_uds_listener(plan.outbound_socket, plan.upstreams, plan.policy)
+            outbound.outbound_uds_listener(plan.outbound_socket, plan.upstreams, plan.policy, mode)
         )
     return {
         "admin": {"address": socket_address("127.0.0.1", ADMIN_PORT)},
@@ -65,8 +69,8 @@ def build(plan: SidecarPlan) -> Json:
             "listeners": listeners,
             "clusters": [
                 static_cluster(ADMIN_CLUSTER, socket_address("127.0.0.1", ADMIN_PORT)),
-                *inbound.clusters(plan.ports, tls_ports.values()),
-                *outbound.clusters(plan.upstreams, plan.policy, bool(plan.outbound_socket)),
+                *inbound.clusters(plan.ports, tls_ports.values(), checked),
+                *outbound.clusters(plan.upstreams, plan.policy, bool(plan.outbound_socket), mode),
             ],
         },
     }

@@ -21,16 +21,21 @@ from webhook.engine.bootstrap.objects import (
     typed,
     virtual_host,
 )
+from webhook.engine.mtls import MtlsPlan
 from webhook.engine.names import (
     APP_HEALTH_PATH,
     APP_TRANSPORT_PATH,
+    IDENTITY_PATH,
+    MTLS_PATH,
     PROMETHEUS_PATH,
     PROMETHEUS_PORT,
     READINESS_PATH,
     READINESS_PORT,
+    UPSTREAM_TRANSPORT_PATH,
 )
 from webhook.engine.probes import ProbeRoute
 from webhook.engine.sockets import AppPort
+from webhook.engine.upstreams import Upstream
 
 
 def _connect_check(path: str, ports: Iterable[AppPort]) -> Json:
@@ -96,6 +101,10 @@ def _transport_report(ports: Iterable[AppPort]) -> Json:
     """``GET /app-transport``: which way each app port's traffic goes right now."""
     listed = ", ".join(f'"{p.number}"' for p in ports)
     source = _TRANSPORT_LUA % (listed, APP_TRANSPORT_PATH, ADMIN_CLUSTER)
+    return _lua(source)
+
+
+def _lua(source: str) -> Json:
     return typed(
         "envoy.filters.http.lua",
         "filters.http.lua.v3.Lua",
@@ -103,13 +112,178 @@ def _transport_report(ports: Iterable[AppPort]) -> Json:
     )
 
 
+def _lua_string(value: str) -> str:
+    """A Lua string literal of ``value`` (which the engine made: paths, IDs, ports)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# Reads the certificates Envoy has loaded (admin /certs). Without one, says why from the
+# files the identity volume should hold; in strict mode /healthz/app fails too, so the
+# pod is not ready without an identity.
+_IDENTITY_LUA = """
+local identity_path, health_path, strict = %s, %s, %s
+local wanted, source = %s, %s
+local files = {{"certificate", %s}, {"key", %s}, {"trust bundle", %s}}
+local hints = {
+  ["pod-certificate"] = "is the PodCertificateRequest feature gate on, and a signer for "
+    .. "the pod's signerName running?",
+  ["csi-spiffe"] = "is csi-driver-spiffe installed and issuing?"}
+local function why()
+  for _, file in ipairs(files) do
+    local handle = io.open(file[2], "r")
+    if handle == nil then
+      return "no " .. file[1] .. ": " .. file[2] .. " is missing (" .. hints[source] .. ")"
+    end
+    local size = handle:seek("end")
+    handle:close()
+    if size == 0 then return "no " .. file[1] .. ": " .. file[2] .. " is empty" end
+  end
+  return "the files are there but Envoy did not load them: see the proxy's log"
+end
+function envoy_on_request(request)
+  local path = request:headers():get(":path")
+  if path ~= identity_path and not (strict and path == health_path) then return end
+  local _, certs = request:httpCall(%s,
+    {[":method"] = "GET", [":path"] = "/certs", [":authority"] = "admin"}, "", 1000)
+  certs = certs or ""
+  local leaf = string.match(certs, '"cert_chain": %%[%%s*(%%b{})') or ""
+  local id = string.match(leaf, '"uri": "([^"]+)"')
+  local not_after = string.match(leaf, '"expiration_time": "([^"]+)"')
+  local has_ca = string.find(certs, '"ca_cert": %%[%%s*{') ~= nil
+  local problem = nil
+  if id == nil then problem = why()
+  elseif not has_ca then problem = "no trust bundle: " .. files[3][2] .. " is missing or empty"
+  elseif id ~= wanted then problem = "the certificate is for " .. id .. ", not " .. wanted
+  end
+  if problem == nil then
+    if path == health_path then return end
+    request:respond({[":status"] = "200", ["content-type"] = "text/plain"},
+      id .. " notAfter=" .. not_after .. "\\n")
+    return
+  end
+  local effect = strict and "strict: not ready, plaintext refused"
+    or "permissive: serving plaintext only"
+  request:respond({[":status"] = "503", ["content-type"] = "text/plain"},
+    "no identity: " .. problem .. "; " .. effect .. "\\n")
+end
+"""
+
+
+def _identity_report(plan: MtlsPlan) -> Json:
+    """``GET /identity``: the pod's SPIFFE ID and the certificate's notAfter, or why
+    there is none; in strict mode ``/healthz/app`` fails the same way."""
+    files = plan.files
+    before = map(_lua_string, (IDENTITY_PATH, APP_HEALTH_PATH))
+    after = map(
+        _lua_string,
+        (plan.identity, plan.source, files.certificate, files.key, files.trust_bundle),
+    )
+    strict = "true" if plan.mode == "strict" else "false"
+    return _lua(_IDENTITY_LUA % (*before, strict, *after, _lua_string(ADMIN_CLUSTER)))
+
+
+# Counts each inbound port's connections by chain from admin /stats: the mTLS chain's
+# stats are <http|tcp>.inbound_<port>_mtls., plaintext ones http.inbound_<port>.,
+# tcp.inbound|<port>. or (refused) tcp.inbound_<port>_refused.
+_MTLS_LUA = """
+local ports, policy, mtls_path = {%s}, %s, %s
+function envoy_on_request(request)
+  if request:headers():get(":path") ~= mtls_path then return end
+  local _, stats = request:httpCall(%s,
+    {[":method"] = "GET", [":path"] = "/stats?filter=inbound", [":authority"] = "admin"}, "", 1000)
+  local counts = {}
+  for port, chain, name, value in string.gmatch(stats or "",
+      "%%a+%%.inbound[_|](%%d+)([%%a_]*)%%.([%%w_%%.]+): (%%d+)") do
+    local kind = nil
+    if name == "downstream_cx_total" then
+      kind = chain == "_mtls" and "mtls" or "plaintext"
+    elseif name == "rbac.denied" and chain == "_mtls" then
+      kind = "denied"
+    end
+    if kind then
+      counts[port .. kind] = (counts[port .. kind] or 0) + tonumber(value)
+    end
+  end
+  local lines = {}
+  for _, port in ipairs(ports) do
+    table.insert(lines, string.format("%%s %%s mtls=%%d plaintext=%%d denied=%%d", port, policy,
+      counts[port .. "mtls"] or 0, counts[port .. "plaintext"] or 0, counts[port .. "denied"] or 0))
+  end
+  request:respond({[":status"] = "200", ["content-type"] = "text/plain"},
+    table.concat(lines, "\\n") .. "\\n")
+end
+"""
+
+
+def _mtls_report(plan: MtlsPlan, ports: Iterable[AppPort]) -> Json:
+    """``GET /mtls``: per inbound port, ``8080 permissive mtls=12 plaintext=3 denied=0``:
+    when plaintext stays at 0, the port can go strict."""
+    listed = ", ".join(f'"{p.number}"' for p in ports)
+    policy = "strict" if plan.refuses_plaintext else "permissive"
+    source = _MTLS_LUA % (
+        listed,
+        _lua_string(policy),
+        _lua_string(MTLS_PATH),
+        _lua_string(ADMIN_CLUSTER),
+    )
+    return _lua(source)
+
+
+# From admin /clusters: a declared upstream's cluster has the mTLS endpoint as priority 0
+# and, in permissive mode, the same address in plaintext as priority 1.
+_UPSTREAMS_LUA = """
+local upstreams, report_path = {%s}, %s
+function envoy_on_request(request)
+  if request:headers():get(":path") ~= report_path then return end
+  local _, clusters = request:httpCall(%s,
+    {[":method"] = "GET", [":path"] = "/clusters", [":authority"] = "admin"}, "", 1000)
+  local healthy, flags = {}, {}
+  for line in string.gmatch(clusters or "", "[^\\n]+") do
+    local name, value = string.match(line, "^(outbound|[^:]+)::.-::health_flags::(.*)$")
+    if name then flags[name] = value end
+    local owner, priority = string.match(line, "^(outbound|[^:]+)::.-::priority::(%%d+)$")
+    if owner and flags[owner] == "healthy" then healthy[owner .. "/" .. priority] = true end
+  end
+  local lines = {}
+  for _, item in ipairs(upstreams) do
+    local cluster, shown, first = item[1], item[2], item[3]
+    local way = healthy[cluster .. "/0"] and first or healthy[cluster .. "/1"] and "plaintext"
+      or "none"
+    table.insert(lines, shown .. " " .. way)
+  end
+  request:respond({[":status"] = "200", ["content-type"] = "text/plain"},
+    table.concat(lines, "\\n") .. "\\n")
+end
+"""
+
+
+def _upstream_report(upstreams: Iterable[Upstream]) -> Json:
+    """``GET /upstream-transport``: per declared upstream, ``orders.shop:8080 mtls``,
+    ``plaintext`` (not meshed, or no identity of our own) or ``none``."""
+    rows = (
+        (u.cluster, f"{u.host}:{u.port}", "plaintext" if u.peer is None else "mtls")
+        for u in upstreams
+    )
+    listed = ", ".join("{" + ", ".join(map(_lua_string, row)) + "}" for row in rows)
+    return _lua(
+        _UPSTREAMS_LUA % (listed, _lua_string(UPSTREAM_TRANSPORT_PATH), _lua_string(ADMIN_CLUSTER))
+    )
+
+
 def readiness_listener(
-    ports: tuple[AppPort, ...], socket_ports: tuple[AppPort, ...], probes: Iterable[ProbeRoute]
+    ports: tuple[AppPort, ...],
+    socket_ports: tuple[AppPort, ...],
+    probes: Iterable[ProbeRoute],
+    mtls: MtlsPlan | None = None,
+    upstreams: tuple[Upstream, ...] = (),
 ) -> Json:
     probes = list(probes)
-    checks = [_connect_check(APP_HEALTH_PATH, socket_ports)]
+    checks = [_identity_report(mtls)] if mtls else []
+    checks.append(_connect_check(APP_HEALTH_PATH, socket_ports))
     checks += [_connect_check(p.path, [p.port]) for p in probes if p.connect_only]
     checks.append(_transport_report(ports))
+    if mtls:
+        checks += [_mtls_report(mtls, ports), _upstream_report(upstreams)]
     routes = [route_to(ADMIN_CLUSTER, exact_path(READINESS_PATH), prefix_rewrite="/ready")]
     routes += [_probe_route(p) for p in probes if not p.connect_only]
     routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})

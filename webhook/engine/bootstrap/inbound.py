@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from webhook.engine.bootstrap import mtls
 from webhook.engine.bootstrap.objects import (
     CONNECT_TIMEOUT,
     Json,
@@ -23,7 +24,8 @@ from webhook.engine.bootstrap.objects import (
     typed,
     virtual_host,
 )
-from webhook.engine.names import INBOUND_PORT, PROXY_PORTS
+from webhook.engine.mtls import MtlsPlan
+from webhook.engine.names import INBOUND_PORT, MTLS_ALPN, PROXY_PORTS
 from webhook.engine.sockets import HTTP2, AppPort
 
 PASSTHROUGH = "inbound|passthrough"
@@ -78,13 +80,14 @@ def _app_address(port: AppPort) -> Json:
     return pipe_address(port.socket) if port.socket else socket_address("127.0.0.1", port.number)
 
 
-def _app_cluster(name: str, port: AppPort, **extra: Any) -> Json:
+def _app_cluster(name: str, port: AppPort, checked: bool = False, **extra: Any) -> Json:
     """A cluster reaching the app's port: its socket, or 127.0.0.1:port, or in auto mode
     both as two priorities. The connect-only health check, every second, marks the socket
     down while nothing listens there, and traffic moves to the next priority, TCP; back
     to the socket within a second of the app listening on it again. Every endpoint keeps
-    its own stats, so operators can see which way traffic goes."""
-    if port.socket:
+    its own stats, so operators can see which way traffic goes. ``checked``: a tcpSocket
+    probe is answered from this check, so a TCP port has it too."""
+    if port.socket or checked:
         extra["health_checks"] = [_socket_check(port.tcp_fallback)]
     cluster = static_cluster(name, _app_address(port), **extra)
     if port.tcp_fallback:
@@ -97,12 +100,12 @@ def _app_cluster(name: str, port: AppPort, **extra: Any) -> Json:
     return cluster
 
 
-def app_cluster(port: AppPort) -> Json:
+def app_cluster(port: AppPort, checked: bool = False) -> Json:
     """The cluster for one app port (see ``_app_cluster``)."""
     extra: Json = {}
     if port.protocol == HTTP2:
         extra["typed_extension_protocol_options"] = http2_options()
-    return _app_cluster(cluster_name(port.number), port, **extra)
+    return _app_cluster(cluster_name(port.number), port, checked, **extra)
 
 
 def tls_probe_cluster(port: AppPort) -> Json:
@@ -136,21 +139,68 @@ def fallback_retry(port: AppPort) -> Json:
     }
 
 
-def _http_filter(port: AppPort) -> Json:
-    name = f"inbound_{port.number}"
+MTLS_ACCESS_LOG = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" peer=%DOWNSTREAM_PEER_URI_SAN%\n'
+)
+"""Envoy's default line, shortened, with the caller's SPIFFE ID."""
+
+
+def _http_filter(port: AppPort, stat_prefix: str, extra_filters: list[Json], peer: bool) -> Json:
+    """``peer``: the mTLS chain, whose caller is logged and told to the app in
+    x-forwarded-client-cert (``By=<ours>;URI=<the caller's>``), any such header from the
+    caller replaced."""
     route = route_to(cluster_name(port.number), timeout="0s", **fallback_retry(port))
+    extra: Json = {}
+    if peer:
+        extra = {
+            "forward_client_cert_details": "SANITIZE_SET",
+            "set_current_client_cert_details": {"uri": True},
+        }
     return http_connection_manager(
-        name,
-        [virtual_host(name, ["*"], [route])],
-        access_log=[stdout_access_log()],
+        stat_prefix,
+        [virtual_host(stat_prefix, ["*"], [route])],
+        extra_filters,
+        access_log=[stdout_access_log(MTLS_ACCESS_LOG if peer else None)],
         upgrade_configs=[{"upgrade_type": "websocket"}],
+        **extra,
     )
 
 
-def _chain(port: AppPort) -> Json:
+def _plaintext_chain(port: AppPort, refused: bool) -> Json:
+    """Stats: http.inbound_<port>. or tcp.inbound|<port>.; tcp.inbound_<port>_refused.
+    where mTLS refuses plaintext (closed at once: no such cluster)."""
+    match = {"destination_port": port.number}
+    if refused:
+        return chain(tcp_proxy(f"inbound_{port.number}_refused", BLACKHOLE), match=match)
     name = cluster_name(port.number)
-    network_filter = _http_filter(port) if port.is_http else tcp_proxy(name, name)
-    return chain(network_filter, match={"destination_port": port.number})
+    if port.is_http:
+        return chain(_http_filter(port, f"inbound_{port.number}", [], peer=False), match=match)
+    return chain(tcp_proxy(name, name), match=match)
+
+
+def _mtls_chain(port: AppPort, plan: MtlsPlan) -> Json:
+    """Our ALPN: TLS with a client certificate of the trust domain, then the port exactly
+    as in plaintext. Stats under <http|tcp>.inbound_<port>_mtls."""
+    prefix = f"inbound_{port.number}_mtls"
+    if port.is_http:
+        filters = [_http_filter(port, prefix, mtls.http_rbac(plan), peer=True)]
+    else:
+        name = cluster_name(port.number)
+        filters = [*mtls.network_rbac(plan, f"tcp.{prefix}."), tcp_proxy(prefix, name)]
+    result = chain(
+        *filters,
+        match={"destination_port": port.number, "application_protocols": [MTLS_ALPN]},
+    )
+    result["transport_socket"] = mtls.downstream_tls(plan)
+    return result
+
+
+def _chains(port: AppPort, plan: MtlsPlan | None) -> list[Json]:
+    if plan is None:
+        return [_plaintext_chain(port, refused=False)]
+    return [_mtls_chain(port, plan), _plaintext_chain(port, refused=plan.refuses_plaintext)]
 
 
 def passthrough_chain() -> Json:
@@ -177,15 +227,6 @@ def _blackhole_chain(port: int) -> Json:
     return chain(tcp_proxy(BLACKHOLE, BLACKHOLE), match={"destination_port": port})
 
 
-def blackhole_cluster() -> Json:
-    return {
-        "name": BLACKHOLE,
-        "type": "STATIC",
-        "connect_timeout": CONNECT_TIMEOUT,
-        "load_assignment": {"cluster_name": BLACKHOLE, "endpoints": []},
-    }
-
-
 def passthrough_cluster() -> Json:
     return {
         "name": PASSTHROUGH,
@@ -198,20 +239,35 @@ def passthrough_cluster() -> Json:
     }
 
 
-def inbound_listener(ports: Iterable[AppPort]) -> Json:
+def inbound_listener(ports: tuple[AppPort, ...], plan: MtlsPlan | None = None) -> Json:
+    """With mTLS, the TLS inspector tells our ALPN (the mTLS chain) from anything else
+    (plaintext, or the app's own TLS, which passes as it would without a sidecar)."""
+    chains = [c for port in ports for c in _chains(port, plan)]
+    filters = [original_dst()]
+    extra: Json = {}
+    if plan is not None and ports:
+        filters.append(mtls.tls_inspector(sorted({p.number for p in ports})))
+        extra = {
+            "listener_filters_timeout": mtls.TLS_INSPECTOR_TIMEOUT,
+            "continue_on_listener_filters_timeout": True,
+        }
     return listener(
         "inbound",
         socket_address("0.0.0.0", INBOUND_PORT),
-        [*(_chain(port) for port in ports), *(_blackhole_chain(p) for p in PROXY_PORTS)],
-        listener_filters=[original_dst()],
+        [*chains, *(_blackhole_chain(p) for p in PROXY_PORTS)],
+        listener_filters=filters,
         default_filter_chain=passthrough_chain(),
         traffic_direction="INBOUND",
+        **extra,
     )
 
 
-def clusters(ports: Iterable[AppPort], tls_ports: Iterable[AppPort]) -> list[Json]:
+def clusters(
+    ports: Iterable[AppPort], tls_ports: Iterable[AppPort], checked: frozenset[int]
+) -> list[Json]:
+    """``checked``: the ports a tcpSocket probe is answered for."""
     return [
-        *(app_cluster(p) for p in ports),
+        *(app_cluster(p, p.number in checked) for p in ports),
         *(tls_probe_cluster(p) for p in tls_ports),
         passthrough_cluster(),
     ]

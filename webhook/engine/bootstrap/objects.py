@@ -67,8 +67,15 @@ def router() -> Json:
     return typed("envoy.filters.http.router", "filters.http.router.v3.Router")
 
 
-def stdout_access_log() -> Json:
-    return typed("envoy.access_loggers.stdout", "access_loggers.stream.v3.StdoutAccessLog")
+def stdout_access_log(format_text: str | None = None) -> Json:
+    """Envoy's default line, or ``format_text``."""
+    if format_text is None:
+        return typed("envoy.access_loggers.stdout", "access_loggers.stream.v3.StdoutAccessLog")
+    return typed(
+        "envoy.access_loggers.stdout",
+        "access_loggers.stream.v3.StdoutAccessLog",
+        log_format={"text_format_source": {"inline_string": format_text}},
+    )
 
 
 def http_connection_manager(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from webhook.engine.bootstrap import mtls
 from webhook.engine.bootstrap.objects import (
     CONNECT_TIMEOUT,
     Json,
@@ -48,7 +49,44 @@ def _circuit_breakers(policy: UpstreamPolicy) -> Json:
     return {"circuit_breakers": {"thresholds": [thresholds]}}
 
 
-def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy) -> Json:
+MTLS_CHECK = {"interval": "5s", "unhealthy_interval": "2s", "timeout": "1s"}
+"""permissive: how often each upstream's mTLS endpoint is tried (a TLS handshake), and
+again after it failed: a service that becomes meshed is called over mTLS within 2 s."""
+
+
+def _endpoints(upstream: Upstream, mode: str | None) -> list[Json]:
+    """One endpoint, reached over mTLS when the upstream has a peer identity; in
+    permissive the same address again as priority 1, in plaintext, for while the mTLS
+    one fails its check (an upstream that is not meshed)."""
+    endpoint = {"endpoint": {"address": socket_address(upstream.host, upstream.port)}}
+    if mode != "permissive" or upstream.peer is None:
+        return [{"lb_endpoints": [endpoint]}]
+    return [
+        {"lb_endpoints": [mtls.mtls_endpoint(endpoint)]},
+        {"priority": 1, "lb_endpoints": [endpoint]},
+    ]
+
+
+def _mtls_options(upstream: Upstream, mode: str | None) -> Json:
+    if mode is None or upstream.peer is None:
+        return {}
+    if mode == "strict":
+        return {"transport_socket": mtls.upstream_tls(upstream.peer)}
+    check = {
+        **MTLS_CHECK,
+        "no_traffic_interval": MTLS_CHECK["interval"],
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "tcp_health_check": {},
+    }
+    return {
+        "transport_socket_matches": [mtls.transport_socket_match(upstream.peer)],
+        "health_checks": [check],
+    }
+
+
+def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy, mode: str | None = None) -> Json:
+    """``mode``: the pod's mTLS mode (None: off)."""
     return {
         **_circuit_breakers(policy),
         "name": upstream.cluster,
@@ -58,14 +96,9 @@ def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy) -> Json:
         "connect_timeout": duration(policy.connect_timeout),
         "load_assignment": {
             "cluster_name": upstream.cluster,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": socket_address(upstream.host, upstream.port)}}
-                    ]
-                }
-            ],
+            "endpoints": _endpoints(upstream, mode),
         },
+        **_mtls_options(upstream, mode),
         "outlier_detection": {
             "consecutive_5xx": policy.consecutive_5xx,
             "interval": duration(policy.outlier_interval),
@@ -75,14 +108,23 @@ def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy) -> Json:
     }
 
 
-def upstream_host(upstream: Upstream, policy: UpstreamPolicy) -> Json:
-    retry = {"retry_on": policy.retry_on, "num_retries": policy.retries}
+def upstream_host(upstream: Upstream, policy: UpstreamPolicy, mode: str | None = None) -> Json:
+    retry: Json = {"retry_on": policy.retry_on, "num_retries": policy.retries}
+    if mode == "permissive" and upstream.peer is not None:
+        # A retry goes to the other priority: plaintext after a failed mTLS connection.
+        retry["retry_priority"] = typed(
+            "envoy.retry_priorities.previous_priorities",
+            "retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            update_frequency=1,
+        )
     route = route_to(upstream.cluster, timeout="0s", retry_policy=retry)
     return virtual_host(upstream.cluster, list(upstream.domains), [route])
 
 
-def _routes(upstreams: Iterable[Upstream], policy: UpstreamPolicy, default: str) -> list[Json]:
-    hosts = [upstream_host(u, policy) for u in upstreams]
+def _routes(
+    upstreams: Iterable[Upstream], policy: UpstreamPolicy, default: str, mode: str | None
+) -> list[Json]:
+    hosts = [upstream_host(u, policy, mode) for u in upstreams]
     return [*hosts, virtual_host("default", ["*"], [route_to(default, timeout="0s")])]
 
 
@@ -98,13 +140,15 @@ def _http_inspector(ports: list[int]) -> Json:
     return inspector
 
 
-def outbound_listener(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy) -> Json:
+def outbound_listener(
+    upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, mode: str | None = None
+) -> Json:
     ports = sorted({u.port for u in upstreams})
     chains = [
         chain(
             http_connection_manager(
                 f"outbound_{port}",
-                _routes((u for u in upstreams if u.port == port), policy, PASSTHROUGH),
+                _routes((u for u in upstreams if u.port == port), policy, PASSTHROUGH, mode),
             ),
             match={"destination_port": port, "application_protocols": ["http/1.1", "h2c"]},
         )
@@ -122,7 +166,7 @@ def outbound_listener(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy) -
 
 
 def outbound_uds_listener(
-    path: str, upstreams: tuple[Upstream, ...], policy: UpstreamPolicy
+    path: str, upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, mode: str | None = None
 ) -> Json:
     """HTTP egress over a Unix socket: declared upstreams by Host header, anything else
     through a dynamic forward proxy that resolves the Host header itself."""
@@ -132,7 +176,7 @@ def outbound_uds_listener(
         dns_cache_config=_DNS_CACHE,
     )
     hcm = http_connection_manager(
-        "outbound_uds", _routes(upstreams, policy, FORWARD_PROXY), [forward]
+        "outbound_uds", _routes(upstreams, policy, FORWARD_PROXY, mode), [forward]
     )
     return listener(
         "outbound_uds", pipe_address(path, UDS_MODE), [chain(hcm)], traffic_direction="OUTBOUND"
@@ -164,9 +208,11 @@ def forward_proxy_cluster() -> Json:
     }
 
 
-def clusters(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, uds: bool) -> list[Json]:
+def clusters(
+    upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, uds: bool, mode: str | None = None
+) -> list[Json]:
     return [
-        *(upstream_cluster(u, policy) for u in upstreams),
+        *(upstream_cluster(u, policy, mode) for u in upstreams),
         passthrough_cluster(),
         *([forward_proxy_cluster()] if uds else []),
     ]

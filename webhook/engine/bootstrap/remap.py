@@ -11,7 +11,8 @@ original destination. Outside a pod none of that holds, so ``remap`` returns a c
 - each inbound filter chain for app port P gets a listener of its own on
   ``proxy_ports[P]`` (the chain itself unchanged), since nothing redirects P to 15006;
 - a cluster that reaches the app over TCP (127.0.0.1:P) reaches ``app_ports[P]``, and the
-  admin cluster follows the admin port.
+  admin cluster follows the admin port;
+- with ``identity_root``, the identity and SDS volumes' paths (mTLS) live under it.
 
 Everything else (filters, routes, clusters, stats) is exactly what the pod would run.
 """
@@ -23,8 +24,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from webhook.engine.bootstrap.objects import Json, listener, socket_address
-from webhook.engine.names import ADMIN_PORT, PROXY_PORTS, SHM_MOUNT_PATH
+from webhook.engine.names import ADMIN_PORT, IDENTITY_DIR, PROXY_PORTS, SDS_DIR, SHM_MOUNT_PATH
+
+
+def moved_identity(text: str, root: str | Path) -> str:
+    """``text`` (a bootstrap or an SDS file) with the identity and SDS volumes' paths
+    under ``root``: ``<root>/proxy-identity`` and ``<root>/proxy-sds``."""
+    for directory in (IDENTITY_DIR, SDS_DIR):
+        text = text.replace(directory, f"{root}/{Path(directory).name}")
+    return text
 
 
 def _walk(node: Any, visit: Any) -> None:
@@ -49,26 +60,45 @@ def _move_pipes(bootstrap: Json, socket_dir: Path) -> None:
 
 
 def _split_inbound(listeners: list[Json], proxy_ports: Mapping[int, int]) -> list[Json]:
+    """A listener per mapped app port, with that port's chains (mTLS and plaintext) and the
+    inbound listener's filters (the TLS inspector) but no port to match."""
     extra = []
     for item in listeners:
         if item["name"] != "inbound":
             continue
-        kept = []
+        kept, split = [], {}
         for chain in item["filter_chains"]:
             port = chain.get("filter_chain_match", {}).get("destination_port")
             if port in proxy_ports and port not in PROXY_PORTS:
+                match = {
+                    k: v for k, v in chain["filter_chain_match"].items() if k != "destination_port"
+                }
                 alone = {k: v for k, v in chain.items() if k != "filter_chain_match"}
-                extra.append(
-                    listener(
-                        f"inbound_{port}",
-                        socket_address("127.0.0.1", proxy_ports[port]),
-                        [alone],
-                        traffic_direction=item["traffic_direction"],
-                    )
+                split.setdefault(port, []).append(
+                    {**alone, **({"filter_chain_match": match} if match else {})}
                 )
             else:
                 kept.append(chain)
         item["filter_chains"] = kept
+        filters = [f for f in item.get("listener_filters", []) if "original_dst" not in f["name"]]
+        for port, chains in split.items():
+            options = {
+                k: item[k]
+                for k in ("listener_filters_timeout", "continue_on_listener_filters_timeout")
+                if k in item
+            }
+            for f in filters:
+                f.pop("filter_disabled", None)
+            extra.append(
+                listener(
+                    f"inbound_{port}",
+                    socket_address("127.0.0.1", proxy_ports[port]),
+                    chains,
+                    traffic_direction=item["traffic_direction"],
+                    **({"listener_filters": copy.deepcopy(filters)} if filters else {}),
+                    **options,
+                )
+            )
     return extra
 
 
@@ -88,8 +118,12 @@ def remap(
     proxy_ports: Mapping[int, int],
     app_ports: Mapping[int, int] | None = None,
     loopback_only: bool = True,
+    identity_root: str | Path | None = None,
 ) -> Json:
-    result = copy.deepcopy(bootstrap)
+    if identity_root is not None:
+        result = orjson.loads(moved_identity(orjson.dumps(bootstrap).decode(), identity_root))
+    else:
+        result = copy.deepcopy(bootstrap)
     _move_pipes(result, Path(socket_dir))
     _rebind(result["admin"], proxy_ports, loopback=True)
     listeners = result["static_resources"]["listeners"]

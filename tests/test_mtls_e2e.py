@@ -1,0 +1,381 @@
+"""Mutual TLS between two meshed pods, for real: each pod a network namespace with the init
+container's iptables rules, Envoy (UID 1337) running the generated bootstrap, and
+certificates minted here (an ECDSA CA, SPIFFE URI SANs) laid out as the kubelet writes a
+projected volume. The client pod ``web`` calls the server pod ``orders`` (namespace shop)
+through its sidecar; the server's app is nginx, on its Unix socket (8080) and on TCP
+(8081 HTTP, 9000 a TCP port)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import netns
+from tests.identity import KeyPair, ProjectedVolume, create_ca, leaf, spiffe
+from tests.meshed_pod import MeshedPod
+from tests.processes import Nginx, shared_folder, stat_value, wait_for
+from tests.support import apply
+from webhook.engine import Outcome, inject
+from webhook.engine.config import from_mapping
+
+why_not = netns.available()
+pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
+
+MESH = from_mapping({"mtls": {"identity": "pod-certificate"}})
+APP_UID = 4242
+SERVER = netns.POD_V4
+UPSTREAMS = "orders.shop:8080,orders.shop:8081,orders.shop:9000,plain.shop:7070"
+
+
+def server_spec(annotations: dict[str, str] | None = None) -> dict:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "orders-0", "annotations": dict(annotations or {})},
+        "spec": {
+            "serviceAccountName": "orders",
+            "containers": [
+                {
+                    "name": "orders",
+                    "image": "nginx:1.27",
+                    "ports": [
+                        {"name": "http", "containerPort": 8080},
+                        {"name": "http-alt", "containerPort": 8081},
+                        {"name": "stream", "containerPort": 9000},
+                    ],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8081}},
+                    "livenessProbe": {"tcpSocket": {"port": 9000}},
+                    "startupProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                }
+            ],
+        },
+    }
+    return _injected(pod)
+
+
+def client_spec(annotations: dict[str, str] | None = None) -> dict:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "annotations": {"proxy.io/upstreams": UPSTREAMS, **(annotations or {})},
+        },
+        "spec": {
+            "serviceAccountName": "web",
+            "containers": [{"name": "web", "image": "curl", "ports": []}],
+        },
+    }
+    return _injected(pod)
+
+
+def _injected(pod: dict) -> dict:
+    result = inject(pod, "shop", MESH)
+    assert result.outcome == Outcome.INJECT, result.message
+    return apply(pod, list(result.patch))
+
+
+class Mesh:
+    def __init__(self, net: netns.Network, root: Path, ca: KeyPair) -> None:
+        self.net, self.root, self.ca = net, root, ca
+        server_folder, client_folder = root / "orders", root / "web"
+        for folder in (server_folder, client_folder):
+            folder.mkdir()
+            folder.chmod(0o755)
+        self.server = MeshedPod(net, server_folder, "nft", server_spec())
+        self.client = MeshedPod(net, client_folder, "nft", client_spec(), namespace=net.client)
+        self.server_volume = ProjectedVolume(self.server.identity_root / "proxy-identity")
+        self.client_volume = ProjectedVolume(self.client.identity_root / "proxy-identity")
+        self.server_leaf = leaf(ca, spiffe("shop", "orders"))
+        self.client_leaf = leaf(ca, spiffe("shop", "web"))
+        self.server_volume.pod_certificate(self.server_leaf, ca)
+        self.client_volume.pod_certificate(self.client_leaf, ca)
+
+    def restart(self, pod: MeshedPod, spec: dict) -> None:
+        if pod.envoy is not None:
+            pod.envoy.kill()
+            pod.envoy.wait(timeout=10)
+        pod.spec = spec
+        pod.start_envoy()
+
+    def call(self, url: str) -> tuple[int, str]:
+        """A GET from the client pod's app, which its sidecar intercepts."""
+        return self.net.curl(self.net.client, url, as_uid=APP_UID)
+
+    def plaintext(self, url: str) -> tuple[int, str]:
+        """A GET that bypasses the client's sidecar (the proxy's UID is never redirected)."""
+        return self.net.curl(self.net.client, url, as_uid=1337)
+
+    def peer(self, pair: KeyPair, *cas: KeyPair, port: int = 8080, path: str = "/") -> str:
+        """A request from a peer speaking our mTLS with certificate ``pair``."""
+        folder = self.root / f"peer-{time.monotonic_ns()}"
+        folder.mkdir()
+        (folder / "cert.pem").write_bytes(pair.cert_pem())
+        (folder / "key.pem").write_bytes(pair.key_pem())
+        (folder / "ca.pem").write_bytes(b"".join(c.cert_pem() for c in (cas or (self.ca,))))
+        command = [sys.executable, "-m", "tests.apps.mtls_client", SERVER, str(port)]
+        command += [str(folder / n) for n in ("cert.pem", "key.pem", "ca.pem")] + [path]
+        done = self.net.run(self.net.client, *command, timeout=30)
+        return done.stdout + done.stderr
+
+    def readiness(self, pod: MeshedPod, path: str) -> tuple[int, str]:
+        return self.net.curl(pod.namespace, f"http://127.0.0.1:15021{path}")
+
+
+def _hosts(net: netns.Network) -> Iterator[None]:
+    """The client pod's DNS: ``ip netns exec`` mounts /etc/netns/<ns>/hosts over /etc/hosts."""
+    folder = Path("/etc/netns") / net.client
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hosts").write_text(f"127.0.0.1 localhost\n{SERVER} orders.shop plain.shop\n")
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[Mesh]:
+    if shutil.which("iptables-nft-restore") is None:
+        pytest.fail("iptables-nft is missing (scripts/test installs Debian's iptables)")
+    net = netns.Network().create()
+    hosts = _hosts(net)
+    next(hosts)
+    nginx = None
+    try:
+        root = shared_folder()
+        the_mesh = Mesh(net, root, create_ca(common_name="mesh CA"))
+        for pod in (the_mesh.server, the_mesh.client):
+            applied = pod.run_init()
+            assert applied.returncode == 0, applied.stderr
+        nginx = Nginx(
+            the_mesh.server.folder,
+            sockets=[str(the_mesh.server.folder / "orders-8080.sock")],
+            tcp_ports=[8081, 9000],
+        )
+        nginx.command_prefix = net.exec(net.pod)
+        nginx.start()
+        plain = Nginx(root / "orders", tcp_ports=[7070], tcp_address="0.0.0.0")
+        plain.folder = root / "plain"
+        plain.folder.mkdir()
+        plain.folder.chmod(0o755)
+        plain.command_prefix = net.exec(net.pod)
+        plain.start()
+        net.processes.append(plain.process)
+        net.processes.append(nginx.process)
+        the_mesh.server.start_envoy()
+        the_mesh.client.start_envoy()
+        wait_for(
+            lambda: the_mesh.call("http://orders.shop:8080/")[0] == 200, 20, "a call over mTLS"
+        )
+        yield the_mesh
+    finally:
+        try:
+            hosts.close()
+        finally:
+            net.destroy()
+
+
+def test_a_call_goes_over_mtls_and_the_server_knows_the_caller(mesh: Mesh) -> None:
+    for port, answer in ((8080, "orders-8080.sock"), (8081, "8081"), (9000, "9000")):
+        status, body = mesh.call(f"http://orders.shop:{port}/")
+        assert (status, body) == (200, f"hello from nginx {answer}"), port
+    stats = mesh.server.admin("/stats?format=json")[1]
+    assert stat_value(stats, "http.inbound_8080_mtls.downstream_cx_total") >= 1
+    assert stat_value(stats, "http.inbound_8081_mtls.downstream_cx_total") >= 1
+    assert stat_value(stats, "tcp.inbound_9000_mtls.downstream_cx_total") >= 1
+    assert stat_value(stats, "listener.inbound.ssl.handshake") >= 3
+    # The app is told who called, and the server's access log says it too.
+    status, body = mesh.call("http://orders.shop:8080/xfcc")
+    assert status == 200 and f"URI={spiffe('shop', 'web')}" in body
+    assert f"peer={spiffe('shop', 'web')}" in (mesh.server.folder / "envoy.log").read_text()
+    assert mesh.readiness(mesh.client, "/upstream-transport")[1].splitlines()[:3] == [
+        "orders.shop:8080 mtls",
+        "orders.shop:8081 mtls",
+        "orders.shop:9000 mtls",
+    ]
+
+
+def test_permissive_serves_a_plaintext_client_and_counts_it(mesh: Mesh) -> None:
+    before = mesh.readiness(mesh.server, "/mtls")[1]
+    assert mesh.plaintext(f"http://{SERVER}:8080/") == (200, "hello from nginx orders-8080.sock")
+    after = mesh.readiness(mesh.server, "/mtls")[1]
+    plaintext = [int(re.search(r"plaintext=(\d+)", t.splitlines()[0])[1]) for t in (before, after)]
+    assert plaintext[1] == plaintext[0] + 1
+    assert re.fullmatch(
+        r"8080 permissive mtls=[1-9]\d* plaintext=\d+ denied=0", after.splitlines()[0]
+    )
+
+
+def test_an_upstream_that_is_not_meshed_works_in_permissive(mesh: Mesh) -> None:
+    assert mesh.call("http://plain.shop:7070/") == (200, "hello from nginx 7070")
+    assert "plain.shop:7070 plaintext" in mesh.readiness(mesh.client, "/upstream-transport")[1]
+
+
+def test_peers_from_another_ca_or_trust_domain_are_refused_and_counted(mesh: Mesh) -> None:
+    assert mesh.peer(leaf(mesh.ca, spiffe("shop", "web"))).startswith("HTTP/1.1 200")
+    stranger_ca = create_ca(common_name="another CA")
+    before = mesh.server.stat("listener.inbound.ssl.fail_verify_error")
+    answer = mesh.peer(leaf(stranger_ca, spiffe("shop", "web")), mesh.ca)
+    assert answer.startswith("refused") or "HTTP/1.1" not in answer
+    assert mesh.server.stat("listener.inbound.ssl.fail_verify_error") == before + 1
+    before = mesh.server.stat("listener.inbound.ssl.fail_verify_san")
+    answer = mesh.peer(leaf(mesh.ca, spiffe("shop", "web", trust_domain="other.org")))
+    assert answer.startswith("refused") or "HTTP/1.1" not in answer
+    assert mesh.server.stat("listener.inbound.ssl.fail_verify_san") == before + 1
+
+
+def test_allow_from_lets_only_its_peers_in(mesh: Mesh) -> None:
+    allowing = server_spec({"proxy.io/allow-from": "ns/shop/sa/web"})
+    mesh.restart(mesh.server, allowing)
+    try:
+        wait_for(lambda: mesh.call("http://orders.shop:8080/")[0] == 200, 20, "web allowed")
+        denied = mesh.peer(leaf(mesh.ca, spiffe("shop", "intruder")))
+        assert denied.startswith("HTTP/1.1 403") and "RBAC: access denied" in denied
+        assert mesh.server.stat("http.inbound_8080_mtls.rbac.denied") == 1
+        closed = mesh.peer(leaf(mesh.ca, spiffe("shop", "intruder")), port=9000)
+        assert "200" not in closed.splitlines()[0]
+        assert mesh.server.stat("tcp.inbound_9000_mtls.rbac.denied") == 1
+        # allow-from refuses plaintext, whatever the mode.
+        assert mesh.plaintext(f"http://{SERVER}:8080/")[0] == 0
+        assert "8080 strict" in mesh.readiness(mesh.server, "/mtls")[1]
+    finally:
+        mesh.restart(mesh.server, server_spec())
+
+
+def test_strict_refuses_plaintext_and_probes_still_pass(mesh: Mesh) -> None:
+    strict = server_spec({"proxy.io/mtls": "strict"})
+    mesh.restart(mesh.server, strict)
+    try:
+        assert mesh.call("http://orders.shop:8080/")[0] == 200
+        assert mesh.plaintext(f"http://{SERVER}:8080/")[0] == 0
+        assert mesh.plaintext(f"http://{SERVER}:9000/")[0] == 0
+        # Every probe of the pod goes to 15021 and passes there: the kubelet's view.
+        containers = strict["spec"]["containers"]
+        probes = [
+            c[kind]
+            for c in containers
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe")
+            if kind in c
+        ]
+        assert {p["httpGet"]["port"] for p in probes} == {15021}
+        for probe in [
+            *probes,
+            next(
+                c for c in [*containers, *strict["spec"]["initContainers"]] if c["name"] == "proxy"
+            )["readinessProbe"],
+        ]:
+            status, body = mesh.readiness(mesh.server, probe["httpGet"]["path"])
+            assert status == 200, (probe, body)
+    finally:
+        mesh.restart(mesh.server, server_spec())
+
+
+def test_strict_calls_only_mtls_upstreams(mesh: Mesh) -> None:
+    strict = client_spec({"proxy.io/mtls": "strict"})
+    mesh.restart(mesh.client, strict)
+    try:
+        assert mesh.call("http://orders.shop:8080/")[0] == 200
+        status, _ = mesh.call("http://plain.shop:7070/")
+        assert status == 503
+    finally:
+        mesh.restart(mesh.client, client_spec())
+
+
+def _wrk(mesh: Mesh, seconds: int) -> subprocess.Popen[str]:
+    command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "http://orders.shop:8080/"]
+    ids = ["setpriv", "--reuid", str(APP_UID), "--regid", str(APP_UID), "--clear-groups"]
+    return subprocess.Popen(
+        mesh.net.exec(mesh.net.client, *ids, *command), stdout=subprocess.PIPE, text=True
+    )
+
+
+def _serial(pod: MeshedPod) -> str:
+    certs = pod.admin("/certs")[1]
+    return re.search(r'"cert_chain": \[\s*\{[^}]*?"serial_number": "([0-9a-f]+)"', certs)[1]
+
+
+def test_rotation_under_load_loses_nothing(mesh: Mesh) -> None:
+    pid = mesh.server.envoy.pid
+    load = _wrk(mesh, 14)
+    serials = [_serial(mesh.server)]
+    time.sleep(2)
+    for _ in range(2):  # the leaf renewed twice
+        mesh.server_volume.pod_certificate(leaf(mesh.ca, spiffe("shop", "orders")), mesh.ca)
+        wait_for(lambda: _serial(mesh.server) not in serials, 10, "the new leaf served")
+        serials.append(_serial(mesh.server))
+        assert hex(int(serials[-1], 16))[2:] in mesh.peer(mesh.client_leaf)
+        time.sleep(1.5)
+    # The CA rolls: both CAs in every bundle first, then leaves of the new one, then the
+    # old CA leaves the bundle.
+    new_ca = create_ca(common_name="mesh CA 2")
+    mesh.server_volume.pod_certificate(leaf(mesh.ca, spiffe("shop", "orders")), mesh.ca, new_ca)
+    mesh.client_volume.pod_certificate(mesh.client_leaf, mesh.ca, new_ca)
+    time.sleep(1.5)
+    mesh.server_volume.pod_certificate(leaf(new_ca, spiffe("shop", "orders")), mesh.ca, new_ca)
+    new_client = leaf(new_ca, spiffe("shop", "web"))
+    mesh.client_volume.pod_certificate(new_client, mesh.ca, new_ca)
+    time.sleep(1.5)
+    mesh.server_volume.pod_certificate(leaf(new_ca, spiffe("shop", "orders")), new_ca)
+    mesh.client_volume.pod_certificate(new_client, new_ca)
+    out, _ = load.communicate(timeout=60)
+    assert "Socket errors" not in out and "Non-2xx" not in out, out
+    assert int(re.search(r"(\d+) requests in", out)[1]) > 100, out
+    assert mesh.server.envoy.pid == pid and mesh.server.envoy.poll() is None
+    # New connections see the new CA's leaf; a peer of the old CA is refused now.
+    assert mesh.peer(new_client, new_ca).startswith("HTTP/1.1 200")
+    assert not mesh.peer(mesh.client_leaf, mesh.ca, new_ca).startswith("HTTP/1.1 200")
+    mesh.ca, mesh.client_leaf = new_ca, new_client
+
+
+def test_identity_is_reported(mesh: Mesh) -> None:
+    status, body = mesh.readiness(mesh.server, "/identity")
+    assert status == 200
+    assert re.fullmatch(rf"{spiffe('shop', 'orders')} notAfter=\d{{4}}-\d\d-\d\dT[\d:]+Z", body)
+
+
+@pytest.mark.parametrize("mode", ["permissive", "strict"])
+def test_without_a_certificate_the_pod_says_so(mesh: Mesh, mode: str) -> None:
+    """The feature gate off or no signer: the projected volume comes without the files."""
+    spec = server_spec({"proxy.io/mtls": mode})
+    saved = mesh.server.identity_root.rename(mesh.server.folder / "volumes-saved")
+    try:
+        ProjectedVolume(mesh.server.identity_root / "proxy-identity").write({})
+        mesh.restart(mesh.server, spec)
+        status, body = mesh.readiness(mesh.server, "/identity")
+        assert status == 503
+        assert "no identity: no certificate:" in body and "credential-bundle.pem is missing" in body
+        ready = mesh.readiness(mesh.server, "/healthz/app")
+        if mode == "strict":
+            assert ready[0] == 503 and "strict: not ready" in ready[1]
+            assert mesh.plaintext(f"http://{SERVER}:8080/")[0] == 0
+        else:
+            assert ready[0] == 200 and "permissive: serving plaintext only" in body
+            assert mesh.plaintext(f"http://{SERVER}:8080/")[0] == 200
+            # A meshed caller sees the mTLS endpoint fail and calls in plaintext.
+            wait_for(
+                lambda: (
+                    "orders.shop:8080 plaintext"
+                    in mesh.readiness(mesh.client, "/upstream-transport")[1]
+                ),
+                15,
+                "the client falling back to plaintext",
+            )
+            assert mesh.call("http://orders.shop:8080/")[0] == 200
+    finally:
+        shutil.rmtree(mesh.server.identity_root)
+        saved.rename(mesh.server.identity_root)
+        mesh.restart(mesh.server, server_spec())
+        wait_for(
+            lambda: (
+                "orders.shop:8080 mtls" in mesh.readiness(mesh.client, "/upstream-transport")[1]
+            ),
+            15,
+            "the client back on mTLS",
+        )
