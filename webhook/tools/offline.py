@@ -266,4 +266,16 @@ def plan_lines(summary: dict[str, Any]) -> list[str]:
         f"/dev/shm from volume {summary['shmVolume']}; "
         f"{summary['probesRewritten']} probe(s) moved to the proxy"
     )
+    lines.append(_mtls_line(summary["mtls"]))
     return lines
+
+
+def _mtls_line(mtls: dict[str, Any]) -> str:
+    if mtls["mode"] == "off":
+        return "mTLS off"
+    inbound = "plaintext refused" if mtls["plaintextRefused"] else "plaintext accepted"
+    allowed = ", ".join(mtls["allowFrom"]) or "any identity of the trust domain"
+    return (
+        f"mTLS {mtls['mode']} as {mtls['identity']} (from {mtls['source']}); {inbound}; "
+        f"callers allowed: {allowed}"
+    )
