@@ -29,6 +29,9 @@ POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)$")
 ALL_PODS = re.compile(r"^/api/v1/pods(?:\?|$)")
 NODE = re.compile(r"^/api/v1/nodes/([^/?]+)$")
 NAMESPACES = re.compile(r"^/api/v1/namespaces(?:\?(.*))?$")
+POD_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/:%]+)(?::|%3A)(\d+)/proxy/(.*)$")
+API_GROUP_VERSION = re.compile(r"^/apis/([^/]+)/([^/?]+)/?$")
+CSI_DRIVER = re.compile(r"^/apis/storage.k8s.io/v1/csidrivers/([^/?]+)$")
 WEBHOOK = re.compile(
     r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/([^/?]+)"
 )
@@ -101,6 +104,11 @@ class FakeKube:
         self.closing = False
         self.trickle = 0.0
         self.deleted: list[tuple[str, str]] = []
+        self.served: dict[str, list[str]] = {}
+        """API discovery: group/version -> the resources it serves."""
+        self.csi_drivers: dict[str, dict[str, Any]] = {}
+        self.pod_ports: dict[tuple[str, str, int], dict[str, str]] = {}
+        """What a pod's port answers through the API server's pod proxy, by path."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -119,9 +127,22 @@ class FakeKube:
             def _body(self) -> Any:
                 return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
 
+            def _text(self, code: int, body: str) -> None:
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                fake.requests.append((self.command, self.path, code))
+
             def do_GET(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)
-                if ALL_PODS.match(self.path) and query.get("watch") == ["1"]:
+                if match := POD_PROXY.match(self.path):
+                    key = (match.group(1), match.group(2), int(match.group(3)))
+                    answer = fake.pod_ports.get(key, {}).get("/" + match.group(4))
+                    self._text(*((200, answer) if answer is not None else (503, "no endpoint")))
+                elif ALL_PODS.match(self.path) and query.get("watch") == ["1"]:
                     fake.watch(self, query)
                 elif POD.match(self.path.split("?")[0]) and fake.trickle:
                     fake.trickled(self, *fake.get(self.path))
@@ -175,7 +196,23 @@ class FakeKube:
             if found is None:
                 return 404, status(404, "NotFound", path)
             return 200, found
+        if match := CSI_DRIVER.match(path):
+            driver = self.csi_drivers.get(match.group(1))
+            return (200, driver) if driver else (404, status(404, "NotFound", path))
+        if match := API_GROUP_VERSION.match(path):
+            return self._discovery(f"{match.group(1)}/{match.group(2)}")
         return self._get_listed(path)
+
+    def _discovery(self, group_version: str) -> tuple[int, dict[str, Any]]:
+        resources = self.served.get(group_version)
+        if resources is None:
+            return 404, status(404, "NotFound", f"the server could not find {group_version}")
+        listed = [
+            {"name": name, "singularName": "", "namespaced": False, "kind": "", "verbs": ["get"]}
+            for name in resources
+        ]
+        body = {"kind": "APIResourceList", "groupVersion": group_version, "resources": listed}
+        return 200, body
 
     def _get_listed(self, path: str) -> tuple[int, dict[str, Any]]:
         with self.lock:

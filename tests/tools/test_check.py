@@ -162,3 +162,78 @@ def test_a_config_change_that_shapes_no_pod_makes_no_pod_stale(tmp_path, fake) -
     result = check(fake, "--config", str(config))
     assert result.returncode == 1
     assert "shop/web-7c9d8f-a: injected under another mesh config" in result.stdout
+
+
+POD_CERTIFICATES = {"mtls": {"identity": "pod-certificate"}}
+
+
+def mtls_installation(tmp_path: Path, fake: FakeKube, identity: dict) -> Path:
+    installation(tmp_path, fake, broken=False)
+    config = from_mapping(identity)
+    fake.pods["shop"] = [pod("web-7c9d8f-a", config), pod("web-7c9d8f-b", config)]
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump(identity))
+    return path
+
+
+def test_pod_certificates_not_served_are_named_with_the_feature_gates(tmp_path, fake) -> None:
+    config = mtls_installation(tmp_path, fake, POD_CERTIFICATES)
+    fake.pod_ports[("shop", "web-7c9d8f-a", 15021)] = {
+        "/mtls": "8080 permissive mtls=0 plaintext=0 denied=0\n"
+    }
+    fake.pod_ports[("shop", "web-7c9d8f-b", 15021)] = {
+        "/mtls": "8080 permissive mtls=4 plaintext=0 denied=0\n"
+    }
+    result = check(fake, "--config", str(config))
+    assert result.returncode == 1
+    assert (
+        "FAIL the API serves pod certificates (mtls.identity pod-certificate): not served: "
+        "podcertificaterequests, clustertrustbundles"
+    ) in result.stdout
+    assert "PodCertificateRequest and ClusterTrustBundle feature gates" in result.stdout
+    fake.served["certificates.k8s.io/v1beta1"] = ["podcertificaterequests", "clustertrustbundles"]
+    result = check(fake, "--config", str(config))
+    assert result.returncode == 0, result.stdout
+    assert (
+        "ok   the API serves pod certificates (mtls.identity pod-certificate): "
+        "podcertificaterequests in certificates.k8s.io/v1beta1"
+    ) in result.stdout
+    assert (
+        "ok   permissive pods receive no plaintext (the ports could go strict): 2 port(s)"
+        in result.stdout
+    )
+
+
+def test_ports_still_receiving_plaintext_are_listed(tmp_path, fake) -> None:
+    config = mtls_installation(tmp_path, fake, POD_CERTIFICATES)
+    fake.served["certificates.k8s.io/v1"] = ["podcertificaterequests", "clustertrustbundles"]
+    fake.pod_ports[("shop", "web-7c9d8f-a", 15021)] = {
+        "/mtls": "8080 permissive mtls=10 plaintext=3 denied=0\n"
+    }
+    result = check(fake, "--config", str(config))
+    assert result.returncode == 1
+    assert (
+        "FAIL permissive pods receive no plaintext (the ports could go strict): 0 port(s)"
+        in result.stdout
+    )
+    assert "shop/web-7c9d8f-a port 8080: 3 plaintext, 10 mTLS connections" in result.stdout
+    assert "shop/web-7c9d8f-b: its proxy did not answer" in result.stdout
+
+
+def test_the_csi_driver_must_be_installed(tmp_path, fake) -> None:
+    config = mtls_installation(tmp_path, fake, {"mtls": {"identity": "csi-spiffe"}})
+    for name in ("web-7c9d8f-a", "web-7c9d8f-b"):
+        fake.pod_ports[("shop", name, 15021)] = {
+            "/mtls": "8080 permissive mtls=1 plaintext=0 denied=0\n"
+        }
+    result = check(fake, "--config", str(config))
+    assert "FAIL the CSI driver spiffe.csi.cert-manager.io is installed" in result.stdout
+    assert "hint: install cert-manager's csi-driver-spiffe" in result.stdout
+    fake.csi_drivers["spiffe.csi.cert-manager.io"] = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSIDriver",
+        "metadata": {"name": "spiffe.csi.cert-manager.io"},
+        "spec": {"podInfoOnMount": True},
+    }
+    result = check(fake, "--config", str(config))
+    assert result.returncode == 0, result.stdout

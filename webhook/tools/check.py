@@ -21,7 +21,13 @@ from certs.check import due_for_renewal, names_of, signed_by_any
 from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import MeshConfig
-from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+from webhook.engine.names import (
+    INJECT_KEY,
+    MTLS_PATH,
+    PROXY_CONTAINER,
+    READINESS_PORT,
+    STATUS_KEY,
+)
 
 EXPECTED_ENTRY = {
     "failurePolicy": "Fail",
@@ -67,6 +73,9 @@ class Reader(Protocol):
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def namespaces(self, label_selector: str) -> list[dict[str, Any]]: ...
     def pods(self, namespace: str) -> list[dict[str, Any]]: ...
+    def served(self, group_version: str) -> list[str] | None: ...
+    def csi_driver(self, name: str) -> dict[str, Any] | None: ...
+    def pod_port(self, namespace: str, pod: str, port: int, path: str) -> str | None: ...
 
 
 @dataclass
@@ -97,7 +106,95 @@ def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[R
         ]
     namespaces = reader.namespaces(f"{INJECT_KEY}=enabled")
     results += _pods(reader, config, namespaces)
+    if config.mtls.identity != "none":
+        results += [_identity_source(reader, config), _plaintext(reader, namespaces)]
     return results
+
+
+CERTIFICATE_VERSIONS = ("v1", "v1beta1", "v1alpha1")
+
+
+def _served_version(reader: Reader, resource: str) -> str | None:
+    for version in CERTIFICATE_VERSIONS:
+        if resource in (reader.served(f"certificates.k8s.io/{version}") or []):
+            return f"certificates.k8s.io/{version}"
+    return None
+
+
+def _identity_source(reader: Reader, config: MeshConfig) -> Result:
+    settings = config.mtls
+    if settings.identity == "csi-spiffe":
+        name = f"the CSI driver {settings.csi_driver} is installed (mtls.identity csi-spiffe)"
+        if reader.csi_driver(settings.csi_driver) is None:
+            hint = "install cert-manager's csi-driver-spiffe, or set mesh config mtls.identity"
+            return Result(name, False, "no CSIDriver object of that name", hint)
+        return Result(name, True)
+    name = "the API serves pod certificates (mtls.identity pod-certificate)"
+    found = {
+        r: _served_version(reader, r) for r in ("podcertificaterequests", "clustertrustbundles")
+    }
+    missing = [resource for resource, version in found.items() if version is None]
+    if missing:
+        hint = (
+            "turn on the PodCertificateRequest and ClusterTrustBundle feature gates and "
+            "API versions (kube-apiserver --feature-gates and --runtime-config, and the "
+            "kubelet's gate): without them the API server drops the pods' podCertificate "
+            "volume source and they run without an identity"
+        )
+        return Result(name, False, f"not served: {', '.join(missing)}", hint)
+    return Result(name, True, ", ".join(f"{r} in {v}" for r, v in found.items()))
+
+
+def _permissive_pods(reader: Reader, namespaces: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    found = []
+    for namespace in namespaces:
+        ns = namespace["metadata"]["name"]
+        for pod in reader.pods(ns):
+            metadata = pod.get("metadata") or {}
+            status = _status((metadata.get("annotations") or {}).get(STATUS_KEY, "{}"))
+            if status.get("mtls") == "permissive":
+                found.append((ns, metadata.get("name", "")))
+    return found
+
+
+def _ports_receiving_plaintext(report: str, where: str) -> tuple[list[str], int]:
+    """From ``8080 permissive mtls=12 plaintext=3 denied=0`` lines: the ports receiving
+    plaintext, and how many receive none."""
+    receiving, clean = [], 0
+    for line in report.splitlines():
+        port, _, *counts = line.split()
+        numbers = dict(item.split("=", 1) for item in counts if "=" in item)
+        if int(numbers.get("plaintext", "0")) > 0:
+            receiving.append(
+                f"{where} port {port}: {numbers['plaintext']} plaintext, "
+                f"{numbers.get('mtls', '0')} mTLS connections"
+            )
+        else:
+            clean += 1
+    return receiving, clean
+
+
+def _plaintext(reader: Reader, namespaces: list[dict[str, Any]]) -> Result:
+    """From each permissive pod's proxy (``GET :15021/mtls`` through the API server's pod
+    proxy): the ports still receiving plaintext, and how many could go strict now."""
+    name = "permissive pods receive no plaintext (the ports could go strict)"
+    items, ready = [], 0
+    for ns, pod in _permissive_pods(reader, namespaces):
+        report = reader.pod_port(ns, pod, READINESS_PORT, MTLS_PATH)
+        if report is None:
+            items.append(f"{ns}/{pod}: its proxy did not answer")
+            continue
+        receiving, clean = _ports_receiving_plaintext(report, f"{ns}/{pod}")
+        items += receiving
+        ready += clean
+    detail = f"{ready} port(s) could go strict now"
+    if items:
+        hint = (
+            "find the callers that are not meshed (their traffic is plaintext) before setting "
+            "proxy.io/mtls: strict on these pods"
+        )
+        return Result(name, False, detail, hint, items)
+    return Result(name, True, detail)
 
 
 def _exists(webhook: dict[str, Any] | None, target: Target) -> Result:
@@ -327,5 +424,32 @@ def kube_reader(api_client: Any) -> Reader:
 
         def pods(self, namespace: str) -> list[dict[str, Any]]:
             return plain(core.list_namespaced_pod(namespace))["items"]
+
+        def served(self, group_version: str) -> list[str] | None:
+            """API discovery of one group version: the resources it serves, or None."""
+            method, url, headers, _, _ = api_client.param_serialize(
+                "GET",
+                f"/apis/{group_version}",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+            )
+            response = api_client.call_api(method, url, headers)
+            response.read()
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise ApiException(status=response.status, reason=response.reason)
+            return [item["name"] for item in json.loads(response.data)["resources"]]
+
+        def csi_driver(self, name: str) -> dict[str, Any] | None:
+            return found(lambda: client.StorageV1Api(api_client).read_csi_driver(name))
+
+        def pod_port(self, namespace: str, pod: str, port: int, path: str) -> str | None:
+            try:
+                return core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{pod}:{port}", namespace, path.lstrip("/")
+                )
+            except ApiException:
+                return None
 
     return KubeReader()
