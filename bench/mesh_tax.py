@@ -26,6 +26,16 @@ this machine. Envoy's memory comes from /proc/<pid>/status after each run.
 on CPU 0): requests go to ``web:8080``, a declared upstream (``proxy.io/upstreams``), out
 through 15001 and in through the server's 15006, two hops as in Istio's figures.
 
+``floor`` is the yardstick for the generated config: the same Envoy (same rules, workers
+and CPU) with the smallest hand-written config that proxies the port to the app's socket
+(no stats matcher, no access log, no health checks, no Lua). The generated sidecar's CPU
+per 1000 req/s is printed as a ratio to it (target at most 1.10x).
+
+``--mtls`` (implies ``--client-sidecar``) adds ``sidecar-uds-mtls``: both sidecars with
+mesh config ``mtls.identity: pod-certificate``, certificates minted here and laid out as
+the kubelet writes them, mTLS between the two; its added p90 over direct (two hops, target
+0.5 ms) and its CPU per 1000 req/s as a ratio to plaintext ``sidecar-uds`` (target 1.25x).
+
 ``--compare KEY=VALUE`` adds a fourth way, ``sidecar-uds`` with one mesh config field
 (``accessLog=true``) or pod annotation (``proxy.io/concurrency=1``) changed: a before and
 after in the same run. ``--profile`` samples the server's Envoy with perf during one extra
@@ -33,7 +43,7 @@ after in the same run. ``--profile`` samples the server's Envoy with perf during
 
     .venv/bin/python bench/mesh_tax.py [--quick] [--app nginx,asgi] [--rates 1000,5000]
         [--sizes 1024,65536] [--pairs 3] [--seconds 10] [--client-sidecar]
-        [--compare KEY=VALUE] [--profile] [--envoy-cpu 0|1]
+        [--compare KEY=VALUE] [--profile] [--envoy-cpu 0|1] [--mtls]
 
 Needs root (namespaces, iptables, Envoy as UID 1337), Debian's nginx-light, iptables,
 iproute2 and nghttp2-client (``scripts/bench`` installs them).
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -59,10 +70,12 @@ import yaml
 from common import PACED_CONNECTIONS, ROOT, paced, wakeup_cpu_us
 
 from tests import netns
+from tests.identity import ProjectedVolume, create_ca, leaf, spiffe
 from tests.meshed_pod import MeshedPod
 from tests.processes import Nginx, shared_folder, wait_for
-from tests.support import apply
+from tests.support import apply, bootstrap_of
 from webhook.engine import Outcome, inject
+from webhook.engine.bootstrap.remap import remap
 from webhook.engine.config import MeshConfig, from_mapping
 
 LOAD_CPU = 1
@@ -74,7 +87,9 @@ ISTIO = {"p90_ms": 2.65, "vcpu": 0.35, "memory_mb": 40.0}
 """Istio's published sidecar figures: Envoy with mTLS and telemetry, a client and a server
 sidecar (two hops), 1 KiB, 16 connections, per 1,000 req/s through the proxy."""
 TARGETS = {"added p90 per hop (ms)": 0.3, "vCPU per 1000 req/s": 0.05, "RssAnon (MiB)": 16.0}
-WAYS = ("direct", "sidecar-uds", "sidecar-tcp")
+WAYS = ("direct", "sidecar-uds", "sidecar-tcp", "floor")
+MTLS_WAY = "sidecar-uds-mtls"
+MTLS_MESH = from_mapping({"mtls": {"identity": "pod-certificate"}})
 PERF_RECORD = ["perf", "record", "-q", "-g", "-p"]
 PERF_REPORT = ["perf", "report", "--stdio", "--no-children", "-g", "none", "--sort", "dso,sym"]
 PERF_REPORT += ["--percent-limit", "1.5"]
@@ -202,6 +217,7 @@ class Pod:
         self.processes: list[subprocess.Popen] = []
         self.sidecars: dict[str, MeshedPod] = {}
         self.nginx: Nginx | None = None
+        self.ca = create_ca(common_name="bench mesh CA")
 
     @property
     def meshed(self) -> bool:
@@ -210,6 +226,10 @@ class Pod:
     @property
     def listens_on_socket(self) -> bool:
         return self.meshed and "tcp" not in self.way
+
+    @property
+    def mesh(self) -> MeshConfig:
+        return MTLS_MESH if self.way == MTLS_WAY else self.variant.config
 
     def start(self) -> Pod:
         self.net.create()
@@ -223,13 +243,11 @@ class Pod:
         self._start_app()
         if self.meshed and self.args.client_sidecar:
             client = pod_spec({"proxy.io/upstreams": f"{SERVICE}:{APP_PORT}"}, "load", [])
-            self._start_sidecar("client", self.net.client, injected(client, MeshConfig()))
+            self._start_sidecar("client", self.net.client, injected(client, self.mesh))
         return self
 
     def _server_pod(self) -> dict:
-        return injected(
-            pod_spec(self.variant.annotations, SERVICE, [APP_PORT]), self.variant.config
-        )
+        return injected(pod_spec(self.variant.annotations, SERVICE, [APP_PORT]), self.mesh)
 
     def _write_hosts(self) -> None:
         """``web`` names the server pod inside the client namespace (``ip netns exec``
@@ -245,7 +263,14 @@ class Pod:
         applied = sidecar.run_init()
         if applied.returncode != 0:
             raise RuntimeError(f"init-iptables failed in {namespace}: {applied.stderr}")
-        sidecar.start_envoy(workers(spec), prefix=("taskset", "-c", str(self.args.envoy_cpu)))
+        if self.way == MTLS_WAY:
+            identity = ProjectedVolume(sidecar.identity_root / "proxy-identity")
+            account = SERVICE if role == "server" else "load"
+            identity.pod_certificate(leaf(self.ca, spiffe(NAMESPACE, account)), self.ca)
+        socket = folder / f"{SERVICE}-{APP_PORT}.sock"
+        floor = floor_config(socket) if self.way == "floor" and role == "server" else None
+        cpu = ("taskset", "-c", str(self.args.envoy_cpu))
+        sidecar.start_envoy(workers(spec), prefix=cpu, config=floor)
         self.sidecars[role] = sidecar
 
     def _start_app(self) -> None:
@@ -343,6 +368,54 @@ class Pod:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def floor_config(socket: Path) -> dict:
+    """The smallest config that proxies the pod's port to the app's socket: the yardstick
+    for what the generated config costs beyond Envoy's own proxying."""
+    envoy = "type.googleapis.com/envoy.extensions."
+    hcm = {
+        "@type": envoy + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "floor",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "app",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {"name": "router", "typed_config": {"@type": envoy + "filters.http.router.v3.Router"}}
+        ],
+    }
+    original_dst = {"@type": envoy + "filters.listener.original_dst.v3.OriginalDst"}
+    endpoint = {"endpoint": {"address": {"pipe": {"path": str(socket)}}}}
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "inbound",
+                    "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+                    "listener_filters": [{"name": "original_dst", "typed_config": original_dst}],
+                    "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "app",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "app",
+                        "endpoints": [{"lb_endpoints": [endpoint]}],
+                    },
+                }
+            ],
+        },
+    }
+
+
 def missing_tools() -> list[str]:
     wanted = {
         "h2load": "h2load (nghttp2-client)",
@@ -358,7 +431,7 @@ def missing_tools() -> list[str]:
 def pods(app: str, args: argparse.Namespace) -> Iterator[dict[str, Pod]]:
     started: dict[str, Pod] = {}
     try:
-        for way in WAYS:
+        for way in WAYS + ((MTLS_WAY,) if args.mtls else ()):
             started[way] = Pod(way, app, args, Variant()).start()
         if args.compare:
             label = f"sidecar-uds+{args.compare.label}"
@@ -456,6 +529,31 @@ def print_istio(summary: Summary, hops: int) -> None:
     )
 
 
+def print_ratios(summaries: list[Summary], hops: int) -> None:
+    """The generated config against the floor, and mTLS against plaintext, side by side."""
+    by_way = {s.way: s for s in summaries}
+    uds, floor = by_way["sidecar-uds"], by_way["floor"]
+    ratio = uds.vcpu["server"] / floor.vcpu["server"]
+    print(
+        f"  generated vs floor (server Envoy, vCPU per 1000 req/s): {uds.vcpu['server']:.3f} vs "
+        f"{floor.vcpu['server']:.3f} = {ratio:.2f}x (target 1.10x: "
+        f"{'met' if ratio <= 1.10 else 'MISSED'})"
+    )
+    secured = by_way.get(MTLS_WAY)
+    if secured is None:
+        return
+    cpu = sum(secured.vcpu.values()) / sum(uds.vcpu.values())
+    p90 = secured.added["p90"] * (2 / hops)
+    print(
+        f"  mTLS vs plaintext ({'two hops' if hops == 2 else 'one hop'}): added p90 "
+        f"{secured.added['p90']:+.2f} ms vs {uds.added['p90']:+.2f} ms over direct "
+        f"(two hops with mTLS {p90:.2f} ms, target 0.5: {'met' if p90 <= 0.5 else 'MISSED'}); "
+        f"vCPU of both sidecars {sum(secured.vcpu.values()):.3f} vs "
+        f"{sum(uds.vcpu.values()):.3f} = {cpu:.2f}x (target 1.25x: "
+        f"{'met' if cpu <= 1.25 else 'MISSED'})"
+    )
+
+
 def per_hop(summary: Summary, hops: int) -> tuple[float, float, float]:
     return summary.added["p90"] / hops, summary.vcpu["server"], summary.memory["server"][0]
 
@@ -536,13 +634,79 @@ def measure(app: str, args: argparse.Namespace) -> list[tuple[str, int, int, Sum
                 summaries = summarize(rounds)
                 print_summary(summaries, hops)
                 uds = next(s for s in summaries if s.way == "sidecar-uds")
+                print_ratios(summaries, hops)
                 if size == 1024 and rate == 1000:
                     print_istio(uds, hops)
                     print_targets(uds, hops)
                 found.append((app, size, rate, uds))
                 if args.profile:
                     profile(started["sidecar-uds"], size, rate, args.seconds)
+        if args.mtls:
+            handshakes(started, args)
     return found
+
+
+CHURN_RATE = 500
+"""New connections per second in the handshake run: one request per connection."""
+
+
+def churn_config(sidecar: MeshedPod) -> dict:
+    """The client sidecar's own bootstrap, its upstream connections used for one request
+    each: every request a new connection, with a full handshake under mTLS."""
+    config = remap(
+        json.loads(bootstrap_of(sidecar.spec)),
+        socket_dir=sidecar.folder,
+        proxy_ports={},
+        loopback_only=False,
+        identity_root=sidecar.identity_root if sidecar.identity_root.exists() else None,
+    )
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"].startswith("outbound|") and "||" in cluster["name"]:
+            options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+            cluster["typed_extension_protocol_options"] = {
+                options: {
+                    "@type": "type.googleapis.com/" + options,
+                    "common_http_protocol_options": {"max_requests_per_connection": 1},
+                    "explicit_http_config": {"http_protocol_options": {}},
+                }
+            }
+    return config
+
+
+def handshakes(started: dict[str, Pod], args: argparse.Namespace) -> None:
+    """What connection churn costs: both two-hop ways again, each request on a new
+    connection between the sidecars, at a fixed rate."""
+    found = {}
+    for way in ("sidecar-uds", MTLS_WAY):
+        pod = started[way]
+        client = pod.sidecars["client"]
+        assert client.envoy is not None
+        client.envoy.kill()
+        client.envoy.wait(timeout=10)
+        cpu = ("taskset", "-c", str(args.envoy_cpu))
+        client.start_envoy(workers(client.spec), prefix=cpu, config=churn_config(client))
+        pod.drive(1024, CHURN_RATE, 2)
+        found[way] = [pod.drive(1024, CHURN_RATE, args.seconds) for _ in range(args.pairs)]
+    print(
+        f"\nnew connections: {CHURN_RATE} req/s, each on a new connection between the "
+        f"sidecars (a full handshake under mTLS), {args.pairs} rounds x {args.seconds} s:"
+    )
+    for way, runs in found.items():
+        p90 = statistics.median(m.p90 for m in runs)
+        server = statistics.median(m.vcpu["server"] for m in runs)
+        both = statistics.median(sum(m.vcpu.values()) for m in runs)
+        print(
+            f"  {way:18s} p90 {p90:.2f} ms; server Envoy {server:.3f}, both "
+            f"{both:.3f} vCPU per 1000 connections/s"
+        )
+    plain = statistics.median(m.vcpu["server"] for m in found["sidecar-uds"])
+    secured = statistics.median(m.vcpu["server"] for m in found[MTLS_WAY])
+    extra_us = (secured - plain) * 1000
+    print(
+        f"  a full mTLS handshake costs the server Envoy {extra_us:.0f} us of CPU more than a "
+        f"plaintext connection: one core takes about {1e6 / max(secured * 1000, 1):.0f} new "
+        "mTLS connections per second"
+    )
 
 
 def numbers(text: str) -> list[int]:
@@ -560,6 +724,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--client-sidecar", action="store_true")
     parser.add_argument("--compare", type=Variant.parse, default=None)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--mtls", action="store_true", help="add mTLS between two sidecars")
     parser.add_argument(
         "--envoy-cpu",
         type=int,
@@ -570,6 +735,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.app, args.rates, args.sizes, args.pairs, args.seconds = "nginx", [1000], [1024], 3, 8
+    args.client_sidecar = args.client_sidecar or args.mtls
     args.apps = [a for a in args.app.split(",") if a]
     unknown = set(args.apps) - {"nginx", "asgi"}
     if unknown:

@@ -79,12 +79,15 @@ class MeshedPod:
             (sds / name).write_text(moved_identity(annotations[key], self.identity_root))
             (sds / name).chmod(0o644)
 
-    def start_envoy(self, workers: int = 1, prefix: tuple[str, ...] = ()) -> None:
-        """Envoy with ``workers`` threads; ``prefix`` runs before it (e.g. taskset)."""
+    def start_envoy(
+        self, workers: int = 1, prefix: tuple[str, ...] = (), config: dict | None = None
+    ) -> None:
+        """Envoy with ``workers`` threads; ``prefix`` runs before it (e.g. taskset);
+        ``config`` instead of the pod's bootstrap (a benchmark's yardstick)."""
         meshed = SDS_IDENTITY_KEY in self.spec["metadata"].get("annotations", {})
         if meshed:
             self.write_sds_volume()
-        config = remap(
+        config = config or remap(
             json.loads(bootstrap_of(self.spec)),
             socket_dir=self.folder,
             proxy_ports={},

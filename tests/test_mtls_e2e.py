@@ -288,6 +288,22 @@ def test_strict_calls_only_mtls_upstreams(mesh: Mesh) -> None:
         mesh.restart(mesh.client, client_spec())
 
 
+def test_a_pinned_identity_the_server_does_not_have_is_refused_and_counted(mesh: Mesh) -> None:
+    pinned = client_spec(
+        {
+            "proxy.io/mtls": "strict",
+            "proxy.io/upstream-identities": "orders.shop:8080=ns/shop/sa/payments",
+        }
+    )
+    mesh.restart(mesh.client, pinned)
+    try:
+        assert mesh.call("http://orders.shop:8080/")[0] == 503
+        assert mesh.client.stat("cluster.outbound|8080||orders.shop.ssl.fail_verify_san") >= 1
+        assert mesh.call("http://orders.shop:8081/")[0] == 200  # its peer: any of shop
+    finally:
+        mesh.restart(mesh.client, client_spec())
+
+
 def _wrk(mesh: Mesh, seconds: int) -> subprocess.Popen[str]:
     command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "http://orders.shop:8080/"]
     ids = ["setpriv", "--reuid", str(APP_UID), "--regid", str(APP_UID), "--clear-groups"]

@@ -473,7 +473,7 @@ def _render(
             jp.add(jp.pointer("metadata", "annotations", INTERCEPTION_KEY), plan.interception_spec)
         )
     if plan.mtls is not None:
-        for key, document in mtls.sds_documents(plan.mtls.files).items():
+        for key, document in mtls.sds_documents(plan.mtls.files):
             ops.append(jp.add(jp.pointer("metadata", "annotations", key), document))
     ops += _pull_secrets_ops(spec, config.image_pull_secrets)
     ops.append(

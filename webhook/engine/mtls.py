@@ -10,6 +10,7 @@ writes into the proxy's SDS volume.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -266,9 +267,11 @@ def proxy_mounts() -> list[Json]:
     ]
 
 
-def sds_documents(files: IdentityFiles) -> dict[str, str]:
-    """The two SDS files, by annotation key: each one Secret, its files watched through
-    the volume's directory, which the kubelet changes by swapping a ``..data`` symlink."""
+@lru_cache(maxsize=8)
+def sds_documents(files: IdentityFiles) -> tuple[tuple[str, str], ...]:
+    """The two SDS files, as (annotation key, JSON): each one Secret, its files watched
+    through the volume's directory, which the kubelet changes by swapping a ``..data``
+    symlink. The same for every pod of an identity source: made once."""
     watched = {"path": IDENTITY_DIR}
     certificate = {
         "certificate_chain": {"filename": files.certificate},
@@ -280,7 +283,7 @@ def sds_documents(files: IdentityFiles) -> dict[str, str]:
         SDS_IDENTITY_KEY: {"name": CERTIFICATE_SECRET, "tls_certificate": certificate},
         SDS_TRUST_BUNDLE_KEY: {"name": TRUST_BUNDLE_SECRET, "validation_context": bundle},
     }
-    return {
-        key: orjson.dumps({"resources": [{"@type": _SECRET_TYPE, **secret}]}).decode()
+    return tuple(
+        (key, orjson.dumps({"resources": [{"@type": _SECRET_TYPE, **secret}]}).decode())
         for key, secret in secrets.items()
-    }
+    )

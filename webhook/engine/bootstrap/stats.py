@@ -27,6 +27,7 @@ CLUSTER_STATS = (
     "membership_total",
     "outlier_detection\\.ejections_active",
     "health_check\\.(healthy|failure)",
+    "ssl\\.(handshake|connection_error|fail_verify_(error|san|no_cert))",
 )
 UNBOUNDED_PREFIXES = (
     "server.",
