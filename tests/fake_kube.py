@@ -115,26 +115,22 @@ class FakeKube:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _reply(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
+            def _send(self, code: int, data: bytes, content_type: str) -> None:
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
                 fake.requests.append((self.command, self.path, code))
+
+            def _reply(self, code: int, body: dict[str, Any]) -> None:
+                self._send(code, json.dumps(body).encode(), "application/json")
 
             def _body(self) -> Any:
                 return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
 
             def _text(self, code: int, body: str) -> None:
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                fake.requests.append((self.command, self.path, code))
+                self._send(code, body.encode(), "text/plain")
 
             def do_GET(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)

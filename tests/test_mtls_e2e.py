@@ -23,7 +23,7 @@ from tests.meshed_pod import MeshedPod
 from tests.processes import Nginx, shared_folder, stat_value, wait_for
 from tests.support import apply
 from webhook.engine import Outcome, inject
-from webhook.engine.config import from_mapping
+from webhook.engine.config import MeshConfig, from_mapping
 
 why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
@@ -34,7 +34,7 @@ SERVER = netns.POD_V4
 UPSTREAMS = "orders.shop:8080,orders.shop:8081,orders.shop:9000,plain.shop:7070"
 
 
-def server_spec(annotations: dict[str, str] | None = None) -> dict:
+def server_spec(annotations: dict[str, str] | None = None, mesh: MeshConfig = MESH) -> dict:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -57,7 +57,7 @@ def server_spec(annotations: dict[str, str] | None = None) -> dict:
             ],
         },
     }
-    return _injected(pod)
+    return _injected(pod, mesh)
 
 
 def client_spec(annotations: dict[str, str] | None = None) -> dict:
@@ -76,8 +76,8 @@ def client_spec(annotations: dict[str, str] | None = None) -> dict:
     return _injected(pod)
 
 
-def _injected(pod: dict) -> dict:
-    result = inject(pod, "shop", MESH)
+def _injected(pod: dict, mesh: MeshConfig = MESH) -> dict:
+    result = inject(pod, "shop", mesh)
     assert result.outcome == Outcome.INJECT, result.message
     return apply(pod, list(result.patch))
 
@@ -326,7 +326,7 @@ def test_rotation_under_load_loses_nothing(mesh: Mesh) -> None:
         mesh.server_volume.pod_certificate(leaf(mesh.ca, spiffe("shop", "orders")), mesh.ca)
         wait_for(lambda: _serial(mesh.server) not in serials, 10, "the new leaf served")
         serials.append(_serial(mesh.server))
-        assert hex(int(serials[-1], 16))[2:] in mesh.peer(mesh.client_leaf)
+        assert f"serial={int(serials[-1], 16):x}\n" in mesh.peer(mesh.client_leaf)
         time.sleep(1.5)
     # The CA rolls: both CAs in every bundle first, then leaves of the new one, then the
     # old CA leaves the bundle.
@@ -395,3 +395,29 @@ def test_without_a_certificate_the_pod_says_so(mesh: Mesh, mode: str) -> None:
             15,
             "the client back on mTLS",
         )
+
+
+def test_csi_driver_spiffe_files_serve_the_same(mesh: Mesh) -> None:
+    """identity csi-spiffe: tls.crt, tls.key and ca.crt, as cert-manager's driver writes
+    them, in place of the credential bundle."""
+    csi = from_mapping({"mtls": {"identity": "csi-spiffe"}})
+    saved = mesh.server.identity_root.rename(mesh.server.folder / "volumes-saved")
+    try:
+        volume = ProjectedVolume(mesh.server.identity_root / "proxy-identity")
+        volume.csi_spiffe(leaf(mesh.ca, spiffe("shop", "orders")), mesh.ca)
+        mesh.restart(mesh.server, server_spec(mesh=csi))
+        assert mesh.readiness(mesh.server, "/identity")[0] == 200
+        wait_for(lambda: mesh.call("http://orders.shop:8080/")[0] == 200, 15, "a call")
+        status, body = mesh.call("http://orders.shop:8080/xfcc")
+        assert status == 200 and f"URI={spiffe('shop', 'web')}" in body
+        renewed = leaf(mesh.ca, spiffe("shop", "orders"))
+        volume.csi_spiffe(renewed, mesh.ca)
+        wait_for(
+            lambda: int(_serial(mesh.server), 16) == renewed.cert.serial_number,
+            10,
+            "the renewed certificate served",
+        )
+    finally:
+        shutil.rmtree(mesh.server.identity_root)
+        saved.rename(mesh.server.identity_root)
+        mesh.restart(mesh.server, server_spec())

@@ -176,14 +176,16 @@ def mtls_installation(tmp_path: Path, fake: FakeKube, identity: dict) -> Path:
     return path
 
 
+def proxies_report(fake: FakeKube, **counts: tuple[int, int]) -> None:
+    """Each pod's proxy answers :15021/mtls with (mTLS, plaintext) connections on 8080."""
+    for name, (secured, plaintext) in counts.items():
+        line = f"8080 permissive mtls={secured} plaintext={plaintext} denied=0\n"
+        fake.pod_ports[("shop", name.replace("_", "-"), 15021)] = {"/mtls": line}
+
+
 def test_pod_certificates_not_served_are_named_with_the_feature_gates(tmp_path, fake) -> None:
     config = mtls_installation(tmp_path, fake, POD_CERTIFICATES)
-    fake.pod_ports[("shop", "web-7c9d8f-a", 15021)] = {
-        "/mtls": "8080 permissive mtls=0 plaintext=0 denied=0\n"
-    }
-    fake.pod_ports[("shop", "web-7c9d8f-b", 15021)] = {
-        "/mtls": "8080 permissive mtls=4 plaintext=0 denied=0\n"
-    }
+    proxies_report(fake, web_7c9d8f_a=(0, 0), web_7c9d8f_b=(4, 0))
     result = check(fake, "--config", str(config))
     assert result.returncode == 1
     assert (
@@ -207,9 +209,7 @@ def test_pod_certificates_not_served_are_named_with_the_feature_gates(tmp_path, 
 def test_ports_still_receiving_plaintext_are_listed(tmp_path, fake) -> None:
     config = mtls_installation(tmp_path, fake, POD_CERTIFICATES)
     fake.served["certificates.k8s.io/v1"] = ["podcertificaterequests", "clustertrustbundles"]
-    fake.pod_ports[("shop", "web-7c9d8f-a", 15021)] = {
-        "/mtls": "8080 permissive mtls=10 plaintext=3 denied=0\n"
-    }
+    proxies_report(fake, web_7c9d8f_a=(10, 3))
     result = check(fake, "--config", str(config))
     assert result.returncode == 1
     assert (
@@ -222,10 +222,7 @@ def test_ports_still_receiving_plaintext_are_listed(tmp_path, fake) -> None:
 
 def test_the_csi_driver_must_be_installed(tmp_path, fake) -> None:
     config = mtls_installation(tmp_path, fake, {"mtls": {"identity": "csi-spiffe"}})
-    for name in ("web-7c9d8f-a", "web-7c9d8f-b"):
-        fake.pod_ports[("shop", name, 15021)] = {
-            "/mtls": "8080 permissive mtls=1 plaintext=0 denied=0\n"
-        }
+    proxies_report(fake, web_7c9d8f_a=(1, 0), web_7c9d8f_b=(1, 0))
     result = check(fake, "--config", str(config))
     assert "FAIL the CSI driver spiffe.csi.cert-manager.io is installed" in result.stdout
     assert "hint: install cert-manager's csi-driver-spiffe" in result.stdout

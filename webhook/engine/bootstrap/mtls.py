@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from webhook.engine.bootstrap.objects import Json, typed
+from webhook.engine.bootstrap.objects import Json, only_on_ports, typed
 from webhook.engine.mtls import (
     CERTIFICATE_SECRET,
     SDS_FILES,
@@ -68,13 +68,10 @@ def upstream_tls(peer: Peer) -> Json:
 
 def tls_inspector(ports: list[int]) -> Json:
     """Only on the app's ports: other ports pass through without waiting for bytes."""
-    wanted = [{"destination_port_range": {"start": p, "end": p + 1}} for p in ports]
     inspector = typed(
         "envoy.filters.listener.tls_inspector", "filters.listener.tls_inspector.v3.TlsInspector"
     )
-    matched = wanted[0] if len(wanted) == 1 else {"or_match": {"rules": wanted}}
-    inspector["filter_disabled"] = {"not_match": matched}
-    return inspector
+    return only_on_ports(inspector, ports)
 
 
 def _policy(plan: MtlsPlan) -> Json:

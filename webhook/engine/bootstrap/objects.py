@@ -112,6 +112,15 @@ def original_dst() -> Json:
     )
 
 
+def only_on_ports(listener_filter: Json, ports: list[int]) -> Json:
+    """A listener filter that runs only for connections to ``ports``: elsewhere it would
+    make a server-first protocol wait for a client that never speaks first."""
+    wanted = [{"destination_port_range": {"start": p, "end": p + 1}} for p in ports]
+    matched = wanted[0] if len(wanted) == 1 else {"or_match": {"rules": wanted}}
+    listener_filter["filter_disabled"] = {"not_match": matched}
+    return listener_filter
+
+
 def listener(name: str, address: Json, filter_chains: list[Json], **extra: Any) -> Json:
     """Its stats are under listener.<name>. rather than the address."""
     return {

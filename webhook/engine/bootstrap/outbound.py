@@ -13,6 +13,7 @@ from webhook.engine.bootstrap.objects import (
     duration,
     http_connection_manager,
     listener,
+    only_on_ports,
     original_dst,
     pipe_address,
     route_to,
@@ -129,15 +130,11 @@ def _routes(
 
 
 def _http_inspector(ports: list[int]) -> Json:
-    """Sniff for HTTP only on declared upstreams' ports: a server-first protocol elsewhere
-    must not wait on a client that never speaks first."""
-    wanted = [{"destination_port_range": {"start": p, "end": p + 1}} for p in ports]
+    """Sniff for HTTP only on declared upstreams' ports."""
     inspector = typed(
         "envoy.filters.listener.http_inspector", "filters.listener.http_inspector.v3.HttpInspector"
     )
-    sniffed = wanted[0] if len(wanted) == 1 else {"or_match": {"rules": wanted}}
-    inspector["filter_disabled"] = {"not_match": sniffed}
-    return inspector
+    return only_on_ports(inspector, ports)
 
 
 def outbound_listener(
