@@ -11,6 +11,8 @@ answer one byte at a time, that many seconds apart (a slow or half-broken API se
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
 import re
 import threading
@@ -20,6 +22,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import jsonpatch
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/?]+))?")
 EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
@@ -30,6 +35,13 @@ ALL_PODS = re.compile(r"^/api/v1/pods(?:\?|$)")
 NODE = re.compile(r"^/api/v1/nodes/([^/?]+)$")
 NAMESPACES = re.compile(r"^/api/v1/namespaces(?:\?(.*))?$")
 POD_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/:%]+)(?::|%3A)(\d+)/proxy/(.*)$")
+GENERIC = re.compile(
+    r"^/apis/(?P<group>certificates\.k8s\.io|coordination\.k8s\.io)/(?P<version>[^/]+)"
+    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>podcertificaterequests|clustertrustbundles|leases)"
+    r"(?:/(?P<name>[^/?]+))?(?P<status>/status)?(?:\?(?P<query>.*))?$"
+)
+"""Kinds kept generically: list, watch (resourceVersion, bookmarks, 410), get, create,
+update with the resourceVersion read (409 otherwise), the status subresource, delete."""
 API_GROUP_VERSION = re.compile(r"^/apis/([^/]+)/([^/?]+)/?$")
 CSI_DRIVER = re.compile(r"^/apis/storage.k8s.io/v1/csidrivers/([^/?]+)$")
 WEBHOOK = re.compile(
@@ -96,8 +108,13 @@ class FakeKube:
         self.events_open.set()
         self.events_fail = False
         self.nodes: dict[str, dict[str, Any]] = {}
-        self.history: list[tuple[int, str, dict[str, Any]]] = []
-        """(resourceVersion, type, pod) of every change put_pod and DELETE made."""
+        self.history: list[tuple[int, str, dict[str, Any], str]] = []
+        """(resourceVersion, type, object, resource) of every change: pods (put_pod,
+        DELETE) and the objects of ``GENERIC`` kinds."""
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        """Objects of the ``GENERIC`` kinds, by resource (plural) and (namespace, name)."""
+        self.status_writes: list[tuple[str, str, str]] = []
+        """(namespace, name, condition type) of every accepted PodCertificateRequest answer."""
         self.oldest = 0
         """Watches from before this resourceVersion get 410 Gone (see compact)."""
         self.changed = threading.Condition(self.lock)
@@ -138,6 +155,8 @@ class FakeKube:
                     key = (match.group(1), match.group(2), int(match.group(3)))
                     answer = fake.pod_ports.get(key, {}).get("/" + match.group(4))
                     self._text(*((200, answer) if answer is not None else (503, "no endpoint")))
+                elif (found := GENERIC.match(self.path)) and query.get("watch") == ["1"]:
+                    fake.watch(self, query, found["plural"], fake._selected(query))
                 elif ALL_PODS.match(self.path) and query.get("watch") == ["1"]:
                     fake.watch(self, query)
                 elif POD.match(self.path.split("?")[0]) and fake.trickle:
@@ -192,6 +211,8 @@ class FakeKube:
             if found is None:
                 return 404, status(404, "NotFound", path)
             return 200, found
+        if match := GENERIC.match(path):
+            return self._generic_get(match)
         if match := CSI_DRIVER.match(path):
             driver = self.csi_drivers.get(match.group(1))
             return (200, driver) if driver else (404, status(404, "NotFound", path))
@@ -246,6 +267,8 @@ class FakeKube:
         return 404, status(404, "NotFound", path)
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if match := GENERIC.match(path):
+            return self._generic_create(match, body)
         if match := EVENTS.match(path):
             return self._create_event(match.group(1), body)
         namespace = SECRET.match(path).group(1)
@@ -258,6 +281,8 @@ class FakeKube:
             return 201, body
 
     def put(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if found := GENERIC.match(path):
+            return self._generic_update(found, body)
         match = SECRET.match(path)
         key = (match.group(1), match.group(2))
         with self.lock:
@@ -296,11 +321,11 @@ class FakeKube:
 
     # Pods with resourceVersions, and their watch -------------------------------------------
 
-    def _record(self, kind: str, pod: dict[str, Any]) -> None:
+    def _record(self, kind: str, obj: dict[str, Any], resource: str = "pods") -> None:
         """With the lock held."""
         version = int(self._next_version())
-        pod["metadata"]["resourceVersion"] = str(version)
-        self.history.append((version, kind, json.loads(json.dumps(pod))))
+        obj["metadata"]["resourceVersion"] = str(version)
+        self.history.append((version, kind, json.loads(json.dumps(obj)), resource))
         self.changed.notify_all()
 
     def put_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
@@ -338,11 +363,17 @@ class FakeKube:
             "items": items,
         }
 
-    def watch(self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
+    def watch(
+        self,
+        handler: BaseHTTPRequestHandler,
+        query: dict[str, list[str]],
+        resource: str = "pods",
+        wanted: Any = None,
+    ) -> None:
         since = int(query.get("resourceVersion", ["0"])[0] or 0)
         bookmarks = query.get("allowWatchBookmarks") == ["true"]
         deadline = time.monotonic() + float(query.get("timeoutSeconds", ["30"])[0])
-        on_node = self._on_node(query)
+        on_node = wanted or self._on_node(query)
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Transfer-Encoding", "chunked")
@@ -362,13 +393,17 @@ class FakeKube:
                     return
                 oldest = self.oldest
                 while not self.closing and self.oldest == oldest and time.monotonic() < deadline:
-                    news = [h for h in self.history if h[0] > since and on_node(h[2])]
-                    for version, kind, pod in news:
-                        send({"type": kind, "object": pod})
+                    news = [
+                        h
+                        for h in self.history
+                        if h[0] > since and h[3] == resource and on_node(h[2])
+                    ]
+                    for version, kind, obj, _ in news:
+                        send({"type": kind, "object": obj})
                         since = version
                     if bookmarks and not news and self.version > since:
                         since = self.version
-                        marker = {"kind": "Pod", "metadata": {"resourceVersion": str(since)}}
+                        marker = {"metadata": {"resourceVersion": str(since)}}
                         send({"type": "BOOKMARK", "object": marker})
                     self.changed.wait(timeout=0.2)
             handler.wfile.write(b"0\r\n\r\n")
@@ -394,6 +429,15 @@ class FakeKube:
             pass
 
     def delete(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if found := GENERIC.match(path):
+            with self.lock:
+                obj = self.objects.get(found["plural"], {}).pop(
+                    (found["ns"] or "", found["name"]), None
+                )
+                if obj is None:
+                    return 404, status(404, "NotFound", path)
+                self._record("DELETED", obj, found["plural"])
+                return 200, obj
         match = POD.match(path)
         if not match:
             return 404, status(404, "NotFound", path)
@@ -432,3 +476,171 @@ class FakeKube:
             node["spec"].update(patch.get("spec") or {})
             node["metadata"]["resourceVersion"] = self._next_version()
             return 200, node
+
+    # -- the GENERIC kinds ------------------------------------------------------------
+
+    def _selected(self, query: dict[str, list[str]]) -> Any:
+        """A fieldSelector of the form spec.<field>=<value>, as a predicate."""
+        selector = query.get("fieldSelector", [""])[0]
+        field, _, value = selector.partition("=")
+        if not field.startswith("spec."):
+            return lambda obj: True
+        key = field.removeprefix("spec.")
+        return lambda obj: (obj.get("spec") or {}).get(key) == value
+
+    def _generic_get(self, match: re.Match[str]) -> tuple[int, dict[str, Any]]:
+        plural, namespace, name = match["plural"], match["ns"] or "", unquote(match["name"] or "")
+        with self.lock:
+            found = self.objects.get(plural, {})
+            if name:
+                obj = found.get((namespace, name))
+                if obj is None:
+                    return 404, status(404, "NotFound", f'{plural} "{name}" not found')
+                return 200, obj
+            wanted = self._selected(parse_qs(match["query"] or ""))
+            items = [
+                o
+                for (ns, _), o in found.items()
+                if (not namespace or ns == namespace) and wanted(o)
+            ]
+            listed = {"metadata": {"resourceVersion": str(self.version)}, "items": items}
+            return 200, listed
+
+    def put_object(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an object of a GENERIC kind, as a watch sees it."""
+        obj = json.loads(json.dumps(obj))
+        metadata = obj.setdefault("metadata", {})
+        key = (metadata.get("namespace", ""), metadata["name"])
+        with self.lock:
+            kind = "MODIFIED" if key in self.objects.setdefault(plural, {}) else "ADDED"
+            metadata.setdefault("uid", f"uid-{plural}-{key[1]}-{self.version + 1}")
+            metadata.setdefault(
+                "creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            )
+            self.objects[plural][key] = obj
+            self._record(kind, obj, plural)
+        return obj
+
+    def _generic_create(
+        self, match: re.Match[str], body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        plural, namespace = match["plural"], match["ns"] or ""
+        metadata = body.setdefault("metadata", {})
+        if not metadata.get("name") and metadata.get("generateName"):
+            metadata["name"] = f"{metadata['generateName']}{self.version + 1:05d}"
+        if namespace:
+            metadata["namespace"] = namespace
+        with self.lock:
+            if (namespace, metadata["name"]) in self.objects.get(plural, {}):
+                return 409, status(
+                    409, "AlreadyExists", f'{plural} "{metadata["name"]}" already exists'
+                )
+        if plural == "clustertrustbundles":
+            problem = _bundle_problem(body)
+            if problem:
+                return 422, status(422, "Invalid", problem)
+        body.pop("status", None)
+        return 201, self.put_object(plural, body)
+
+    def _generic_update(
+        self, match: re.Match[str], body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        plural, key = match["plural"], (match["ns"] or "", unquote(match["name"]))
+        with self.lock:
+            current = self.objects.get(plural, {}).get(key)
+            if current is None:
+                return 404, status(404, "NotFound", f'{plural} "{key[1]}" not found')
+            if (body.get("metadata") or {}).get("resourceVersion") != current["metadata"][
+                "resourceVersion"
+            ]:
+                return 409, status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {plural} "{key[1]}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                )
+            updated = json.loads(json.dumps(current))
+            if match["status"]:
+                problem = _status_problem(current, body.get("status") or {})
+                if problem:
+                    return 422, status(422, "Invalid", problem)
+                updated["status"] = body.get("status")
+                answer = next((c["type"] for c in updated["status"].get("conditions") or []), "?")
+                self.status_writes.append((key[0], key[1], answer))
+            else:
+                updated["spec"] = body.get("spec", current.get("spec"))
+                labels = (body.get("metadata") or {}).get("labels")
+                if labels is not None:
+                    updated["metadata"]["labels"] = labels
+            if plural == "clustertrustbundles" and (problem := _bundle_problem(updated)):
+                return 422, status(422, "Invalid", problem)
+            self.objects[plural][key] = updated
+            self._record("MODIFIED", updated, plural)
+            return 200, updated
+
+
+ANSWERS = ("Issued", "Denied", "Failed")
+
+
+def _parse_time(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _status_problem(current: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """What the API server checks of a PodCertificateRequest's status update."""
+    old = current.get("status") or {}
+    if old.get("certificateChain") or any(
+        c.get("type") in ANSWERS for c in old.get("conditions") or []
+    ):
+        return "status: the request is answered already; its status is immutable"
+    answers = [c for c in wanted.get("conditions") or [] if c.get("type") in ANSWERS]
+    if len(answers) > 1:
+        return "status.conditions: at most one of Issued, Denied and Failed"
+    for condition in wanted.get("conditions") or []:
+        if not re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", condition.get("reason", "")):
+            return f"status.conditions.reason: {condition.get('reason')!r} is not CamelCase"
+    if not wanted.get("certificateChain"):
+        return None
+    return _issued_problem(current["spec"], wanted)
+
+
+def _issued_problem(spec: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    leaf = x509.load_pem_x509_certificates(wanted["certificateChain"].encode())[0]
+    requested = (
+        base64.b64decode(spec["pkixPublicKey"])
+        if spec.get("pkixPublicKey")
+        else x509.load_der_x509_csr(base64.b64decode(spec["stubPKCS10Request"]))
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    if leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != requested:
+        return "status.certificateChain: the leaf does not carry the requested public key"
+    not_before, not_after = _parse_time(wanted["notBefore"]), _parse_time(wanted["notAfter"])
+    refresh = _parse_time(wanted["beginRefreshAt"])
+    if (
+        not_before != leaf.not_valid_before_utc.timestamp()
+        or not_after != leaf.not_valid_after_utc.timestamp()
+    ):
+        return "status.notBefore/notAfter: not the leaf's"
+    if abs(not_before - time.time()) > 300:
+        return "status.notBefore: more than 5 minutes from now"
+    lifetime = not_after - not_before
+    if not 3600 <= lifetime <= spec.get("maxExpirationSeconds", 86400):
+        return f"status: a lifetime of {lifetime:.0f} s is outside 1 h to maxExpirationSeconds"
+    if not not_before + 600 <= refresh <= not_after - 600:
+        return "status.beginRefreshAt: not between notBefore + 10 min and notAfter - 10 min"
+    return None
+
+
+def _bundle_problem(bundle: dict[str, Any]) -> str | None:
+    spec = bundle.get("spec") or {}
+    signer = spec.get("signerName", "")
+    if signer and not bundle["metadata"]["name"].startswith(signer.replace("/", ":") + ":"):
+        return "metadata.name: must start with the signer name, / made :"
+    try:
+        certs = x509.load_pem_x509_certificates(spec.get("trustBundle", "").encode())
+    except ValueError:
+        return "spec.trustBundle: not PEM certificates"
+    if len({c.fingerprint(hashes.SHA256()) for c in certs}) != len(certs):
+        return "spec.trustBundle: duplicate trust anchor"
+    return None

@@ -1,12 +1,12 @@
 """The ``proxy-injector`` command: one small module per command group (``serve``, ``node``,
-``certs``, ``tools``), each only parsing flags and calling its package."""
+``certs``, ``signer``, ``tools``), each only parsing flags and calling its package."""
 
 from __future__ import annotations
 
 import argparse
 
 from webhook import __version__
-from webhook.cli import certs, node, serve, tools
+from webhook.cli import certs, node, serve, signer, tools
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     node.add_parsers(commands)
     certs.add_parser(commands)
+    signer.add_parser(commands)
     tools.add_parsers(commands)
     return top
 

@@ -35,3 +35,19 @@ def labels(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"{item!r} is not key=value")
         labels[key] = value
     return labels
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def span(text: str) -> float:
+    """A span like 24h, 90m, 1h30m or 7d, in seconds: 0 to 400 days."""
+    import re
+
+    parts = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    if not text.strip() or not parts or not any(parts.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a span like 24h, 90m or 7d")
+    total = sum(int(n or 0) * _UNITS[u] for n, u in zip(parts.groups(), "dhms", strict=True))
+    if total > 400 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 400 days")
+    return float(total)

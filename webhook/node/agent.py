@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from webhook.kube.api import Api, ApiError
 from webhook.node import iptables, netns, plugin
 from webhook.node.flags import parse as parse_flags
 from webhook.node.informer import NodePods
-from webhook.node.kube import Api, ApiError
 from webhook.node.metrics import AgentMetrics
 from webhook.node.plugin import CniError, Request
 from webhook.node.pods import SpecError, interception_flags

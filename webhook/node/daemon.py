@@ -20,19 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from webhook.engine.config import MeshConfig
+from webhook.kube import health
+from webhook.kube.api import MERGE_PATCH, Api, ApiError
 from webhook.node import install, iptables
 from webhook.node.agent import Agent, Settings
 from webhook.node.informer import NodePods
-from webhook.node.kube import MERGE_PATCH, Api, ApiError
 from webhook.node.metrics import AgentMetrics
 from webhook.node.repair import Repair
 
 log = logging.getLogger("proxy_injector.cni")
 TAINT_KEY = "proxy.io/cni-not-ready"
-HTTP_READ_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -118,44 +116,6 @@ async def untaint(api: Api, node: str) -> None:
                 backoff = min(backoff * 2, 30.0)
 
 
-async def _http(
-    readiness: Readiness,
-    metrics: AgentMetrics,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-) -> None:
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_READ_SECONDS)
-        method, path, *_ = head.decode("latin-1").split(" ", 2)
-        status, content_type, body = 404, "text/plain", b"not found\n"
-        if method != "GET":
-            status, body = 405, b"GET only\n"
-        elif path == "/healthz":
-            status, body = 200, b"ok\n"
-        elif path == "/readyz":
-            reasons = readiness.reasons()
-            status = 503 if reasons else 200
-            body = ("\n".join(reasons) if reasons else "ready").encode() + b"\n"
-        elif path == "/metrics":
-            status, content_type, body = 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
-        writer.write(
-            f"HTTP/1.1 {status} -\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-    except (
-        TimeoutError,
-        ValueError,
-        ConnectionError,
-        asyncio.IncompleteReadError,
-        asyncio.LimitOverrunError,
-    ):
-        pass
-    finally:
-        writer.close()
-
-
 async def _backend(options: Options) -> str:
     """The node's iptables, detected once here in the node's namespace (a new pod's is
     empty and says nothing), as istio-cni does."""
@@ -170,7 +130,8 @@ async def _backend(options: Options) -> str:
 
 
 def _api(options: Options) -> Api:
-    return Api.from_url(options.kube_api) if options.kube_api else Api.in_cluster()
+    agent = "proxy-injector-cni"
+    return Api.from_url(options.kube_api, agent) if options.kube_api else Api.in_cluster(agent)
 
 
 async def serve(options: Options, mesh: MeshConfig) -> None:
@@ -204,8 +165,8 @@ async def serve(options: Options, mesh: MeshConfig) -> None:
         installation.socket,
         since_process_start() * 1000,
     )
-    http = await asyncio.start_server(
-        lambda r, w: _http(readiness, metrics, r, w), options.http_host, options.http_port
+    http = await health.serve(
+        options.http_host, options.http_port, readiness.reasons, metrics.registry
     )
     tasks = [
         asyncio.create_task(keep_installed(installation, options.interval, readiness, metrics))

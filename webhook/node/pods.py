@@ -75,8 +75,3 @@ def controlled(pod: dict[str, Any]) -> bool:
     """Whether a controller would make the pod again were it deleted."""
     owners = (pod.get("metadata") or {}).get("ownerReferences") or []
     return any(isinstance(o, dict) and o.get("controller") for o in owners)
-
-
-def key(pod: dict[str, Any]) -> tuple[str, str]:
-    metadata = pod.get("metadata") or {}
-    return metadata.get("namespace", ""), metadata.get("name", "")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-from webhook.node.kube import MERGE_PATCH, Api, ApiError
+from webhook.kube.api import MERGE_PATCH, Api, ApiError
 from webhook.node.metrics import AgentMetrics
 from webhook.node.pods import controlled, interception_missing
 from webhook.node.validate import NOT_REDIRECTED_EXIT

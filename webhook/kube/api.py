@@ -1,6 +1,6 @@
-"""The few Kubernetes API calls the CNI agent makes, over asyncio streams, so that a caller's
-``asyncio.wait_for`` bounds a whole call (connecting, the status line, every byte of the
-body), which a socket timeout cannot: it bounds each read, not the request."""
+"""Kubernetes API calls over asyncio streams, so that a caller's ``asyncio.wait_for``
+bounds a whole call (connecting, the status line, every byte of the body), which a socket
+timeout cannot: it bounds each read, not the request."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Api:
     port: int
     tls: ssl.SSLContext | None
     token_file: Path | None = None
+    user_agent: str = "proxy-injector"
 
     @property
     def url(self) -> str:
@@ -42,15 +43,15 @@ class Api:
         return f"{scheme}://{host}:{self.port}"
 
     @classmethod
-    def from_url(cls, url: str) -> Api:
+    def from_url(cls, url: str, user_agent: str = "proxy-injector") -> Api:
         """A plain-HTTP API (kubectl proxy, or a test's fake)."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--kube-api {url!r}: expected http://HOST:PORT")
-        return cls(parts.hostname, parts.port or 80, None)
+        return cls(parts.hostname, parts.port or 80, None, user_agent=user_agent)
 
     @classmethod
-    def in_cluster(cls) -> Api:
+    def in_cluster(cls, user_agent: str = "proxy-injector") -> Api:
         host, port = (
             os.environ.get("KUBERNETES_SERVICE_HOST"),
             os.environ.get("KUBERNETES_SERVICE_PORT"),
@@ -58,14 +59,14 @@ class Api:
         if not host or not port:
             raise ValueError("KUBERNETES_SERVICE_HOST/PORT are not set: give --kube-api")
         tls = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
-        return cls(host, int(port), tls, SERVICE_ACCOUNT / "token")
+        return cls(host, int(port), tls, SERVICE_ACCOUNT / "token", user_agent)
 
     def _head(self, method: str, path: str, body: bytes | None, content_type: str) -> bytes:
         lines = [
             f"{method} {path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
             "Accept: application/json",
-            "User-Agent: proxy-injector-cni",
+            f"User-Agent: {self.user_agent}",
             "Connection: close",
         ]
         if self.token_file:

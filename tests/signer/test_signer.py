@@ -1,0 +1,234 @@
+"""`proxy-injector signer` for real, against the fake API: a stand-in kubelet creates the
+PodCertificateRequests as the real one does for each API version, and checks what comes
+back the way the API server and the pod would (the fake refuses a status the API server
+would refuse, and a second answer to one request)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.fake_kube import FakeKube
+from tests.kubelet import SIGNER, StandInKubelet
+from tests.processes import free_port, stop, wait_for
+
+NAMESPACE = "proxy-system"
+
+
+class SignerProcess:
+    def __init__(self, fake: FakeKube, folder: Path, name: str, *extra: str) -> None:
+        self.port = free_port()
+        config = folder / "mesh.yaml"
+        if not config.exists():
+            config.write_text(yaml.safe_dump({"mtls": {"identity": "pod-certificate"}}))
+        self.log = (folder / f"{name}.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "webhook",
+                "signer",
+                "--kube-api",
+                fake.url,
+                "--namespace",
+                NAMESPACE,
+                "--config",
+                str(config),
+                "--identity",
+                name,
+                "--lease-seconds",
+                "2",
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(self.port),
+                "--create-ca",
+                *extra,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def leading(self) -> bool:
+        return "proxy_signer_leader 1.0" in self.get("/metrics")[1]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKube]:
+    api = FakeKube()
+    api.served["certificates.k8s.io/v1beta1"] = ["podcertificaterequests", "clustertrustbundles"]
+    yield api
+    api.close()
+
+
+class Signers:
+    """Signer processes of one test, all stopped at its end."""
+
+    def __init__(self, fake: FakeKube, folder: Path) -> None:
+        self.fake, self.folder = fake, folder
+        self.processes: list[SignerProcess] = []
+
+    def start(self, name: str = "signer-a", *extra: str) -> SignerProcess:
+        process = SignerProcess(self.fake, self.folder, name, *extra)
+        self.processes.append(process)
+        return process
+
+
+@pytest.fixture
+def signers(fake: FakeKube, tmp_path: Path) -> Iterator[Signers]:
+    found = Signers(fake, tmp_path)
+    yield found
+    for process in found.processes:
+        if process.process.poll() is None:
+            stop(process.process)
+
+
+def started(signers: Signers, name: str = "signer-a") -> SignerProcess:
+    process = signers.start(name)
+    wait_for(lambda: process.get("/readyz")[0] == 200 and process.leading(), 20, f"{name} leading")
+    return process
+
+
+def _chain_verifies(leaf: x509.Certificate, bundle: bytes) -> bool:
+    for ca in x509.load_pem_x509_certificates(bundle):
+        try:
+            leaf.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, Exception):
+            continue
+        return True
+    return False
+
+
+@pytest.mark.parametrize("version", ["v1beta1", "v1"])
+def test_a_pod_gets_its_spiffe_certificate(fake, signers, version) -> None:
+    if version == "v1":
+        fake.served = {"certificates.k8s.io/v1": ["podcertificaterequests", "clustertrustbundles"]}
+    started(signers)
+    kubelet = StandInKubelet(fake, version=version)
+    pod = kubelet.pod("shop", "web-0", account="web")
+    name = kubelet.request(pod)
+    issued = kubelet.issued("shop", name)
+    leaf = issued.leaf
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://cluster.local/ns/shop/sa/web"
+    ]
+    assert sans.get_values_for_type(x509.DNSName) == []
+    usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {u._name for u in usages} == {"serverAuth", "clientAuth"}
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert lifetime == dt.timedelta(seconds=86400)
+    refresh = dt.datetime.fromisoformat(issued.status["beginRefreshAt"].replace("Z", "+00:00"))
+    assert refresh == leaf.not_valid_before_utc + lifetime * 2 / 3
+    assert leaf.public_key().public_numbers() == issued.key.public_key().public_numbers()
+    assert _chain_verifies(leaf, kubelet.bundle())
+    (bundle,) = fake.objects["clustertrustbundles"].values()
+    assert bundle["metadata"]["name"].startswith("proxy.io:spiffe:")
+
+
+def test_a_shorter_maximum_is_kept_and_other_signers_are_ignored(fake, signers) -> None:
+    started(signers)
+    kubelet = StandInKubelet(fake)
+    pod = kubelet.pod("shop", "web-0")
+    short = kubelet.request(pod, maxExpirationSeconds=3600)
+    other = kubelet.request(pod, signer="example.com/other")
+    leaf = kubelet.issued("shop", short).leaf
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(hours=1)
+    time.sleep(1.0)
+    assert "status" not in fake.objects["podcertificaterequests"][("shop", other)]
+
+
+def test_each_bad_request_is_denied_with_its_reason_and_an_event(fake, signers) -> None:
+    started(signers)
+    kubelet = StandInKubelet(fake)
+    pod = kubelet.pod("shop", "web-0", account="web")
+    gone = {**pod, "metadata": {**pod["metadata"], "name": "web-9", "uid": "gone"}}
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    forged = kubelet.spec(pod, stranger, SIGNER)["proofOfPossession"]
+    system = kubelet.pod("kube-system", "dns-0", account="coredns")
+    cases = {
+        kubelet.request(pod, proofOfPossession=forged): "InvalidProofOfPossession",
+        kubelet.request(gone): "PodNotFound",
+        kubelet.request(pod, serviceAccountName="admin"): "ServiceAccountMismatch",
+        kubelet.request(pod, podUID="an-older-pod"): "PodMismatch",
+        kubelet.request(system): "NamespaceNotMeshed",
+    }
+    for name, reason in cases.items():
+        namespace = "kube-system" if name.startswith("dns") else "shop"
+        status = kubelet.answer(namespace, name)
+        (condition,) = status["conditions"]
+        assert (condition["type"], condition["reason"]) == ("Denied", reason), name
+        assert condition["message"] and "certificateChain" not in status
+    wait_for(lambda: len(fake.events) == len(cases), 10, "an Event per denial")
+    assert {e["reason"] for e in fake.events} == {"PodCertificateDenied"}
+    assert any("ServiceAccountMismatch" in e["message"] for e in fake.events)
+
+
+def test_leader_failover_under_a_stream_loses_none_and_issues_none_twice(fake, signers) -> None:
+    first = started(signers, "signer-a")
+    second = signers.start("signer-b")
+    wait_for(lambda: second.get("/readyz")[0] == 200, 20, "the standby ready")
+    kubelet = StandInKubelet(fake)
+    pods = [kubelet.pod("shop", f"web-{i}") for i in range(8)]
+    names = []
+    for round_number in range(40):
+        names.append(kubelet.request(pods[round_number % len(pods)]))
+        if round_number == 15:
+            first.process.send_signal(signal.SIGKILL)
+        time.sleep(0.05)
+    for name in names:
+        kubelet.issued("shop", name, timeout=30)
+    assert second.leading()
+    answers = Counter((ns, name) for ns, name, _ in fake.status_writes)
+    assert set(answers) == {("shop", n) for n in names}
+    assert max(answers.values()) == 1
+
+
+def test_a_broken_watch_and_410_gone_miss_no_request(fake, signers) -> None:
+    process = started(signers)
+    kubelet = StandInKubelet(fake)
+    pod = kubelet.pod("shop", "web-0")
+    before = kubelet.request(pod)
+    kubelet.issued("shop", before)
+    fake.compact()  # every open watch ends; resuming from its version gets 410 Gone
+    after = [kubelet.request(pod) for _ in range(5)]
+    for name in after:
+        kubelet.issued("shop", name, timeout=30)
+    assert process.process.poll() is None
+
+
+def test_a_restarted_signer_issues_nothing_again(fake, signers, tmp_path) -> None:
+    process = started(signers)
+    kubelet = StandInKubelet(fake)
+    pod = kubelet.pod("shop", "web-0")
+    names = [kubelet.request(pod) for _ in range(5)]
+    for name in names:
+        kubelet.issued("shop", name)
+    stop(process.process)
+    started(signers, "signer-a")
+    time.sleep(2.0)
+    assert len(fake.status_writes) == len(names)
+    # And its CA is the same one: the Secret made at the first start is reused.
+    assert len(fake.objects["clustertrustbundles"]) == 1
+    assert len(x509.load_pem_x509_certificates(kubelet.bundle())) == 1

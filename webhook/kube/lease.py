@@ -1,0 +1,133 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease, as client-go's leaderelection
+does it: the holder renews every ``renew_every``; another replica takes the Lease once it
+has gone ``duration`` without a renewal. Every write carries the resourceVersion it read,
+so two replicas can never both win the same round; a leader that cannot renew within the
+duration steps down on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from webhook.kube.api import Api, ApiError
+
+log = logging.getLogger("proxy_injector.lease")
+
+
+def micro_time(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class Lease:
+    def __init__(
+        self,
+        api: Api,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration: float = 15.0,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.api, self.namespace, self.name, self.identity = api, namespace, name, identity
+        self.duration = duration
+        self.renew_every = duration / 3
+        self.on_change = on_change
+        self.leading = False
+        self.renewed = 0.0
+        """monotonic time of our last successful write."""
+        self.holder = ""
+
+    @property
+    def path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{self.name}"
+
+    def _spec(self, current: dict[str, Any], now: dt.datetime, taking: bool) -> dict[str, Any]:
+        spec = dict(current)
+        spec.update(
+            holderIdentity=self.identity,
+            leaseDurationSeconds=max(1, round(self.duration)),
+            renewTime=micro_time(now),
+        )
+        if taking:
+            spec["acquireTime"] = micro_time(now)
+            spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + (
+                1 if current.get("holderIdentity") else 0
+            )
+        return spec
+
+    async def _create(self, now: dt.datetime) -> None:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": self._spec({}, now, taking=True),
+        }
+        path = self.path.rsplit("/", 1)[0]
+        await self.api.call("POST", path, body)
+
+    def _expired(self, spec: dict[str, Any], now: dt.datetime) -> bool:
+        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+        seconds = float(spec.get("leaseDurationSeconds") or self.duration)
+        return renewed is None or now >= renewed + dt.timedelta(seconds=seconds)
+
+    async def try_once(self) -> bool:
+        """One round: renew, take an expired Lease, or see someone else holds it."""
+        now = dt.datetime.now(dt.UTC)
+        try:
+            lease = await self.api.call("GET", self.path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            await self._create(now)
+            return True
+        spec = lease.get("spec") or {}
+        self.holder = spec.get("holderIdentity") or ""
+        mine = self.holder == self.identity
+        if not mine and self.holder and not self._expired(spec, now):
+            return False
+        lease["spec"] = self._spec(spec, now, taking=not mine)
+        await self.api.call("PUT", self.path, lease)
+        return True
+
+    def _set(self, leading: bool) -> None:
+        if leading != self.leading:
+            self.leading = leading
+            log.info(
+                "%s the lease %s/%s",
+                "holding" if leading else "not holding",
+                self.namespace,
+                self.name,
+            )
+            if self.on_change:
+                self.on_change(leading)
+
+    async def run(self) -> None:
+        while True:
+            won: bool | None
+            try:
+                won = await asyncio.wait_for(self.try_once(), self.renew_every)
+            except ApiError as exc:
+                won = False if exc.status == 409 else None  # 409: another replica wrote first
+                if won is None:
+                    log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+            except (TimeoutError, ValueError, OSError) as exc:
+                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+                won = None
+            if won:
+                self.renewed = time.monotonic()
+                self._set(True)
+            elif won is False or time.monotonic() - self.renewed >= self.duration:
+                # Another replica holds it, or we could not renew within the duration (so
+                # another may take it any moment): stop at once.
+                self._set(False)
+            await asyncio.sleep(self.renew_every)

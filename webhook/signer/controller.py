@@ -1,0 +1,403 @@
+"""``proxy-injector signer``: every replica keeps a cache of the PodCertificateRequests for
+our signer name (list and resumable watch); the one holding the Lease answers them, keeps
+the CA Secret rolled and publishes the trust bundle as a ClusterTrustBundle.
+
+Each request is answered once: the status is written with the resourceVersion it was
+read at, and the API refuses a second answer, so a replica that lost the Lease, or a
+replay after a restart, finds the request answered and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from webhook.engine.config import MeshConfig
+from webhook.kube.api import Api, ApiError
+from webhook.kube.informer import Informer
+from webhook.kube.lease import Lease
+from webhook.signer import authority, issue, policy
+from webhook.signer.metrics import SignerMetrics
+from webhook.signer.requests import BadRequest, Request, answer_of, parse
+
+log = logging.getLogger("proxy_injector.signer")
+GROUP = "certificates.k8s.io"
+VERSIONS = ("v1", "v1beta1", "v1alpha1")
+WORKERS = 16
+RECONCILE_SECONDS = 5.0
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Options:
+    namespace: str = "proxy-system"
+    identity: str = "signer"
+    create_ca: bool = False
+    lease_seconds: float = 15.0
+    lease_name: str = "proxy-signer"
+
+
+def bundle_name(signer_name: str) -> str:
+    """ClusterTrustBundle names start with the signer name, slashes made colons."""
+    return signer_name.replace("/", ":") + ":bundle"
+
+
+async def served_version(api: Api, resource: str) -> str | None:
+    for version in VERSIONS:
+        try:
+            listed = await api.call("GET", f"/apis/{GROUP}/{version}")
+        except ApiError as exc:
+            if exc.status == 404:
+                continue
+            raise
+        if any(r.get("name") == resource for r in listed.get("resources") or []):
+            return version
+    return None
+
+
+class Signer:
+    def __init__(
+        self,
+        api: Api,
+        config: MeshConfig,
+        options: Options,
+        metrics: SignerMetrics | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.api, self.config, self.options, self.clock = api, config, options, clock
+        self.metrics = metrics or SignerMetrics()
+        self.signer_name = config.mtls.signer_name
+        self.authorities: authority.Authorities | None = None
+        self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.queued: set[tuple[str, str]] = set()
+        self.pcr_version = ""
+        self.bundle_version = ""
+        self.requests: Informer | None = None
+        self.lease = Lease(
+            api,
+            options.namespace,
+            options.lease_name,
+            options.identity,
+            options.lease_seconds,
+            self._leadership,
+        )
+        self.problem = "starting"
+        self.wake = asyncio.Event()
+        """Set when this replica starts leading: the CA is loaded at once, not in 5 s."""
+
+    # -- readiness and leadership -------------------------------------------------
+
+    def reasons(self) -> list[str]:
+        found = [self.problem] if self.problem else []
+        if self.requests is not None and not self.requests.synced.is_set():
+            found.append("the PodCertificateRequest cache is not synced yet")
+        return found
+
+    def _leadership(self, leading: bool) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        self.wake.set()
+        if leading and self.requests is not None:
+            for obj in self.requests.items.values():
+                self._consider(obj)
+
+    # -- requests -------------------------------------------------------------
+
+    def _ours(self, obj: dict[str, Any]) -> bool:
+        spec = obj.get("spec") or {}
+        return spec.get("signerName") == self.signer_name and answer_of(obj) is None
+
+    def _consider(self, obj: dict[str, Any]) -> None:
+        metadata = obj.get("metadata") or {}
+        key = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if self._ours(obj) and self.lease.leading and key not in self.queued:
+            self.queued.add(key)
+            self.queue.put_nowait(key)
+
+    def _path(self, request: Request, status: bool = False) -> str:
+        base = (
+            f"/apis/{GROUP}/{self.pcr_version}/namespaces/{quote(request.namespace)}"
+            f"/podcertificaterequests/{quote(request.name)}"
+        )
+        return base + ("/status" if status else "")
+
+    async def _pod(self, request: Request) -> dict[str, Any] | None:
+        path = f"/api/v1/namespaces/{quote(request.namespace)}/pods/{quote(request.pod_name)}"
+        try:
+            return await self.api.call("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _answer(self, request: Request) -> tuple[str, dict[str, Any], str, str]:
+        """(result, status, reason, message) for one request."""
+        now = self.clock()
+        verdict = policy.review(request, await self._pod(request), self.config)
+        if verdict.action == "deny":
+            status = issue.denied(verdict.reason, verdict.message, now)
+            return "denied", status, verdict.reason, verdict.message
+        assert self.authorities is not None and verdict.public_key is not None
+        status = issue.issued(
+            request, verdict.public_key, self.authorities.current, self.config, now
+        )
+        result = "issued" if status["conditions"][0]["type"] == "Issued" else "failed"
+        condition = status["conditions"][0]
+        return result, status, condition["reason"], condition["message"]
+
+    async def _handle(self, obj: dict[str, Any]) -> None:
+        try:
+            request = parse(obj)
+        except BadRequest as exc:
+            metadata = obj.get("metadata") or {}
+            log.warning("request %s/%s: %s", metadata.get("namespace"), metadata.get("name"), exc)
+            return
+        if request.answer is not None or request.signer_name != self.signer_name:
+            return
+        result, status, reason, message = await self._answer(request)
+        body = {**obj, "status": {**(obj.get("status") or {}), **status}}
+        try:
+            await self.api.call("PUT", self._path(request, status=True), body)
+        except ApiError as exc:
+            if exc.status in (409, 422):
+                # Someone wrote first (another replica, before we held the Lease): what
+                # they wrote stands; this request is answered.
+                self.metrics.requests.labels("conflict").inc()
+                log.info("request %s: answered elsewhere first (%s)", request.where, exc.status)
+                return
+            raise
+        self.metrics.requests.labels(result).inc()
+        self._observe(request)
+        log.info(
+            "request %s for pod %s/%s (service account %s): %s %s: %s",
+            request.where,
+            request.namespace,
+            request.pod_name,
+            request.account,
+            result,
+            reason,
+            message,
+        )
+        if result == "denied":
+            await self._event(request, reason, message)
+
+    def _observe(self, request: Request) -> None:
+        try:
+            created = dt.datetime.fromisoformat(request.created.replace("Z", "+00:00"))
+        except ValueError:
+            return
+        self.metrics.issue_seconds.observe(max(0.0, (self.clock() - created).total_seconds()))
+
+    async def _event(self, request: Request, reason: str, message: str) -> None:
+        now = issue.stamp(self.clock())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{request.pod_name}.", "namespace": request.namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": request.pod_name,
+                "namespace": request.namespace,
+                "uid": request.pod_uid,
+            },
+            "reason": "PodCertificateDenied",
+            "message": f"{self.signer_name} denied request {request.name}: {reason}: {message}",
+            "type": "Warning",
+            "source": {"component": "proxy-injector-signer"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.call(
+                "POST", f"/api/v1/namespaces/{quote(request.namespace)}/events", body
+            )
+        except ApiError as exc:
+            log.warning("event for %s: %s", request.where, exc)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self.queued.discard(key)
+            obj = self.requests.items.get(key) if self.requests else None
+            if obj is None or not self._ours(obj) or not self.lease.leading:
+                continue
+            if self.authorities is None:
+                await asyncio.sleep(0.2)  # the new leader is loading its CA
+                self._consider(obj)
+                continue
+            try:
+                await self._handle(obj)
+            except (ApiError, OSError, ValueError) as exc:
+                self.metrics.requests.labels("error").inc()
+                log.warning("request %s/%s: %s; trying again", key[0], key[1], exc)
+                await asyncio.sleep(1.0)
+                self._consider(obj)
+
+    # -- the CA and the trust bundle ---------------------------------------------
+
+    @property
+    def _secret_path(self) -> str:
+        return f"/api/v1/namespaces/{quote(self.options.namespace)}/secrets/{authority.SECRET}"
+
+    async def _load_ca(self) -> tuple[authority.Authorities, dict[str, Any]] | None:
+        try:
+            secret = await self.api.call("GET", self._secret_path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            if not self.options.create_ca:
+                self.problem = (
+                    f"secret {self.options.namespace}/{authority.SECRET} does not exist: create "
+                    "it (tls.crt, tls.key) or run with --create-ca"
+                )
+                return None
+            secret = await self._create_ca()
+        data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+        annotations = (secret.get("metadata") or {}).get("annotations") or {}
+        return authority.from_secret(data, annotations), secret
+
+    async def _create_ca(self) -> dict[str, Any]:
+        data, annotations = authority.to_secret(
+            authority.Authorities(authority.new_ca(self.clock()))
+        )
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {
+                "name": authority.SECRET,
+                "namespace": self.options.namespace,
+                "annotations": annotations,
+            },
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        }
+        try:
+            created = await self.api.call(
+                "POST", f"/api/v1/namespaces/{quote(self.options.namespace)}/secrets", body
+            )
+            log.info(
+                "created the mesh CA in secret %s/%s", self.options.namespace, authority.SECRET
+            )
+            return created
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return await self.api.call("GET", self._secret_path)
+
+    async def _roll(
+        self, found: authority.Authorities, secret: dict[str, Any]
+    ) -> authority.Authorities:
+        longest = dt.timedelta(seconds=self.config.mtls.max_expiration_seconds)
+        rolled = authority.advance(found, self.clock(), longest)
+        if rolled is None:
+            return found
+        data, annotations = authority.to_secret(rolled)
+        secret["data"] = {k: base64.b64encode(v).decode() for k, v in data.items()}
+        metadata = secret.setdefault("metadata", {})
+        kept = {
+            k: v
+            for k, v in (metadata.get("annotations") or {}).items()
+            if k not in (authority.NEXT_FROM, authority.PREVIOUS_UNTIL)
+        }
+        metadata["annotations"] = {**kept, **annotations}
+        await self.api.call("PUT", self._secret_path, secret)
+        log.info(
+            "the mesh CA rolled: now issuing from %s", rolled.current.cert.subject.rfc4514_string()
+        )
+        return rolled
+
+    async def _publish(self, found: authority.Authorities) -> None:
+        name = bundle_name(self.signer_name)
+        path = f"/apis/{GROUP}/{self.bundle_version}/clustertrustbundles/{quote(name, safe=':')}"
+        wanted = {"signerName": self.signer_name, "trustBundle": found.bundle().decode()}
+        try:
+            current = await self.api.call("GET", path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            body = {
+                "apiVersion": f"{GROUP}/{self.bundle_version}",
+                "kind": "ClusterTrustBundle",
+                "metadata": {"name": name},
+                "spec": wanted,
+            }
+            await self.api.call("POST", path.rsplit("/", 1)[0], body)
+            log.info("published the trust bundle %s", name)
+            return
+        if current.get("spec") != wanted:
+            current["spec"] = wanted
+            await self.api.call("PUT", path, current)
+            log.info("updated the trust bundle %s", name)
+
+    async def reconcile(self) -> None:
+        loaded = await self._load_ca()
+        if loaded is None:
+            return
+        found = await self._roll(*loaded)
+        await self._publish(found)
+        self.authorities = found
+        self.metrics.ca_expiry.set(found.current.not_after.timestamp())
+        self.problem = ""
+
+    async def _keep_ca(self) -> None:
+        while True:
+            if self.lease.leading:
+                try:
+                    await self.reconcile()
+                except (ApiError, OSError, ValueError) as exc:
+                    self.problem = f"the CA or its trust bundle: {exc}"
+                    log.warning("%s", self.problem)
+            else:
+                self.problem = ""  # a standby is ready when its cache is
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), RECONCILE_SECONDS)
+
+    # -- running -------------------------------------------------------------------
+
+    async def discover(self) -> None:
+        pcr = await served_version(self.api, "podcertificaterequests")
+        bundles = await served_version(self.api, "clustertrustbundles")
+        if pcr is None or bundles is None:
+            missing = [
+                n
+                for n, v in (("podcertificaterequests", pcr), ("clustertrustbundles", bundles))
+                if v is None
+            ]
+            raise ApiError(
+                404,
+                f"the API serves no {' and no '.join(missing)} ({GROUP}): turn on the "
+                "PodCertificateRequest and ClusterTrustBundle feature gates and API versions",
+            )
+        self.pcr_version, self.bundle_version = pcr, bundles
+        selector = quote(f"spec.signerName={self.signer_name}", safe="")
+        path = f"/apis/{GROUP}/{pcr}/podcertificaterequests?fieldSelector={selector}"
+        self.requests = Informer(self.api, path, self._consider, what="PodCertificateRequest")
+        log.info("answering %s/%s podcertificaterequests for %s", GROUP, pcr, self.signer_name)
+
+    async def run(self) -> None:
+        await self.discover()
+        assert self.requests is not None
+        tasks = [
+            asyncio.create_task(self.requests.run()),
+            asyncio.create_task(self.lease.run()),
+            asyncio.create_task(self._keep_ca()),
+            *(asyncio.create_task(self._work()) for _ in range(WORKERS)),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
