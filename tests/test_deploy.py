@@ -343,3 +343,59 @@ def test_checkov_passes_on_the_cni_overlay_with_every_skip_justified(tmp_path) -
         assert any(line.lstrip().startswith("#") for line in above[-8:]), check
     (tmp_path / "cni.yaml").write_text(yaml.safe_dump_all(render(CNI_OVERLAY)))
     assert_checkov_passes(CNI_OVERLAY / "checkov.yaml", tmp_path)
+
+
+MTLS_OVERLAY = DEPLOY / "overlays" / "mtls"
+
+
+def test_the_mtls_overlay_adds_the_signer_locked_down_with_least_privilege() -> None:
+    from tests.pod_security import violations
+
+    objects = render(MTLS_OVERLAY)
+    for obj in objects:
+        assert object_errors(obj) == []
+    mesh = yaml.safe_load(one(objects, "ConfigMap")["data"]["mesh.yaml"])
+    base = yaml.safe_load(one(BASE, "ConfigMap")["data"]["mesh.yaml"])
+    assert mesh["mtls"]["identity"] == "pod-certificate"
+    assert {**mesh, "mtls": {**mesh["mtls"], "identity": "none"}} == base  # nothing else drifts
+    signer = one(objects, "Deployment", "proxy-injector-signer")
+    assert signer["spec"]["replicas"] == 2
+    pod = signer["spec"]["template"]
+    assert violations({"metadata": pod["metadata"], "spec": pod["spec"]}, "restricted") == []
+    (container_,) = pod["spec"]["containers"]
+    args = parser().parse_args(container_["args"])
+    assert (args.command, args.create_ca, args.http_port) == ("signer", True, 9966)
+    assert container_["securityContext"]["readOnlyRootFilesystem"] is True
+    assert from_mapping(mesh).mtls.signer_name == "proxy.io/spiffe"
+    cluster_role = one(objects, "ClusterRole", "proxy-injector-signer")
+    signers = next(r for r in cluster_role["rules"] if r["resources"] == ["signers"])
+    assert signers == {
+        "apiGroups": ["certificates.k8s.io"],
+        "resources": ["signers"],
+        "resourceNames": ["proxy.io/spiffe"],
+        "verbs": ["sign", "attest"],
+    }
+    granted = {
+        (group, resource, verb)
+        for rule in cluster_role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert ("certificates.k8s.io", "podcertificaterequests", "update") not in granted
+    assert ("", "secrets", "get") not in granted  # secrets only in its namespace, by name
+    role = one(objects, "Role", "proxy-injector-signer")
+    by_name = [r for r in role["rules"] if "resourceNames" in r]
+    assert {(r["resources"][0], tuple(r["resourceNames"])) for r in by_name} == {
+        ("secrets", ("proxy-mesh-ca",)),
+        ("leases", ("proxy-signer",)),
+    }
+    # The webhook's own roles gain nothing.
+    for kind in ("ClusterRole", "Role"):
+        ours = [o for o in objects if o["kind"] == kind and "signer" not in o["metadata"]["name"]]
+        assert ours == [o for o in BASE if o["kind"] == kind]
+
+
+def test_checkov_passes_on_the_mtls_overlay(tmp_path) -> None:
+    (tmp_path / "mtls.yaml").write_text(yaml.safe_dump_all(render(MTLS_OVERLAY)))
+    assert_checkov_passes(DEPLOY / "checkov.yaml", tmp_path)
