@@ -232,3 +232,68 @@ def test_a_restarted_signer_issues_nothing_again(fake, signers, tmp_path) -> Non
     # And its CA is the same one: the Secret made at the first start is reused.
     assert len(fake.objects["clustertrustbundles"]) == 1
     assert len(x509.load_pem_x509_certificates(kubelet.bundle())) == 1
+
+
+def test_rotate_ca_trusts_the_new_ca_before_it_issues(fake, signers, tmp_path) -> None:
+    started(signers)
+    kubelet = StandInKubelet(fake)
+    pod = kubelet.pod("shop", "web-0")
+    old_leaf = kubelet.issued("shop", kubelet.request(pod)).leaf
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "signer",
+            "rotate-ca",
+            "--after",
+            "3s",
+            "--kube-api",
+            fake.url,
+            "--namespace",
+            NAMESPACE,
+            "--config",
+            str(tmp_path / "mesh.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "issues from it 3 s later" in done.stdout
+    wait_for(lambda: len(x509.load_pem_x509_certificates(kubelet.bundle())) == 2, 15, "bundle")
+    published = time.monotonic()
+    # Until the bundle has been out 3 s, leaves still come from the old CA.
+    early = kubelet.issued("shop", kubelet.request(pod)).leaf
+    if time.monotonic() - published < 2.5:
+        assert early.issuer == old_leaf.issuer
+
+    def from_new_ca() -> bool:
+        leaf = kubelet.issued("shop", kubelet.request(pod)).leaf
+        return leaf.issuer != old_leaf.issuer
+
+    wait_for(from_new_ca, 20, "leaves from the new CA")
+    assert time.monotonic() - published >= 2.5
+    # The old CA stays trusted (its leaves are valid for a day), and both verify.
+    bundle = kubelet.bundle()
+    assert len(x509.load_pem_x509_certificates(bundle)) == 2
+    assert _chain_verifies(old_leaf, bundle)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "signer",
+            "rotate-ca",
+            "--kube-api",
+            fake.url,
+            "--namespace",
+            NAMESPACE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr  # the first rotation is done: a second may start

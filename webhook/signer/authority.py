@@ -2,16 +2,18 @@
 
 ``tls.crt``/``tls.key`` is the CA that issues (an administrator's own, one cert-manager's
 CA issuer keeps, or one the signer made with ``--create-ca``). A rotation adds
-``next.crt``/``next.key`` with the time it starts issuing (``proxy.io/next-issues-from``):
-until then it is only in the trust bundle, so every pod trusts it before any leaf of it
-exists. At that time it becomes ``tls.*`` and the old CA stays in the bundle as
-``previous.crt`` until no leaf it signed can still be valid
+``next.crt``/``next.key`` and how long the bundle must be out before it issues
+(``proxy.io/next-issues-after-seconds``). The leader publishes the bundle with it, then
+records when it may issue (``proxy.io/next-issues-from``): so every pod trusts the new CA
+for that long before any leaf of it exists. At that time it becomes ``tls.*`` and the old
+CA stays in the bundle as ``previous.crt`` until no leaf it signed can still be valid
 (``proxy.io/previous-trusted-until``). Pure: the clock is an argument.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from dataclasses import dataclass, replace
 
 from cryptography import x509
@@ -22,6 +24,7 @@ from certs.authority import create_ca
 
 SECRET = "proxy-mesh-ca"
 NEXT_FROM = "proxy.io/next-issues-from"
+NEXT_AFTER = "proxy.io/next-issues-after-seconds"
 PREVIOUS_UNTIL = "proxy.io/previous-trusted-until"
 CA_DAYS = 3650
 RENEW_BEFORE = dt.timedelta(days=90)
@@ -57,6 +60,8 @@ class Authorities:
     current: Ca
     next: Ca | None = None
     next_from: dt.datetime | None = None
+    """None until the bundle with ``next`` is published."""
+    next_after: dt.timedelta | None = None
     previous: x509.Certificate | None = None
     previous_until: dt.datetime | None = None
 
@@ -67,7 +72,10 @@ class Authorities:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def new_ca(now: dt.datetime, name: str = "proxy-injector mesh CA") -> Ca:
+def new_ca(now: dt.datetime) -> Ca:
+    """Named for its birth, so that an old and a new CA never share a subject (a verifier
+    picks a chain's issuer by name first)."""
+    name = f"proxy-injector mesh CA {now.astimezone(dt.UTC):%Y-%m-%d} {secrets.token_hex(4)}"
     pair = create_ca(common_name=name, days=CA_DAYS, now=now)
     return Ca(pair.cert, pair.key)
 
@@ -102,10 +110,12 @@ def from_secret(data: dict[str, bytes], annotations: dict[str, str]) -> Authorit
     if current is None:
         raise CaError(f"secret {SECRET} has no tls.crt")
     previous = data.get("previous.crt")
+    after = annotations.get(NEXT_AFTER)
     return Authorities(
         current=current,
         next=_ca(data, "next"),
         next_from=_time(annotations.get(NEXT_FROM)),
+        next_after=dt.timedelta(seconds=float(after)) if after else None,
         previous=x509.load_pem_x509_certificate(previous) if previous else None,
         previous_until=_time(annotations.get(PREVIOUS_UNTIL)),
     )
@@ -116,7 +126,10 @@ def to_secret(authorities: Authorities) -> tuple[dict[str, bytes], dict[str, str
     annotations: dict[str, str] = {}
     if authorities.next is not None:
         data |= {"next.crt": authorities.next.cert_pem(), "next.key": authorities.next.key_pem()}
-        annotations[NEXT_FROM] = stamp(authorities.next_from) or ""
+        if authorities.next_from is not None:
+            annotations[NEXT_FROM] = stamp(authorities.next_from) or ""
+        if authorities.next_after is not None:
+            annotations[NEXT_AFTER] = f"{authorities.next_after.total_seconds():g}"
     if authorities.previous is not None:
         data["previous.crt"] = authorities.previous.public_bytes(serialization.Encoding.PEM)
         annotations[PREVIOUS_UNTIL] = stamp(authorities.previous_until) or ""
@@ -124,8 +137,16 @@ def to_secret(authorities: Authorities) -> tuple[dict[str, bytes], dict[str, str
 
 
 def rotate(authorities: Authorities, now: dt.datetime, after: dt.timedelta) -> Authorities:
-    """A new CA in the bundle from now, issuing from ``now + after``."""
-    return replace(authorities, next=new_ca(now), next_from=now + after)
+    """A new CA for the bundle, issuing once the bundle has been out for ``after``."""
+    return replace(authorities, next=new_ca(now), next_from=None, next_after=after)
+
+
+def published(authorities: Authorities, now: dt.datetime) -> Authorities | None:
+    """Once the bundle with the next CA is out: when that CA may start issuing. None when
+    there is nothing to record."""
+    if authorities.next is None or authorities.next_from is not None:
+        return None
+    return replace(authorities, next_from=now + (authorities.next_after or dt.timedelta()))
 
 
 def advance(

@@ -296,6 +296,17 @@ class Signer:
                 raise
             return await self.api.call("GET", self._secret_path)
 
+    async def _save(self, rolled: authority.Authorities, secret: dict[str, Any]) -> None:
+        data, annotations = authority.to_secret(rolled)
+        secret["data"] = {k: base64.b64encode(v).decode() for k, v in data.items()}
+        metadata = secret.setdefault("metadata", {})
+        ours = (authority.NEXT_FROM, authority.NEXT_AFTER, authority.PREVIOUS_UNTIL)
+        kept = {k: v for k, v in (metadata.get("annotations") or {}).items() if k not in ours}
+        metadata["annotations"] = {**kept, **annotations}
+        updated = await self.api.call("PUT", self._secret_path, secret)
+        secret.clear()
+        secret.update(updated)
+
     async def _roll(
         self, found: authority.Authorities, secret: dict[str, Any]
     ) -> authority.Authorities:
@@ -303,16 +314,7 @@ class Signer:
         rolled = authority.advance(found, self.clock(), longest)
         if rolled is None:
             return found
-        data, annotations = authority.to_secret(rolled)
-        secret["data"] = {k: base64.b64encode(v).decode() for k, v in data.items()}
-        metadata = secret.setdefault("metadata", {})
-        kept = {
-            k: v
-            for k, v in (metadata.get("annotations") or {}).items()
-            if k not in (authority.NEXT_FROM, authority.PREVIOUS_UNTIL)
-        }
-        metadata["annotations"] = {**kept, **annotations}
-        await self.api.call("PUT", self._secret_path, secret)
+        await self._save(rolled, secret)
         log.info(
             "the mesh CA rolled: now issuing from %s", rolled.current.cert.subject.rfc4514_string()
         )
@@ -345,8 +347,18 @@ class Signer:
         loaded = await self._load_ca()
         if loaded is None:
             return
-        found = await self._roll(*loaded)
+        found, secret = loaded
+        found = await self._roll(found, secret)
         await self._publish(found)
+        # The next CA is in the published bundle from now: its wait starts now.
+        recorded = authority.published(found, self.clock())
+        if recorded is not None:
+            await self._save(recorded, secret)
+            found = recorded
+            log.info(
+                "the next CA is in the trust bundle; it issues from %s",
+                authority.stamp(found.next_from),
+            )
         self.authorities = found
         self.metrics.ca_expiry.set(found.current.not_after.timestamp())
         self.problem = ""

@@ -54,7 +54,7 @@ async def rotate_ca(api: Api, namespace: str, after: float) -> str:
     metadata = secret.setdefault("metadata", {})
     found = authority.from_secret(data, metadata.get("annotations") or {})
     if found.next is not None:
-        when = found.next_from.isoformat() if found.next_from else "?"
+        when = authority.stamp(found.next_from) or "once its bundle is out"
         raise ValueError(f"a rotation is already under way: the next CA issues from {when}")
     now = utc_now()
     rotated = authority.rotate(found, now, dt.timedelta(seconds=after))
@@ -66,6 +66,6 @@ async def rotate_ca(api: Api, namespace: str, after: float) -> str:
     except ApiError as exc:
         raise ValueError(f"secret {namespace}/{authority.SECRET}: {exc}") from None
     return (
-        f"a new CA is in the trust bundle now; the signer issues from it from "
-        f"{authority.stamp(rotated.next_from)}"
+        f"a new CA is in secret {namespace}/{authority.SECRET}: the signer publishes it in the "
+        f"trust bundle and issues from it {after:g} s later"
     )
