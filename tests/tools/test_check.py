@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from certs.authority import write_for_service
+from certs.authority import create_ca, write_for_service
 from tests.fake_kube import FakeKube
 from tests.support import CORPUS, apply, load_case, proxy_injector
 from webhook.engine import inject
@@ -167,6 +168,41 @@ def test_a_config_change_that_shapes_no_pod_makes_no_pod_stale(tmp_path, fake) -
 POD_CERTIFICATES = {"mtls": {"identity": "pod-certificate"}}
 
 
+def stamp(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def signer_running(
+    fake: FakeKube, version: str = "v1beta1", renewed_ago: float = 1.0, ca_days: int = 3650
+) -> None:
+    """What a healthy signer leaves: its Lease renewed, its CA Secret, its bundle."""
+    now = dt.datetime.now(dt.UTC)
+    ca = create_ca(common_name="mesh CA", days=ca_days)
+    fake.put_object(
+        "leases",
+        {
+            "metadata": {"name": "proxy-signer", "namespace": "proxy-system"},
+            "spec": {
+                "holderIdentity": "signer-7f9c-a",
+                "leaseDurationSeconds": 15,
+                "renewTime": stamp(now - dt.timedelta(seconds=renewed_ago)),
+            },
+        },
+    )
+    fake.secrets[("proxy-system", "proxy-mesh-ca")] = {
+        "metadata": {"name": "proxy-mesh-ca", "namespace": "proxy-system"},
+        "data": {"tls.crt": b64(ca.cert_pem()), "tls.key": b64(ca.key_pem())},
+    }
+    fake.put_object(
+        "clustertrustbundles",
+        {
+            "apiVersion": f"certificates.k8s.io/{version}",
+            "metadata": {"name": "proxy.io:spiffe:bundle"},
+            "spec": {"signerName": "proxy.io/spiffe", "trustBundle": ca.cert_pem().decode()},
+        },
+    )
+
+
 def mtls_installation(tmp_path: Path, fake: FakeKube, identity: dict) -> Path:
     installation(tmp_path, fake, broken=False)
     config = from_mapping(identity)
@@ -194,6 +230,7 @@ def test_pod_certificates_not_served_are_named_with_the_feature_gates(tmp_path, 
     ) in result.stdout
     assert "PodCertificateRequest and ClusterTrustBundle feature gates" in result.stdout
     fake.served["certificates.k8s.io/v1beta1"] = ["podcertificaterequests", "clustertrustbundles"]
+    signer_running(fake)
     result = check(fake, "--config", str(config))
     assert result.returncode == 0, result.stdout
     assert (
@@ -209,6 +246,7 @@ def test_pod_certificates_not_served_are_named_with_the_feature_gates(tmp_path, 
 def test_ports_still_receiving_plaintext_are_listed(tmp_path, fake) -> None:
     config = mtls_installation(tmp_path, fake, POD_CERTIFICATES)
     fake.served["certificates.k8s.io/v1"] = ["podcertificaterequests", "clustertrustbundles"]
+    signer_running(fake, version="v1")
     proxies_report(fake, web_7c9d8f_a=(10, 3))
     result = check(fake, "--config", str(config))
     assert result.returncode == 1
@@ -234,3 +272,29 @@ def test_the_csi_driver_must_be_installed(tmp_path, fake) -> None:
     }
     result = check(fake, "--config", str(config))
     assert result.returncode == 0, result.stdout
+
+
+def test_an_unhealthy_signer_is_named_with_each_problem(tmp_path, fake) -> None:
+    config = mtls_installation(tmp_path, fake, POD_CERTIFICATES)
+    proxies_report(fake, web_7c9d8f_a=(1, 0), web_7c9d8f_b=(1, 0))
+    fake.served["certificates.k8s.io/v1beta1"] = ["podcertificaterequests", "clustertrustbundles"]
+    result = check(fake, "--config", str(config))
+    assert "no Lease proxy-system/proxy-signer: the signer has never run" in result.stdout
+    assert "the trust bundle proxy.io:spiffe:bundle is not published" in result.stdout
+    signer_running(fake, renewed_ago=60, ca_days=30)
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fake.put_object(
+        "podcertificaterequests",
+        {
+            "metadata": {"name": "web-0-1", "namespace": "shop", "creationTimestamp": old},
+            "spec": {"signerName": "proxy.io/spiffe", "podName": "web-0"},
+        },
+    )
+    result = check(fake, "--config", str(config))
+    assert result.returncode == 1
+    out = result.stdout
+    assert "no leader: the Lease was last renewed at" in out
+    assert "inside its renewal window (run proxy-injector signer rotate-ca)" in out
+    assert "1 request(s) pending longer than 30 s" in out
+    assert f"shop/web-0-1 pending since {old}" in out
+    assert "hint: kubectl -n proxy-system logs deploy/proxy-injector-signer" in out

@@ -101,6 +101,11 @@ class Decided:
     warnings: tuple[str, ...] = ()
 
 
+def trust_bundle_name(signer_name: str) -> str:
+    """The signer's ClusterTrustBundle: its name starts with the signer name, / made :."""
+    return signer_name.replace("/", ":") + ":bundle"
+
+
 def mode_of(overrides: Overrides, config: MeshConfig) -> str:
     return pick(overrides.mtls, config.mtls.default_mode)
 

@@ -35,6 +35,10 @@ MTLS_ALPN = "proxy.io-mtls"
 """The ALPN value of mTLS between sidecars: what tells the inbound listener a connection is
 ours, so an app's own TLS still passes through untouched."""
 
+SIGNER_LEASE = "proxy-signer"
+MESH_CA_SECRET = "proxy-mesh-ca"
+"""The signer's Lease and CA Secret, in its namespace (proxy-system)."""
+
 PROXY_UID = 1337
 PROXY_GID = 1337
 VALIDATE_UID = 1338

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.authority import create_ca
+from webhook.engine.names import MESH_CA_SECRET
 
-SECRET = "proxy-mesh-ca"
+SECRET = MESH_CA_SECRET
 NEXT_FROM = "proxy.io/next-issues-from"
 NEXT_AFTER = "proxy.io/next-issues-after-seconds"
 PREVIOUS_UNTIL = "proxy.io/previous-trusted-until"

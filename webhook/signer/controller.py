@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import quote
 
 from webhook.engine.config import MeshConfig
+from webhook.engine.mtls import trust_bundle_name
+from webhook.engine.names import SIGNER_LEASE
 from webhook.kube.api import Api, ApiError
 from webhook.kube.informer import Informer
 from webhook.kube.lease import Lease
@@ -45,12 +47,7 @@ class Options:
     identity: str = "signer"
     create_ca: bool = False
     lease_seconds: float = 15.0
-    lease_name: str = "proxy-signer"
-
-
-def bundle_name(signer_name: str) -> str:
-    """ClusterTrustBundle names start with the signer name, slashes made colons."""
-    return signer_name.replace("/", ":") + ":bundle"
+    lease_name: str = SIGNER_LEASE
 
 
 async def served_version(api: Api, resource: str) -> str | None:
@@ -321,7 +318,7 @@ class Signer:
         return rolled
 
     async def _publish(self, found: authority.Authorities) -> None:
-        name = bundle_name(self.signer_name)
+        name = trust_bundle_name(self.signer_name)
         path = f"/apis/{GROUP}/{self.bundle_version}/clustertrustbundles/{quote(name, safe=':')}"
         wanted = {"signerName": self.signer_name, "trustBundle": found.bundle().decode()}
         try:

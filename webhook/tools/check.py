@@ -12,8 +12,8 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from cryptography import x509
 
@@ -21,13 +21,9 @@ from certs.check import due_for_renewal, names_of, signed_by_any
 from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import MeshConfig
-from webhook.engine.names import (
-    INJECT_KEY,
-    MTLS_PATH,
-    PROXY_CONTAINER,
-    READINESS_PORT,
-    STATUS_KEY,
-)
+from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+from webhook.tools import identity
+from webhook.tools.reading import Reader, Result, injection_status
 
 EXPECTED_ENTRY = {
     "failurePolicy": "Fail",
@@ -67,26 +63,6 @@ EXPECTED_SELECTORS = {
 """What deploy/base/mutatingwebhookconfiguration.yaml ships (a test keeps them equal)."""
 
 
-class Reader(Protocol):
-    def webhook_configuration(self, name: str) -> dict[str, Any] | None: ...
-    def endpoints(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    def secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    def namespaces(self, label_selector: str) -> list[dict[str, Any]]: ...
-    def pods(self, namespace: str) -> list[dict[str, Any]]: ...
-    def served(self, group_version: str) -> list[str] | None: ...
-    def csi_driver(self, name: str) -> dict[str, Any] | None: ...
-    def pod_port(self, namespace: str, pod: str, port: int, path: str) -> str | None: ...
-
-
-@dataclass
-class Result:
-    check: str
-    ok: bool
-    detail: str = ""
-    hint: str = ""
-    items: list[str] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class Target:
     namespace: str = "proxy-system"
@@ -107,94 +83,8 @@ def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[R
     namespaces = reader.namespaces(f"{INJECT_KEY}=enabled")
     results += _pods(reader, config, namespaces)
     if config.mtls.identity != "none":
-        results += [_identity_source(reader, config), _plaintext(reader, namespaces)]
+        results += identity.checks(reader, config, namespaces, target.namespace)
     return results
-
-
-CERTIFICATE_VERSIONS = ("v1", "v1beta1", "v1alpha1")
-
-
-def _served_version(reader: Reader, resource: str) -> str | None:
-    for version in CERTIFICATE_VERSIONS:
-        if resource in (reader.served(f"certificates.k8s.io/{version}") or []):
-            return f"certificates.k8s.io/{version}"
-    return None
-
-
-def _identity_source(reader: Reader, config: MeshConfig) -> Result:
-    settings = config.mtls
-    if settings.identity == "csi-spiffe":
-        name = f"the CSI driver {settings.csi_driver} is installed (mtls.identity csi-spiffe)"
-        if reader.csi_driver(settings.csi_driver) is None:
-            hint = "install cert-manager's csi-driver-spiffe, or set mesh config mtls.identity"
-            return Result(name, False, "no CSIDriver object of that name", hint)
-        return Result(name, True)
-    name = "the API serves pod certificates (mtls.identity pod-certificate)"
-    found = {
-        r: _served_version(reader, r) for r in ("podcertificaterequests", "clustertrustbundles")
-    }
-    missing = [resource for resource, version in found.items() if version is None]
-    if missing:
-        hint = (
-            "turn on the PodCertificateRequest and ClusterTrustBundle feature gates and "
-            "API versions (kube-apiserver --feature-gates and --runtime-config, and the "
-            "kubelet's gate): without them the API server drops the pods' podCertificate "
-            "volume source and they run without an identity"
-        )
-        return Result(name, False, f"not served: {', '.join(missing)}", hint)
-    return Result(name, True, ", ".join(f"{r} in {v}" for r, v in found.items()))
-
-
-def _permissive_pods(reader: Reader, namespaces: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    found = []
-    for namespace in namespaces:
-        ns = namespace["metadata"]["name"]
-        for pod in reader.pods(ns):
-            metadata = pod.get("metadata") or {}
-            status = _status((metadata.get("annotations") or {}).get(STATUS_KEY, "{}"))
-            if status.get("mtls") == "permissive":
-                found.append((ns, metadata.get("name", "")))
-    return found
-
-
-def _ports_receiving_plaintext(report: str, where: str) -> tuple[list[str], int]:
-    """From ``8080 permissive mtls=12 plaintext=3 denied=0`` lines: the ports receiving
-    plaintext, and how many receive none."""
-    receiving, clean = [], 0
-    for line in report.splitlines():
-        port, _, *counts = line.split()
-        numbers = dict(item.split("=", 1) for item in counts if "=" in item)
-        if int(numbers.get("plaintext", "0")) > 0:
-            receiving.append(
-                f"{where} port {port}: {numbers['plaintext']} plaintext, "
-                f"{numbers.get('mtls', '0')} mTLS connections"
-            )
-        else:
-            clean += 1
-    return receiving, clean
-
-
-def _plaintext(reader: Reader, namespaces: list[dict[str, Any]]) -> Result:
-    """From each permissive pod's proxy (``GET :15021/mtls`` through the API server's pod
-    proxy): the ports still receiving plaintext, and how many could go strict now."""
-    name = "permissive pods receive no plaintext (the ports could go strict)"
-    items, ready = [], 0
-    for ns, pod in _permissive_pods(reader, namespaces):
-        report = reader.pod_port(ns, pod, READINESS_PORT, MTLS_PATH)
-        if report is None:
-            items.append(f"{ns}/{pod}: its proxy did not answer")
-            continue
-        receiving, clean = _ports_receiving_plaintext(report, f"{ns}/{pod}")
-        items += receiving
-        ready += clean
-    detail = f"{ready} port(s) could go strict now"
-    if items:
-        hint = (
-            "find the callers that are not meshed (their traffic is plaintext) before setting "
-            "proxy.io/mtls: strict on these pods"
-        )
-        return Result(name, False, detail, hint, items)
-    return Result(name, True, detail)
 
 
 def _exists(webhook: dict[str, Any] | None, target: Target) -> Result:
@@ -328,18 +218,10 @@ def _pods(reader: Reader, config: MeshConfig, namespaces: list[dict[str, Any]]) 
                 if reason:
                     missing.append(f"{name}: {reason}")
                 continue
-            why = _stale(pod, _status(raw), config)
+            why = _stale(pod, injection_status(raw), config)
             if why:
                 stale.setdefault(f"{ns} {_owner(pod)}", []).append(f"{name}: {why}")
     return [_missing_result(missing), _stale_result(stale)]
-
-
-def _status(raw: str) -> dict[str, Any]:
-    try:
-        status = json.loads(raw)
-    except ValueError:
-        return {}
-    return status if isinstance(status, dict) else {}
 
 
 def _would_be(
@@ -425,11 +307,11 @@ def kube_reader(api_client: Any) -> Reader:
         def pods(self, namespace: str) -> list[dict[str, Any]]:
             return plain(core.list_namespaced_pod(namespace))["items"]
 
-        def served(self, group_version: str) -> list[str] | None:
-            """API discovery of one group version: the resources it serves, or None."""
+        def get(self, path: str) -> dict[str, Any] | None:
+            """Any object by its API path, or None when there is none."""
             method, url, headers, _, _ = api_client.param_serialize(
                 "GET",
-                f"/apis/{group_version}",
+                path,
                 header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"],
             )
@@ -439,7 +321,12 @@ def kube_reader(api_client: Any) -> Reader:
                 return None
             if response.status != 200:
                 raise ApiException(status=response.status, reason=response.reason)
-            return [item["name"] for item in json.loads(response.data)["resources"]]
+            return json.loads(response.data)
+
+        def served(self, group_version: str) -> list[str] | None:
+            """API discovery of one group version: the resources it serves, or None."""
+            found = self.get(f"/apis/{group_version}")
+            return None if found is None else [item["name"] for item in found["resources"]]
 
         def csi_driver(self, name: str) -> dict[str, Any] | None:
             return found(lambda: client.StorageV1Api(api_client).read_csi_driver(name))
