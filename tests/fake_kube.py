@@ -115,6 +115,8 @@ class FakeKube:
         """Objects of the ``GENERIC`` kinds, by resource (plural) and (namespace, name)."""
         self.status_writes: list[tuple[str, str, str]] = []
         """(namespace, name, condition type) of every accepted PodCertificateRequest answer."""
+        self.answered_at: dict[tuple[str, str], float] = {}
+        """When (time.monotonic) each PodCertificateRequest's answer was accepted."""
         self.oldest = 0
         """Watches from before this resourceVersion get 410 Gone (see compact)."""
         self.changed = threading.Condition(self.lock)
@@ -129,6 +131,9 @@ class FakeKube:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as an API server allows
+            disable_nagle_algorithm = True  # headers and body go in two writes
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -392,12 +397,10 @@ class FakeKube:
                     send({"type": "ERROR", "object": gone})
                     return
                 oldest = self.oldest
+                position = 0  # the history only grows until a compaction ends this watch
                 while not self.closing and self.oldest == oldest and time.monotonic() < deadline:
-                    news = [
-                        h
-                        for h in self.history
-                        if h[0] > since and h[3] == resource and on_node(h[2])
-                    ]
+                    fresh, position = self.history[position:], len(self.history)
+                    news = [h for h in fresh if h[0] > since and h[3] == resource and on_node(h[2])]
                     for version, kind, obj, _ in news:
                         send({"type": kind, "object": obj})
                         since = version
@@ -567,6 +570,7 @@ class FakeKube:
                 updated["status"] = body.get("status")
                 answer = next((c["type"] for c in updated["status"].get("conditions") or []), "?")
                 self.status_writes.append((key[0], key[1], answer))
+                self.answered_at[key] = time.monotonic()
             else:
                 updated["spec"] = body.get("spec", current.get("spec"))
                 labels = (body.get("metadata") or {}).get("labels")

@@ -9,7 +9,7 @@ import json
 import os
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +18,10 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024 * 1024
 MERGE_PATCH = "application/merge-patch+json"
+IDLE_CONNECTIONS = 32
+"""Connections kept open between calls (keep-alive): a burst of calls need not connect
+(and, over TLS, shake hands) for each one."""
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class ApiError(Exception):
@@ -35,6 +39,7 @@ class Api:
     tls: ssl.SSLContext | None
     token_file: Path | None = None
     user_agent: str = "proxy-injector"
+    idle: list[Connection] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -61,34 +66,60 @@ class Api:
         tls = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
         return cls(host, int(port), tls, SERVICE_ACCOUNT / "token", user_agent)
 
-    def _head(self, method: str, path: str, body: bytes | None, content_type: str) -> bytes:
+    def _head(
+        self, method: str, path: str, body: bytes | None, content_type: str, keep: bool
+    ) -> bytes:
         lines = [
             f"{method} {path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
             "Accept: application/json",
             f"User-Agent: {self.user_agent}",
-            "Connection: close",
+            "Connection: keep-alive" if keep else "Connection: close",
         ]
         if self.token_file:
             # Read each time: the kubelet rotates projected tokens.
             lines.append(f"Authorization: Bearer {self.token_file.read_text().strip()}")
         if body is not None:
             lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
-    async def _open(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
-    ) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
-        data = None if body is None else json.dumps(body).encode()
+    async def _connect(self) -> Connection:
+        return await asyncio.open_connection(self.host, self.port, ssl=self.tls, limit=MAX_HEAD)
+
+    async def _send(self, connection: Connection, request: bytes) -> bytes:
+        reader, writer = connection
+        writer.write(request)
+        await writer.drain()
+        return await reader.readuntil(b"\r\n\r\n")
+
+    async def _exchange(self, request: bytes, keep: bool) -> tuple[Connection, bytes]:
+        """The response head, on an idle connection when there is one (again on a new one
+        if the server had closed it meanwhile), else on a new connection."""
+        while keep and self.idle:
+            connection = self.idle.pop()
+            if connection[1].is_closing():
+                continue
+            try:
+                return connection, await self._send(connection, request)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                connection[1].close()
         try:
-            reader, writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self.tls, limit=MAX_HEAD
-            )
-            writer.write(self._head(method, path, data, content_type))
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
+            connection = await self._connect()
+            return connection, await self._send(connection, request)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise ApiError(0, f"cannot reach the Kubernetes API at {self.url}: {exc}") from None
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        keep: bool = False,
+    ) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
+        data = None if body is None else json.dumps(body).encode()
+        request = self._head(method, path, data, content_type, keep) + (data or b"")
+        (reader, writer), head = await self._exchange(request, keep)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         try:
             status = int(status_line.split(" ", 2)[1])
@@ -104,15 +135,26 @@ class Api:
     async def call(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> dict[str, Any]:
-        status, headers, reader, writer = await self._open(method, path, body, content_type)
+        status, headers, reader, writer = await self._open(
+            method, path, body, content_type, keep=True
+        )
+        done = False
         try:
             payload = await _body(reader, headers)
+            done = True
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             raise ApiError(
                 0, f"the Kubernetes API's answer to {method} {path} broke: {exc}"
             ) from None
         finally:
-            writer.close()
+            framed = "content-length" in headers or "chunked" in headers.get(
+                "transfer-encoding", ""
+            )
+            reusable = done and framed and headers.get("connection", "").lower() != "close"
+            if reusable and len(self.idle) < IDLE_CONNECTIONS:
+                self.idle.append((reader, writer))
+            else:
+                writer.close()
         try:
             decoded = json.loads(payload) if payload else {}
         except ValueError:
