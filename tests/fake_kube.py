@@ -12,9 +12,11 @@ answer one byte at a time, that many seconds apart (a slow or half-broken API se
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,6 +125,8 @@ class FakeKube:
         self.closing = False
         self.trickle = 0.0
         self.deleted: list[tuple[str, str]] = []
+        self.connections: set[socket.socket] = set()
+        """Open client connections: a closed API server drops the kept-alive ones too."""
         self.served: dict[str, list[str]] = {}
         """API discovery: group/version -> the resources it serves."""
         self.csi_drivers: dict[str, dict[str, Any]] = {}
@@ -133,6 +137,16 @@ class FakeKube:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as an API server allows
             disable_nagle_algorithm = True  # headers and body go in two writes
+
+            def setup(self) -> None:
+                super().setup()
+                with fake.lock:
+                    fake.connections.add(self.connection)
+
+            def finish(self) -> None:
+                with fake.lock:
+                    fake.connections.discard(self.connection)
+                super().finish()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -191,8 +205,12 @@ class FakeKube:
         with self.lock:
             self.closing = True
             self.changed.notify_all()
+            open_connections = list(self.connections)
         self.server.shutdown()
         self.server.server_close()
+        for connection in open_connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def _next_version(self) -> str:
         self.version += 1
