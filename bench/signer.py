@@ -17,20 +17,17 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import yaml
-from common import ROOT
+from common import ROOT  # noqa: F401  (puts the project on sys.path)
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fake_kube import FakeKube
 from tests.kubelet import StandInKubelet
-from tests.processes import free_port, stop, wait_for
+from tests.processes import stop, wait_for
+from tests.signers import SignerProcess
 from webhook.engine.config import from_mapping
 from webhook.signer import authority, issue, policy
 from webhook.signer.requests import parse
@@ -43,61 +40,25 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def start_signer(fake: FakeKube, folder: Path) -> subprocess.Popen[bytes]:
-    config = folder / "mesh.yaml"
-    config.write_text(yaml.safe_dump({"mtls": {"identity": "pod-certificate"}}))
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(SIGNER_CPU),
-            sys.executable,
-            "-m",
-            "webhook",
-            "signer",
-            "--kube-api",
-            fake.url,
-            "--namespace",
-            "proxy-system",
-            "--config",
-            str(config),
-            "--identity",
-            "bench",
-            "--create-ca",
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "signer.log").open("w"),
-    )
-
-    def leading() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
-                return b"proxy_signer_leader 1.0" in answer.read()
-        except OSError:
-            return False
-
-    wait_for(leading, 30, "the signer leading")
-    return process
+def start_signer(fake: FakeKube, folder: Path) -> SignerProcess:
+    prefix = ("taskset", "-c", str(SIGNER_CPU))
+    signer = SignerProcess(fake, folder, "bench", "--log-level", "warning", prefix=prefix)
+    wait_for(lambda: signer.get("/readyz")[0] == 200 and signer.leading(), 30, "the leader")
+    return signer
 
 
 def burst(
     fake: FakeKube, kubelet: StandInKubelet, count: int, round_number: int, rate: float = 0.0
 ) -> dict[str, float]:
-    """``count`` requests at once, or at ``rate`` a second (a rollout as kubelets pace it)."""
-    pods = [kubelet.pod("shop", f"web-{round_number}-{i}") for i in range(count)]
+    """``count`` requests at once, or at ``rate`` a second (a rollout as kubelets pace it),
+    in a namespace of the round's own (the fake API finds a pod by scanning its namespace)."""
+    namespace = f"shop-{round_number}"
+    pods = [kubelet.pod(namespace, f"web-{i}") for i in range(count)]
     specs = []
     for pod in pods:  # keys and proofs made before the clock starts
         name = f"{pod['metadata']['name']}-cert"
         private = ec.generate_private_key(ec.SECP256R1())
-        kubelet.keys[f"shop/{name}"] = private
+        kubelet.keys[f"{namespace}/{name}"] = private
         specs.append((name, kubelet.spec(pod, private, "proxy.io/spiffe")))
     created: dict[tuple[str, str], float] = {}
     start = time.monotonic()
@@ -109,11 +70,11 @@ def burst(
             {
                 "apiVersion": "certificates.k8s.io/v1beta1",
                 "kind": "PodCertificateRequest",
-                "metadata": {"name": name, "namespace": "shop"},
+                "metadata": {"name": name, "namespace": namespace},
                 "spec": spec,
             },
         )
-        created[("shop", name)] = time.monotonic()
+        created[(namespace, name)] = time.monotonic()
     wait_for(lambda: all(k in fake.answered_at for k in created), 120, "every request answered")
     latencies = [(fake.answered_at[k] - t) * 1000 for k, t in created.items()]
     finished = max(fake.answered_at[k] for k in created)
@@ -172,7 +133,7 @@ def main() -> None:
                 for n in range(args.rounds)
             ]
         finally:
-            stop(signer)
+            stop(signer.process)
             fake.close()
     print(
         f"signer: bursts of {args.burst} PodCertificateRequests (a rollout of {args.burst} pods), "

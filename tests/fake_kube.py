@@ -66,6 +66,11 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of new connections waits in the backlog, not for SYN retries
+    daemon_threads = True
+
+
 def _listening_in(netns: str | None, make: Any) -> ThreadingHTTPServer:
     """The server's socket made inside ``netns``: a thread enters it, so this one stays."""
     if netns is None:
@@ -197,7 +202,7 @@ class FakeKube:
             def do_PATCH(self) -> None:
                 self._reply(*fake.patch(self.path, self._body()))
 
-        self.server = _listening_in(netns, lambda: ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+        self.server = _listening_in(netns, lambda: _Server(("127.0.0.1", 0), Handler))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

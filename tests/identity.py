@@ -10,12 +10,11 @@ import shutil
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs.authority import KeyPair, create_ca
+from webhook.signer import issue
+from webhook.signer.authority import Ca
 
 __all__ = ["KeyPair", "ProjectedVolume", "create_ca", "leaf", "spiffe"]
 
@@ -25,31 +24,12 @@ def spiffe(namespace: str, account: str, trust_domain: str = "cluster.local") ->
 
 
 def leaf(ca: KeyPair, identity: str, hours: float = 24) -> KeyPair:
-    """A workload certificate as a pod-certificate signer issues it: no subject, the SPIFFE
-    ID as its only (URI) SAN, client and server auth."""
+    """A workload certificate as our signer issues it (no subject, the SPIFFE ID as its
+    only URI SAN, client and server auth), valid from five minutes ago."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=hours))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return KeyPair(cert, key)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    life = dt.timedelta(hours=hours, minutes=5)
+    return KeyPair(issue.leaf(key.public_key(), Ca(ca.cert, ca.key), identity, start, life), key)
 
 
 def other_ca(name: str = "someone else's CA") -> KeyPair:
@@ -58,10 +38,6 @@ def other_ca(name: str = "someone else's CA") -> KeyPair:
 
 def bundle(*cas: KeyPair) -> bytes:
     return b"".join(ca.cert_pem() for ca in cas)
-
-
-def _name(cert: x509.Certificate) -> str:
-    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value  # type: ignore[return-value]
 
 
 class ProjectedVolume:

@@ -6,8 +6,6 @@ renews them and refreshes the trust bundle the way the kubelet does, while the C
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from tests.identity import create_ca
 from tests.kubelet import StandInKubelet
 from tests.mtls_mesh import Mesh, running_mesh, serial, wrk
 from tests.processes import wait_for
-from tests.signer.test_signer import NAMESPACE, Signers, started
+from tests.signers import Signers, rotate_ca, started
 
 why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
@@ -79,25 +77,7 @@ def test_the_ca_rolls_under_load_and_no_request_fails(fake, tmp_path) -> None:
             loop.start()
             load = wrk(mesh, 16)
             time.sleep(2)
-            rotate = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "webhook",
-                    "signer",
-                    "rotate-ca",
-                    "--after",
-                    "3s",
-                    "--kube-api",
-                    fake.url,
-                    "--namespace",
-                    NAMESPACE,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            rotate = rotate_ca(fake, "--after", "3s")
             assert rotate.returncode == 0, rotate.stderr
             out, _ = load.communicate(timeout=60)
             renewals.stop.set()

@@ -7,71 +7,19 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fake_kube import FakeKube
 from tests.kubelet import SIGNER, StandInKubelet
-from tests.processes import free_port, stop, wait_for
-
-NAMESPACE = "proxy-system"
-
-
-class SignerProcess:
-    def __init__(self, fake: FakeKube, folder: Path, name: str, *extra: str) -> None:
-        self.port = free_port()
-        config = folder / "mesh.yaml"
-        if not config.exists():
-            config.write_text(yaml.safe_dump({"mtls": {"identity": "pod-certificate"}}))
-        self.log = (folder / f"{name}.log").open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "webhook",
-                "signer",
-                "--kube-api",
-                fake.url,
-                "--namespace",
-                NAMESPACE,
-                "--config",
-                str(config),
-                "--identity",
-                name,
-                "--lease-seconds",
-                "2",
-                "--http-host",
-                "127.0.0.1",
-                "--http-port",
-                str(self.port),
-                "--create-ca",
-                *extra,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as answer:
-                return answer.status, answer.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
-
-    def leading(self) -> bool:
-        return "proxy_signer_leader 1.0" in self.get("/metrics")[1]
+from tests.processes import stop, wait_for
+from tests.signers import Signers, rotate_ca, started
 
 
 @pytest.fixture
@@ -82,19 +30,6 @@ def fake() -> Iterator[FakeKube]:
     api.close()
 
 
-class Signers:
-    """Signer processes of one test, all stopped at its end."""
-
-    def __init__(self, fake: FakeKube, folder: Path) -> None:
-        self.fake, self.folder = fake, folder
-        self.processes: list[SignerProcess] = []
-
-    def start(self, name: str = "signer-a", *extra: str) -> SignerProcess:
-        process = SignerProcess(self.fake, self.folder, name, *extra)
-        self.processes.append(process)
-        return process
-
-
 @pytest.fixture
 def signers(fake: FakeKube, tmp_path: Path) -> Iterator[Signers]:
     found = Signers(fake, tmp_path)
@@ -102,12 +37,6 @@ def signers(fake: FakeKube, tmp_path: Path) -> Iterator[Signers]:
     for process in found.processes:
         if process.process.poll() is None:
             stop(process.process)
-
-
-def started(signers: Signers, name: str = "signer-a") -> SignerProcess:
-    process = signers.start(name)
-    wait_for(lambda: process.get("/readyz")[0] == 200 and process.leading(), 20, f"{name} leading")
-    return process
 
 
 def _chain_verifies(leaf: x509.Certificate, bundle: bytes) -> bool:
@@ -239,27 +168,7 @@ def test_rotate_ca_trusts_the_new_ca_before_it_issues(fake, signers, tmp_path) -
     kubelet = StandInKubelet(fake)
     pod = kubelet.pod("shop", "web-0")
     old_leaf = kubelet.issued("shop", kubelet.request(pod)).leaf
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "signer",
-            "rotate-ca",
-            "--after",
-            "3s",
-            "--kube-api",
-            fake.url,
-            "--namespace",
-            NAMESPACE,
-            "--config",
-            str(tmp_path / "mesh.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = rotate_ca(fake, "--after", "3s", "--config", str(tmp_path / "mesh.yaml"))
     assert done.returncode == 0, done.stderr
     assert "issues from it 3 s later" in done.stdout
     wait_for(lambda: len(x509.load_pem_x509_certificates(kubelet.bundle())) == 2, 15, "bundle")
@@ -279,21 +188,5 @@ def test_rotate_ca_trusts_the_new_ca_before_it_issues(fake, signers, tmp_path) -
     bundle = kubelet.bundle()
     assert len(x509.load_pem_x509_certificates(bundle)) == 2
     assert _chain_verifies(old_leaf, bundle)
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "signer",
-            "rotate-ca",
-            "--kube-api",
-            fake.url,
-            "--namespace",
-            NAMESPACE,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = rotate_ca(fake)
     assert again.returncode == 0, again.stderr  # the first rotation is done: a second may start

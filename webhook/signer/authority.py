@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certs.authority import create_ca
+from certs.authority import KeyPair, create_ca
 from webhook.engine.names import MESH_CA_SECRET
 
 SECRET = MESH_CA_SECRET
@@ -37,20 +37,7 @@ class CaError(ValueError):
 
 
 @dataclass(frozen=True)
-class Ca:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
+class Ca(KeyPair):
     @property
     def not_after(self) -> dt.datetime:
         return self.cert.not_valid_after_utc
