@@ -180,7 +180,8 @@ class FakeKube:
                     answer = fake.pod_ports.get(key, {}).get("/" + match.group(4))
                     self._text(*((200, answer) if answer is not None else (503, "no endpoint")))
                 elif (found := GENERIC.match(self.path)) and query.get("watch") == ["1"]:
-                    fake.watch(self, query, found["plural"], fake._selected(query))
+                    convert = _as_version(found["plural"], found["group"], found["version"])
+                    fake.watch(self, query, found["plural"], fake._selected(query), convert)
                 elif ALL_PODS.match(self.path) and query.get("watch") == ["1"]:
                     fake.watch(self, query)
                 elif POD.match(self.path.split("?")[0]) and fake.trickle:
@@ -397,6 +398,7 @@ class FakeKube:
         query: dict[str, list[str]],
         resource: str = "pods",
         wanted: Any = None,
+        convert: Any = None,
     ) -> None:
         since = int(query.get("resourceVersion", ["0"])[0] or 0)
         bookmarks = query.get("allowWatchBookmarks") == ["true"]
@@ -425,7 +427,7 @@ class FakeKube:
                     fresh, position = self.history[position:], len(self.history)
                     news = [h for h in fresh if h[0] > since and h[3] == resource and on_node(h[2])]
                     for version, kind, obj, _ in news:
-                        send({"type": kind, "object": obj})
+                        send({"type": kind, "object": convert(obj) if convert else obj})
                         since = version
                     if bookmarks and not news and self.version > since:
                         since = self.version
@@ -516,13 +518,14 @@ class FakeKube:
 
     def _generic_get(self, match: re.Match[str]) -> tuple[int, dict[str, Any]]:
         plural, namespace, name = match["plural"], match["ns"] or "", unquote(match["name"] or "")
+        convert = _as_version(plural, match["group"], match["version"])
         with self.lock:
             found = self.objects.get(plural, {})
             if name:
                 obj = found.get((namespace, name))
                 if obj is None:
                     return 404, status(404, "NotFound", f'{plural} "{name}" not found')
-                return 200, obj
+                return 200, convert(obj)
             wanted = self._selected(parse_qs(match["query"] or ""))
             items = [
                 o
@@ -607,6 +610,24 @@ class FakeKube:
 
 
 ANSWERS = ("Issued", "Denied", "Failed")
+ONLY_BEFORE_V1 = ("pkixPublicKey", "proofOfPossession")
+"""PodCertificateRequest fields v1 does not have: a request a 1.35 kubelet made through
+v1beta1 reads, through v1, with no key."""
+
+
+def _as_version(plural: str, group: str, version: str) -> Any:
+    """An object as the API serves it at ``version`` (the conversion a request needs)."""
+
+    def convert(obj: dict[str, Any]) -> dict[str, Any]:
+        if "apiVersion" not in obj and plural != "podcertificaterequests":
+            return obj
+        served = {**obj, "apiVersion": f"{group}/{version}"}
+        if plural == "podcertificaterequests" and version == "v1":
+            spec = {k: v for k, v in (obj.get("spec") or {}).items() if k not in ONLY_BEFORE_V1}
+            served["spec"] = spec
+        return served
+
+    return convert
 
 
 def _parse_time(text: str) -> float:

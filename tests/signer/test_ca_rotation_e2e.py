@@ -8,13 +8,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
 
 from tests import netns
-from tests.fake_kube import FakeKube
 from tests.identity import create_ca
 from tests.kubelet import StandInKubelet
 from tests.mtls_mesh import Mesh, running_mesh, serial, wrk
@@ -23,14 +21,6 @@ from tests.signers import Signers, rotate_ca, started
 
 why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    api = FakeKube()
-    api.served["certificates.k8s.io/v1beta1"] = ["podcertificaterequests", "clustertrustbundles"]
-    yield api
-    api.close()
 
 
 class Renewals:

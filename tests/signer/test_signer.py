@@ -23,14 +23,6 @@ from tests.signers import Signers, rotate_ca, started
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    api = FakeKube()
-    api.served["certificates.k8s.io/v1beta1"] = ["podcertificaterequests", "clustertrustbundles"]
-    yield api
-    api.close()
-
-
-@pytest.fixture
 def signers(fake: FakeKube, tmp_path: Path) -> Iterator[Signers]:
     found = Signers(fake, tmp_path)
     yield found
@@ -49,14 +41,25 @@ def _chain_verifies(leaf: x509.Certificate, bundle: bytes) -> bool:
     return False
 
 
-@pytest.mark.parametrize("version", ["v1beta1", "v1"])
-def test_a_pod_gets_its_spiffe_certificate(fake, signers, version) -> None:
-    if version == "v1":
-        fake.served = {"certificates.k8s.io/v1": ["podcertificaterequests", "clustertrustbundles"]}
+@pytest.mark.parametrize(
+    ("served", "kubelet_version", "stub"),
+    [
+        (("v1beta1",), "v1beta1", False),  # 1.35: the key with its proof
+        (("v1beta1",), "v1beta1", True),  # 1.36: a stub PKCS#10 request
+        (("v1", "v1beta1"), "v1", False),  # 1.37
+        (("v1", "v1beta1"), "v1beta1", False),  # a 1.35 kubelet on a 1.37 control plane
+    ],
+    ids=["1.35", "1.36", "1.37", "1.35-kubelet-1.37-api"],
+)
+def test_a_pod_gets_its_spiffe_certificate(fake, signers, served, kubelet_version, stub) -> None:
+    fake.served = {
+        f"certificates.k8s.io/{v}": ["podcertificaterequests", "clustertrustbundles"]
+        for v in served
+    }
     started(signers)
-    kubelet = StandInKubelet(fake, version=version)
+    kubelet = StandInKubelet(fake, version=kubelet_version)
     pod = kubelet.pod("shop", "web-0", account="web")
-    name = kubelet.request(pod)
+    name = kubelet.request(pod, csr=True) if stub else kubelet.request(pod)
     issued = kubelet.issued("shop", name)
     leaf = issued.leaf
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

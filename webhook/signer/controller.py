@@ -50,7 +50,9 @@ class Options:
     lease_name: str = SIGNER_LEASE
 
 
-async def served_version(api: Api, resource: str) -> str | None:
+async def served_versions(api: Api, resource: str) -> list[str]:
+    """The versions of ``resource`` the API serves, preferred first."""
+    found = []
     for version in VERSIONS:
         try:
             listed = await api.call("GET", f"/apis/{GROUP}/{version}")
@@ -59,8 +61,8 @@ async def served_version(api: Api, resource: str) -> str | None:
                 continue
             raise
         if any(r.get("name") == resource for r in listed.get("resources") or []):
-            return version
-    return None
+            found.append(version)
+    return found
 
 
 class Signer:
@@ -79,6 +81,9 @@ class Signer:
         self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.queued: set[tuple[str, str]] = set()
         self.pcr_version = ""
+        self.key_versions: tuple[str, ...] = ()
+        """Older served versions that still carry pkixPublicKey, for requests a 1.35 kubelet
+        made: read through v1 they have no key."""
         self.bundle_version = ""
         self.requests: Informer | None = None
         self.lease = Lease(
@@ -121,12 +126,31 @@ class Signer:
             self.queued.add(key)
             self.queue.put_nowait(key)
 
-    def _path(self, request: Request, status: bool = False) -> str:
+    def _path(self, request: Request, status: bool = False, version: str = "") -> str:
+        """At the version the request was read at (its apiVersion), or ``version``."""
+        version = version or request.api_version.rpartition("/")[2] or self.pcr_version
         base = (
-            f"/apis/{GROUP}/{self.pcr_version}/namespaces/{quote(request.namespace)}"
+            f"/apis/{GROUP}/{version}/namespaces/{quote(request.namespace)}"
             f"/podcertificaterequests/{quote(request.name)}"
         )
         return base + ("/status" if status else "")
+
+    async def _with_key(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The request through an older version that carries its key, when the preferred
+        one shows none (made by a 1.35 kubelet with pkixPublicKey)."""
+        spec = obj.get("spec") or {}
+        if spec.get("stubPKCS10Request") or spec.get("pkixPublicKey") or not self.key_versions:
+            return obj
+        metadata = obj.get("metadata") or {}
+        for version in self.key_versions:
+            path = (
+                f"/apis/{GROUP}/{version}/namespaces/{quote(metadata.get('namespace', ''))}"
+                f"/podcertificaterequests/{quote(metadata.get('name', ''))}"
+            )
+            older = await self.api.call("GET", path)
+            if (older.get("spec") or {}).get("pkixPublicKey"):
+                return older
+        return obj
 
     async def _pod(self, request: Request) -> dict[str, Any] | None:
         path = f"/api/v1/namespaces/{quote(request.namespace)}/pods/{quote(request.pod_name)}"
@@ -153,6 +177,7 @@ class Signer:
         return result, status, condition["reason"], condition["message"]
 
     async def _handle(self, obj: dict[str, Any]) -> None:
+        obj = await self._with_key(obj)
         try:
             request = parse(obj)
         except BadRequest as exc:
@@ -377,8 +402,10 @@ class Signer:
     # -- running -------------------------------------------------------------------
 
     async def discover(self) -> None:
-        pcr = await served_version(self.api, "podcertificaterequests")
-        bundles = await served_version(self.api, "clustertrustbundles")
+        requests = await served_versions(self.api, "podcertificaterequests")
+        pcr = requests[0] if requests else None
+        self.key_versions = tuple(v for v in requests[1:] if v != "v1")
+        bundles = next(iter(await served_versions(self.api, "clustertrustbundles")), None)
         if pcr is None or bundles is None:
             missing = [
                 n
