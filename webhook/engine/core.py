@@ -351,7 +351,8 @@ def _plan(
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
     port_plan = sockets.plan(apps, overrides, config, access.socket_root)
     reading.field = "the app containers' probes"
-    refuses_plaintext = mtls.refuses_plaintext(overrides, config)
+    mtls_mode = mtls.mode_of(overrides, config)
+    refuses_plaintext = mtls.refuses_plaintext(overrides, mtls_mode)
     probe_plan = probes.plan(
         apps, port_plan, pick(overrides.rewrite_probes, True), refuses_plaintext
     )
@@ -367,7 +368,7 @@ def _plan(
     # In host mode the app's /dev/shm is the node's: a volume of its own there is refused.
     existing_shm, shm_errors = (None, []) if access.host_shm else _shm_volume(apps)
     added = [*([] if existing_shm else [SHM_VOLUME]), *access.volume_names]
-    if mtls.mode_of(overrides, config) != "off":
+    if mtls_mode != "off":
         added += [IDENTITY_VOLUME, SDS_VOLUME]
     conflicts = _name_conflicts(spec, added)
     conflicts += node_access.pod_problems(access, apps, overrides, config)
@@ -381,8 +382,8 @@ def _plan(
         return deny(Reason.INVALID_POD, [_too_large(least, len(declared), at_least=True)])
     upstream_list, upstream_warnings = upstreams.resolve(declared, namespace, config.cluster_domain)
     reading.field = "spec.serviceAccountName"
-    account = pods.service_account(spec)
-    secured = mtls.decide(overrides, config, namespace, account, upstream_list)
+    account = pods.service_account(spec) if mtls_mode != "off" else ""
+    secured = mtls.decide(overrides, config, mtls_mode, namespace, account, upstream_list)
     if secured.errors:
         return deny(Reason.INVALID_ANNOTATION, secured.errors)
     reading.field = "spec"

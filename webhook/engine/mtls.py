@@ -110,9 +110,8 @@ def mode_of(overrides: Overrides, config: MeshConfig) -> str:
     return pick(overrides.mtls, config.mtls.default_mode)
 
 
-def refuses_plaintext(overrides: Overrides, config: MeshConfig) -> bool:
+def refuses_plaintext(overrides: Overrides, mode: str) -> bool:
     """Whether the pod's inbound ports will refuse plaintext (the kubelet's probes too)."""
-    mode = mode_of(overrides, config)
     return mode == "strict" or (mode != "off" and bool(overrides.allow_from))
 
 
@@ -148,12 +147,15 @@ def service_namespace(host: str, namespace: str, cluster_domain: str) -> str | N
 def decide(
     overrides: Overrides,
     config: MeshConfig,
+    mode: str,
     namespace: str,
     account: str,
     upstreams: tuple[Upstream, ...],
 ) -> Decided:
+    """``mode``: ``mode_of`` the pod; ``account``: its service account (unread when off)."""
+    if mode == "off" and overrides.allow_from is None and overrides.upstream_identities is None:
+        return Decided(None, upstreams)  # the common case, on every admission: nothing to do
     settings = config.mtls
-    mode = mode_of(overrides, config)
     errors = _needs_mtls(overrides, settings, mode)
     if errors or mode == "off":
         return Decided(None, upstreams, tuple(errors))
