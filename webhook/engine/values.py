@@ -7,6 +7,7 @@ every pod of a Deployment, so each distinct string is parsed once.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import re
@@ -342,6 +343,14 @@ def upstreams(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"{item!r} has no port")
         found[(dns_name(host), _port(port))] = None
     return tuple(found)
+
+
+def timestamp(text: str | None) -> datetime.datetime | None:
+    """A Kubernetes time (RFC 3339, ``Z`` or an offset, seconds or microseconds), or None
+    when unset; ValueError when it is not one."""
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 _SPIFFE = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)+)(/\*)?$")

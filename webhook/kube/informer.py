@@ -34,17 +34,15 @@ class Informer:
         api: Api,
         path: str,
         on_change: Callable[[dict[str, Any]], None],
-        on_delete: Callable[[dict[str, Any]], None] | None = None,
         what: str = "object",
         listed: str = "them",
     ) -> None:
         """``what`` and ``listed`` name the objects in log lines ("pod", "the node's pods")."""
-        self.api, self.base, self.on_change, self.on_delete = api, path, on_change, on_delete
+        self.api, self.base, self.on_change = api, path, on_change
         self.what, self.listed = what, listed
         self.items: dict[Key, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self.resource_version = ""
-        self.lists = 0
 
     def _path(self, **params: str) -> str:
         joiner = "&" if "?" in self.base else "?"
@@ -62,7 +60,6 @@ class Informer:
         for obj in listed.get("items") or []:
             self._store(obj)
         self.resource_version = listed.get("metadata", {}).get("resourceVersion", "")
-        self.lists += 1
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -91,8 +88,6 @@ class Informer:
             self._store(obj)
         elif kind == "DELETED":
             self.items.pop(key(obj), None)
-            if self.on_delete:
-                self.on_delete(obj)
         if version:
             self.resource_version = version
 

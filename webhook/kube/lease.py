@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from webhook.engine.values import timestamp
 from webhook.kube.api import Api, ApiError
 
 log = logging.getLogger("proxy_injector.lease")
@@ -20,12 +21,6 @@ log = logging.getLogger("proxy_injector.lease")
 
 def micro_time(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class Lease:
@@ -76,7 +71,7 @@ class Lease:
         await self.api.call("POST", path, body)
 
     def _expired(self, spec: dict[str, Any], now: dt.datetime) -> bool:
-        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+        renewed = timestamp(spec.get("renewTime")) or timestamp(spec.get("acquireTime"))
         seconds = float(spec.get("leaseDurationSeconds") or self.duration)
         return renewed is None or now >= renewed + dt.timedelta(seconds=seconds)
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.authority import KeyPair, create_ca
 from webhook.engine.names import MESH_CA_SECRET
+from webhook.engine.values import timestamp
 
 SECRET = MESH_CA_SECRET
 NEXT_FROM = "proxy.io/next-issues-from"
@@ -68,12 +69,6 @@ def new_ca(now: dt.datetime) -> Ca:
     return Ca(pair.cert, pair.key)
 
 
-def _time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def stamp(when: dt.datetime | None) -> str | None:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
@@ -102,10 +97,10 @@ def from_secret(data: dict[str, bytes], annotations: dict[str, str]) -> Authorit
     return Authorities(
         current=current,
         next=_ca(data, "next"),
-        next_from=_time(annotations.get(NEXT_FROM)),
+        next_from=timestamp(annotations.get(NEXT_FROM)),
         next_after=dt.timedelta(seconds=float(after)) if after else None,
         previous=x509.load_pem_x509_certificate(previous) if previous else None,
-        previous_until=_time(annotations.get(PREVIOUS_UNTIL)),
+        previous_until=timestamp(annotations.get(PREVIOUS_UNTIL)),
     )
 
 

@@ -21,7 +21,8 @@ from urllib.parse import quote
 
 from webhook.engine.config import MeshConfig
 from webhook.engine.mtls import trust_bundle_name
-from webhook.engine.names import SIGNER_LEASE
+from webhook.engine.names import CERTIFICATES_VERSIONS, SIGNER_LEASE
+from webhook.engine.values import timestamp
 from webhook.kube.api import Api, ApiError
 from webhook.kube.informer import Informer
 from webhook.kube.lease import Lease
@@ -31,7 +32,6 @@ from webhook.signer.requests import BadRequest, Request, answer_of, parse
 
 log = logging.getLogger("proxy_injector.signer")
 GROUP = "certificates.k8s.io"
-VERSIONS = ("v1", "v1beta1", "v1alpha1")
 WORKERS = 16
 RECONCILE_SECONDS = 5.0
 Clock = Callable[[], dt.datetime]
@@ -53,7 +53,7 @@ class Options:
 async def served_versions(api: Api, resource: str) -> list[str]:
     """The versions of ``resource`` the API serves, preferred first."""
     found = []
-    for version in VERSIONS:
+    for version in CERTIFICATES_VERSIONS:
         try:
             listed = await api.call("GET", f"/apis/{GROUP}/{version}")
         except ApiError as exc:
@@ -126,12 +126,10 @@ class Signer:
             self.queued.add(key)
             self.queue.put_nowait(key)
 
-    def _path(self, request: Request, status: bool = False, version: str = "") -> str:
-        """At the version the request was read at (its apiVersion), or ``version``."""
-        version = version or request.api_version.rpartition("/")[2] or self.pcr_version
+    def _path(self, namespace: str, name: str, version: str, status: bool = False) -> str:
         base = (
-            f"/apis/{GROUP}/{version}/namespaces/{quote(request.namespace)}"
-            f"/podcertificaterequests/{quote(request.name)}"
+            f"/apis/{GROUP}/{version}/namespaces/{quote(namespace)}"
+            f"/podcertificaterequests/{quote(name)}"
         )
         return base + ("/status" if status else "")
 
@@ -139,14 +137,11 @@ class Signer:
         """The request through an older version that carries its key, when the preferred
         one shows none (made by a 1.35 kubelet with pkixPublicKey)."""
         spec = obj.get("spec") or {}
-        if spec.get("stubPKCS10Request") or spec.get("pkixPublicKey") or not self.key_versions:
+        if spec.get("stubPKCS10Request") or spec.get("pkixPublicKey"):
             return obj
         metadata = obj.get("metadata") or {}
         for version in self.key_versions:
-            path = (
-                f"/apis/{GROUP}/{version}/namespaces/{quote(metadata.get('namespace', ''))}"
-                f"/podcertificaterequests/{quote(metadata.get('name', ''))}"
-            )
+            path = self._path(metadata.get("namespace", ""), metadata.get("name", ""), version)
             older = await self.api.call("GET", path)
             if (older.get("spec") or {}).get("pkixPublicKey"):
                 return older
@@ -189,7 +184,10 @@ class Signer:
         result, status, reason, message = await self._answer(request)
         body = {**obj, "status": {**(obj.get("status") or {}), **status}}
         try:
-            await self.api.call("PUT", self._path(request, status=True), body)
+            # At the version it was read at: a request read through v1beta1 has its key.
+            version = request.api_version.rpartition("/")[2] or self.pcr_version
+            path = self._path(request.namespace, request.name, version, status=True)
+            await self.api.call("PUT", path, body)
         except ApiError as exc:
             if exc.status in (409, 422):
                 # Someone wrote first (another replica, before we held the Lease): what
@@ -215,8 +213,10 @@ class Signer:
 
     def _observe(self, request: Request) -> None:
         try:
-            created = dt.datetime.fromisoformat(request.created.replace("Z", "+00:00"))
+            created = timestamp(request.created)
         except ValueError:
+            return
+        if created is None:
             return
         self.metrics.issue_seconds.observe(max(0.0, (self.clock() - created).total_seconds()))
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from webhook.engine.config import MeshConfig
+from webhook.engine.mtls import spiffe_id
 from webhook.signer import authority
 from webhook.signer.authority import Ca
 from webhook.signer.policy import PublicKey
@@ -29,10 +30,6 @@ MIN_LIFETIME = dt.timedelta(hours=1)
 
 def stamp(when: dt.datetime) -> str:
     return authority.stamp(when) or ""
-
-
-def spiffe_id(config: MeshConfig, request: Request) -> str:
-    return f"spiffe://{config.mtls.trust_domain}/ns/{request.namespace}/sa/{request.account}"
 
 
 def lifetime(request: Request, config: MeshConfig) -> dt.timedelta:
@@ -105,7 +102,7 @@ def issued(
             "at least an hour: rotate it (proxy-injector signer rotate-ca)",
             now,
         )
-    identity = spiffe_id(config, request)
+    identity = spiffe_id(config.mtls.trust_domain, request.namespace, request.account)
     cert = leaf(key, ca, identity, not_before, life)
     return {
         "conditions": [_condition("Issued", "Issued", f"issued {identity}", now)],

@@ -13,12 +13,14 @@ from cryptography import x509
 from webhook.engine.config import MeshConfig
 from webhook.engine.mtls import trust_bundle_name
 from webhook.engine.names import (
+    CERTIFICATES_VERSIONS,
     MESH_CA_SECRET,
     MTLS_PATH,
     READINESS_PORT,
     SIGNER_LEASE,
     STATUS_KEY,
 )
+from webhook.engine.values import timestamp
 from webhook.tools.reading import Reader, Result, injection_status
 
 
@@ -31,11 +33,8 @@ def checks(
     return found
 
 
-CERTIFICATE_VERSIONS = ("v1", "v1beta1", "v1alpha1")
-
-
 def _served_version(reader: Reader, resource: str) -> str | None:
-    for version in CERTIFICATE_VERSIONS:
+    for version in CERTIFICATES_VERSIONS:
         if resource in (reader.served(f"certificates.k8s.io/{version}") or []):
             return f"certificates.k8s.io/{version}"
     return None
@@ -128,15 +127,11 @@ def _lease_problem(reader: Reader, namespace: str, now: dt.datetime) -> tuple[st
     if lease is None:
         return f"no Lease {namespace}/{SIGNER_LEASE}: the signer has never run", ""
     spec = lease.get("spec") or {}
-    holder, renewed = spec.get("holderIdentity") or "", _time(spec.get("renewTime"))
+    holder, renewed = spec.get("holderIdentity") or "", timestamp(spec.get("renewTime"))
     duration = dt.timedelta(seconds=float(spec.get("leaseDurationSeconds") or 15))
     if not holder or renewed is None or now > renewed + duration:
         return f"no leader: the Lease was last renewed at {spec.get('renewTime')} by {holder}", ""
     return "", holder
-
-
-def _time(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def _issuing_ca(reader: Reader, namespace: str) -> x509.Certificate | None:
@@ -183,7 +178,7 @@ def _pending(reader: Reader, config: MeshConfig, now: dt.datetime) -> list[str]:
         conditions = (item.get("status") or {}).get("conditions") or []
         if any(c.get("type") in ("Issued", "Denied", "Failed") for c in conditions):
             continue
-        created = _time((item.get("metadata") or {}).get("creationTimestamp"))
+        created = timestamp((item.get("metadata") or {}).get("creationTimestamp"))
         if created is not None and (now - created).total_seconds() > PENDING_SECONDS:
             metadata = item["metadata"]
             where = f"{metadata.get('namespace')}/{metadata.get('name')}"
