@@ -6,6 +6,7 @@ would refuse, and a second answer to one request)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import signal
 import time
 from collections import Counter
@@ -92,7 +93,7 @@ def test_a_shorter_maximum_is_kept_and_other_signers_are_ignored(fake, signers) 
 
 
 def test_each_bad_request_is_denied_with_its_reason_and_an_event(fake, signers) -> None:
-    started(signers)
+    process = started(signers)
     kubelet = StandInKubelet(fake)
     pod = kubelet.pod("shop", "web-0", account="web")
     gone = {**pod, "metadata": {**pod["metadata"], "name": "web-9", "uid": "gone"}}
@@ -115,6 +116,16 @@ def test_each_bad_request_is_denied_with_its_reason_and_an_event(fake, signers) 
     wait_for(lambda: len(fake.events) == len(cases), 10, "an Event per denial")
     assert {e["reason"] for e in fake.events} == {"PodCertificateDenied"}
     assert any("ServiceAccountMismatch" in e["message"] for e in fake.events)
+    issued = kubelet.request(pod)
+    kubelet.issued("shop", issued)
+    counted = 'proxy_signer_requests_total{result="issued"} 1.0'
+    wait_for(lambda: counted in process.get("/metrics")[1], 5, "the issue counted")
+    metrics = process.get("/metrics")[1]
+    assert 'proxy_signer_requests_total{result="denied"} 5.0' in metrics
+    assert 'proxy_signer_requests_total{result="issued"} 1.0' in metrics
+    assert "proxy_signer_issue_duration_seconds_count 6.0" in metrics
+    expiry = re.search(r"^proxy_signer_ca_expiry_timestamp_seconds (\S+)$", metrics, re.M)
+    assert expiry and float(expiry[1]) > time.time() + 9 * 365 * 86400  # --create-ca: 10 years
 
 
 def test_leader_failover_under_a_stream_loses_none_and_issues_none_twice(fake, signers) -> None:
