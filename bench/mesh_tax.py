@@ -268,7 +268,9 @@ class Pod:
             account = SERVICE if role == "server" else "load"
             identity.pod_certificate(leaf(self.ca, spiffe(NAMESPACE, account)), self.ca)
         socket = folder / f"{SERVICE}-{APP_PORT}.sock"
-        floor = floor_config(socket) if self.way == "floor" and role == "server" else None
+        floor = None
+        if self.way == "floor" and role == "server":
+            floor = floor_config(socket, sidecar.admin_socket)
         cpu = ("taskset", "-c", str(self.args.envoy_cpu))
         sidecar.start_envoy(workers(spec), prefix=cpu, config=floor)
         self.sidecars[role] = sidecar
@@ -368,7 +370,7 @@ class Pod:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def floor_config(socket: Path) -> dict:
+def floor_config(socket: Path, admin: Path) -> dict:
     """The smallest config that proxies the pod's port to the app's socket: the yardstick
     for what the generated config costs beyond Envoy's own proxying."""
     envoy = "type.googleapis.com/envoy.extensions."
@@ -391,7 +393,7 @@ def floor_config(socket: Path) -> dict:
     original_dst = {"@type": envoy + "filters.listener.original_dst.v3.OriginalDst"}
     endpoint = {"endpoint": {"address": {"pipe": {"path": str(socket)}}}}
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
+        "admin": {"address": {"pipe": {"path": str(admin)}}},
         "static_resources": {
             "listeners": [
                 {

@@ -7,7 +7,12 @@ Pods put with ``put_pod`` get resourceVersions and are watched as the real API w
 ``/api/v1/pods?watch=1&resourceVersion=N`` (with a ``spec.nodeName`` field selector) sends
 what changed after N, bookmarks when asked, and ``410 Gone`` for a version older than what
 ``compact`` kept. A DELETE honours ``preconditions.uid``. ``trickle`` makes single-pod reads
-answer one byte at a time, that many seconds apart (a slow or half-broken API server)."""
+answer one byte at a time, that many seconds apart (a slow or half-broken API server).
+
+A hung API, each way it hangs: ``hang_when(method, path, user_agent)`` true leaves that
+request unanswered with its connection open (a dead connection, or a server that stopped),
+until ``release_hung``; ``silent_watches`` makes every watch send nothing more, neither
+events nor bookmarks, without closing. ``now_offset`` moves the API server's clock."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -137,6 +143,11 @@ class FakeKube:
         self.csi_drivers: dict[str, dict[str, Any]] = {}
         self.pod_ports: dict[tuple[str, str, int], dict[str, str]] = {}
         """What a pod's port answers through the API server's pod proxy, by path."""
+        self.hang_when: Callable[[str, str, str], bool] | None = None
+        self.released = threading.Event()
+        self.hung: list[tuple[str, str, str]] = []
+        self.silent_watches = False
+        self.now_offset = 0.0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -155,6 +166,28 @@ class FakeKube:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def handle_one_request(self) -> None:
+                """Reads the request; one ``hang_when`` picks is never answered."""
+                self.raw_requestline = self.rfile.readline(65537)
+                if not self.raw_requestline:
+                    self.close_connection = True
+                    return
+                if not self.parse_request():
+                    return
+                agent = self.headers.get("User-Agent", "")
+                if fake.hang_when and fake.hang_when(self.command, self.path, agent):
+                    fake.hung.append((self.command, self.path, agent))
+                    while not fake.closing and not fake.released.wait(0.2):
+                        pass
+                    self.close_connection = True
+                    return
+                method = getattr(self, "do_" + self.command, None)
+                if method is None:
+                    self.send_error(501)
+                    return
+                method()
+                self.wfile.flush()
 
             def _send(self, code: int, data: bytes, content_type: str) -> None:
                 self.send_response(code)
@@ -217,6 +250,11 @@ class FakeKube:
         for connection in open_connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+    def release_hung(self) -> None:
+        """Every hung request's connection is closed, unanswered; none hangs from now on."""
+        self.hang_when = None
+        self.released.set()
 
     def _next_version(self) -> str:
         self.version += 1
@@ -424,6 +462,10 @@ class FakeKube:
                 oldest = self.oldest
                 position = 0  # the history only grows until a compaction ends this watch
                 while not self.closing and self.oldest == oldest and time.monotonic() < deadline:
+                    if self.silent_watches:
+                        deadline = time.monotonic() + 3600  # a stuck path never ends it either
+                        self.changed.wait(timeout=0.2)
+                        continue
                     fresh, position = self.history[position:], len(self.history)
                     news = [h for h in fresh if h[0] > since and h[3] == resource and on_node(h[2])]
                     for version, kind, obj, _ in news:
@@ -590,7 +632,7 @@ class FakeKube:
                 )
             updated = json.loads(json.dumps(current))
             if match["status"]:
-                problem = _status_problem(current, body.get("status") or {})
+                problem = _status_problem(current, body.get("status") or {}, self.now_offset)
                 if problem:
                     return 422, status(422, "Invalid", problem)
                 updated["status"] = body.get("status")
@@ -634,7 +676,7 @@ def _parse_time(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _status_problem(current: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+def _status_problem(current: dict[str, Any], wanted: dict[str, Any], offset: float) -> str | None:
     """What the API server checks of a PodCertificateRequest's status update."""
     old = current.get("status") or {}
     if old.get("certificateChain") or any(
@@ -649,10 +691,10 @@ def _status_problem(current: dict[str, Any], wanted: dict[str, Any]) -> str | No
             return f"status.conditions.reason: {condition.get('reason')!r} is not CamelCase"
     if not wanted.get("certificateChain"):
         return None
-    return _issued_problem(current["spec"], wanted)
+    return _issued_problem(current["spec"], wanted, offset)
 
 
-def _issued_problem(spec: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+def _issued_problem(spec: dict[str, Any], wanted: dict[str, Any], offset: float) -> str | None:
     leaf = x509.load_pem_x509_certificates(wanted["certificateChain"].encode())[0]
     requested = (
         base64.b64decode(spec["pkixPublicKey"])
@@ -670,7 +712,7 @@ def _issued_problem(spec: dict[str, Any], wanted: dict[str, Any]) -> str | None:
         or not_after != leaf.not_valid_after_utc.timestamp()
     ):
         return "status.notBefore/notAfter: not the leaf's"
-    if abs(not_before - time.time()) > 300:
+    if abs(not_before - (time.time() + offset)) > 300:
         return "status.notBefore: more than 5 minutes from now"
     lifetime = not_after - not_before
     if not 3600 <= lifetime <= spec.get("maxExpirationSeconds", 86400):

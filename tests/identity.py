@@ -73,10 +73,16 @@ class ProjectedVolume:
     def pod_certificate(
         self, pair: KeyPair, *cas: KeyPair, chain: tuple[KeyPair, ...] = ()
     ) -> None:
-        """The files of identity ``pod-certificate``: the credential bundle (key, then the
-        chain) and the trust bundle the clusterTrustBundle projection writes."""
-        credential = pair.key_pem() + pair.cert_pem() + b"".join(c.cert_pem() for c in chain)
-        self.write({"credential-bundle.pem": credential, "ca.pem": bundle(*cas)})
+        """The files of identity ``pod-certificate``: the key and the chain apart (keyPath,
+        certificateChainPath) and the trust bundle the clusterTrustBundle projection writes."""
+        certificates = pair.cert_pem() + b"".join(c.cert_pem() for c in chain)
+        self.write(
+            {
+                "certificate-chain.pem": certificates,
+                "key.pem": pair.key_pem(),
+                "ca.pem": bundle(*cas),
+            }
+        )
 
     def csi_spiffe(self, pair: KeyPair, *cas: KeyPair) -> None:
         """The files csi-driver-spiffe writes."""

@@ -34,13 +34,12 @@ class Issued:
     def leaf(self) -> x509.Certificate:
         return x509.load_pem_x509_certificates(self.status["certificateChain"].encode())[0]
 
-    def credential_bundle(self) -> bytes:
-        key = self.key.private_bytes(
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        return key + self.status["certificateChain"].encode()
 
 
 @dataclass
@@ -94,19 +93,26 @@ class StandInKubelet:
         return spec
 
     def request(
-        self, pod: dict[str, Any], signer: str = SIGNER, name: str | None = None, **changed: Any
+        self,
+        pod: dict[str, Any],
+        signer: str = SIGNER,
+        name: str | None = None,
+        created: str | None = None,
+        **changed: Any,
     ) -> str:
-        """Create the request (``changed``: spec fields to tamper with); its name."""
+        """Create the request (``changed``: spec fields to tamper with; ``created``: its
+        creationTimestamp); its name."""
         key = ec.generate_private_key(ec.SECP256R1())
         metadata = pod["metadata"]
         name = name or f"{metadata['name']}-{len(self.keys)}"
         self.keys[f"{metadata['namespace']}/{name}"] = key
+        stamp = {"creationTimestamp": created} if created else {}
         self.fake.put_object(
             "podcertificaterequests",
             {
                 "apiVersion": f"{GROUP}/{self.version}",
                 "kind": "PodCertificateRequest",
-                "metadata": {"name": name, "namespace": metadata["namespace"]},
+                "metadata": {"name": name, "namespace": metadata["namespace"], **stamp},
                 "spec": self.spec(pod, key, signer, **changed),
             },
         )
@@ -138,4 +144,10 @@ class StandInKubelet:
         ).encode()
 
     def project(self, volume: ProjectedVolume, issued: Issued) -> None:
-        volume.write({"credential-bundle.pem": issued.credential_bundle(), "ca.pem": self.bundle()})
+        volume.write(
+            {
+                "certificate-chain.pem": issued.status["certificateChain"].encode(),
+                "key.pem": issued.key_pem(),
+                "ca.pem": self.bundle(),
+            }
+        )

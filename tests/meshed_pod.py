@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from tests import netns
-from tests.processes import proxy_envoy, stat_value, wait_for
+from tests.processes import admin_request, proxy_envoy, proxy_only_folder, stat_value, wait_for
 from tests.support import apply, bootstrap_of, container
 from webhook.engine import Outcome, inject
 from webhook.engine.bootstrap.remap import moved_identity, remap
 from webhook.engine.config import MeshConfig
-from webhook.engine.names import SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY
+from webhook.engine.names import ADMIN_SOCKET, SDS_DIR
+from webhook.node import sds
 
 CLI = [sys.executable, "-m", "webhook"]
 
@@ -42,9 +43,15 @@ class MeshedPod:
         self.app: subprocess.Popen | None = None
 
     def init_args(self) -> list[str]:
+        """proxy-init's args, the SDS volume's paths moved under ``identity_root``."""
         init = container(self.spec, "proxy-init", "initContainers")
         assert init["command"] == ["proxy-injector"]
-        return [*init["args"], "--iptables-backend", self.backend]
+        args = [moved_identity(arg, self.identity_root) for arg in init["args"]]
+        if "--sds-dir" in args:
+            self.sds_dir.mkdir(parents=True, exist_ok=True)
+            self.identity_root.chmod(0o755)
+            self.sds_dir.chmod(0o755)
+        return [*args, "--iptables-backend", self.backend]
 
     def run_init(self) -> subprocess.CompletedProcess[str]:
         return self.net.run(self.namespace, *CLI, *self.init_args())
@@ -65,34 +72,46 @@ class MeshedPod:
         """Where the pod's identity and SDS volumes live (``proxy-identity``, ``proxy-sds``)."""
         return self.folder / "volumes"
 
+    @property
+    def sds_dir(self) -> Path:
+        return self.identity_root / Path(SDS_DIR).name
+
+    @property
+    def meshed(self) -> bool:
+        """mTLS: the init container (proxy-init, or proxy-validate) writes SDS files."""
+        return any("--sds-dir" in c.get("args", []) for c in self.spec["spec"]["initContainers"])
+
     def write_sds_volume(self) -> None:
-        """What the downward API writes from the pod's SDS annotations, paths moved."""
-        sds = self.identity_root / "proxy-sds"
-        sds.mkdir(parents=True, exist_ok=True)
+        """What proxy-init writes from its args (``run_init`` does it for real), for a proxy
+        restarted with a new spec."""
+        init = next(c for c in self.spec["spec"]["initContainers"] if "--sds-dir" in c["args"])
+        args = [moved_identity(arg, self.identity_root) for arg in init["args"]]
+        self.sds_dir.mkdir(parents=True, exist_ok=True)
         self.identity_root.chmod(0o755)
-        sds.chmod(0o755)
-        annotations = self.spec["metadata"]["annotations"]
-        for key, name in (
-            (SDS_IDENTITY_KEY, "identity.json"),
-            (SDS_TRUST_BUNDLE_KEY, "trust-bundle.json"),
-        ):
-            (sds / name).write_text(moved_identity(annotations[key], self.identity_root))
-            (sds / name).chmod(0o644)
+        self.sds_dir.chmod(0o755)
+        files = [args[i + 1] for i, arg in enumerate(args) if arg == "--sds-file"]
+        sds.write(self.sds_dir, sds.parse(files))
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.folder / "proxy-admin" / Path(ADMIN_SOCKET).name
 
     def start_envoy(
         self, workers: int = 1, prefix: tuple[str, ...] = (), config: dict | None = None
     ) -> None:
         """Envoy with ``workers`` threads; ``prefix`` runs before it (e.g. taskset);
         ``config`` instead of the pod's bootstrap (a benchmark's yardstick)."""
-        meshed = SDS_IDENTITY_KEY in self.spec["metadata"].get("annotations", {})
+        meshed = self.meshed
         if meshed:
             self.write_sds_volume()
+        admin_dir = proxy_only_folder(self.admin_socket.parent)
         config = config or remap(
             json.loads(bootstrap_of(self.spec)),
             socket_dir=self.folder,
             proxy_ports={},
             loopback_only=False,
             identity_root=self.identity_root if meshed else None,
+            admin_dir=admin_dir,
         )
         path = self.folder / "bootstrap.json"
         path.write_text(json.dumps(config))
@@ -116,8 +135,9 @@ class MeshedPod:
         self.net.processes.append(self.envoy)
         wait_for(lambda: self.admin("/ready")[0] == 200, 30, "Envoy ready in the pod")
 
-    def admin(self, path: str) -> tuple[int, str]:
-        return self.net.curl(self.namespace, f"http://127.0.0.1:15000{path}")
+    def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
+        """Envoy's admin API, over its socket (as root, which may open it)."""
+        return admin_request(self.admin_socket, path, method)
 
     def stat(self, name: str) -> int:
         return stat_value(self.admin("/stats?format=json")[1], name)

@@ -34,7 +34,12 @@ def server_spec(annotations: dict[str, str] | None = None, mesh: MeshConfig = ME
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "orders-0", "annotations": dict(annotations or {})},
+        # plain.shop:7070 shares the server's address but stands for a pod that is not
+        # meshed: its port is left out of the server pod's interception.
+        "metadata": {
+            "name": "orders-0",
+            "annotations": {"proxy.io/exclude-inbound-ports": "7070", **(annotations or {})},
+        },
         "spec": {
             "serviceAccountName": "orders",
             "containers": [

@@ -11,7 +11,11 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.processes import wait_for
 
 POD_V4, CLIENT_V4, CLIENT_V4_OTHER = "10.231.0.2", "10.231.0.1", "10.231.1.1"
 POD_V6, CLIENT_V6, CLIENT_V6_OTHER = "fd31::2", "fd31::1", "fd31:1::1"
@@ -110,6 +114,32 @@ class Network:
             subprocess.run(
                 ["ip", "netns", "del", namespace], capture_output=True, timeout=30, check=False
             )
+
+    def serve_http(self, namespace: str, address: str, port: int, folder: Path, name: str) -> None:
+        """Python's http.server on ``address`` (``::``: every address, IPv4 too), serving
+        ``/who.txt`` with ``name``; waits until it answers."""
+        root = folder / f"site-{name}"
+        root.mkdir()
+        (root / "who.txt").write_text(f"{name}\n")
+        self.start(
+            namespace,
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            address,
+            "--directory",
+            str(root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        host = "[::1]" if address == "::" else f"[{address}]" if ":" in address else address
+        wait_for(
+            lambda: self.curl(namespace, f"http://{host}:{port}/who.txt")[0] == 200,
+            20,
+            f"{name} serving",
+        )
 
     def curl(self, namespace: str, url: str, *, as_uid: int | None = None) -> tuple[int, str]:
         """HTTP status and body of a GET made inside ``namespace`` (0 when it failed)."""

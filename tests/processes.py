@@ -25,7 +25,7 @@ import pytest
 from tests.support import ENVOY
 from webhook.engine.bootstrap.remap import remap
 from webhook.engine.names import (
-    ADMIN_PORT,
+    ADMIN_SOCKET,
     INBOUND_PORT,
     OUTBOUND_PORT,
     PROMETHEUS_PORT,
@@ -230,6 +230,37 @@ class Nginx:
             stop(self.process, signal.SIGQUIT)
 
 
+def proxy_only_folder(path: Path) -> Path:
+    """A folder only the proxy's UID may enter, as the admin volume is in a pod."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chown(path, PROXY_UID, PROXY_UID)
+    return path
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("admin", timeout=timeout)
+        self.path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def admin_request(socket_path: Path, path: str, method: str = "GET") -> tuple[int, str]:
+    """Envoy's admin API over its Unix socket (the test runs as root, which may open it)."""
+    connection = _UnixConnection(socket_path, timeout=5)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
+    finally:
+        connection.close()
+
+
 def stat_value(stats_json: str, name: str) -> int:
     """A counter or gauge by exact name from Envoy's /stats?format=json; 0 when Envoy has
     not created it (deferred stats appear on first use)."""
@@ -254,16 +285,29 @@ class Envoy:
     ports: dict[int, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
+    @property
+    def name(self) -> str:
+        """Unique among the Envoys of a test: its log, bootstrap and admin folder are named so."""
+        return f"envoy-{self.ports[READINESS_PORT]}"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.folder / self.name / Path(ADMIN_SOCKET).name
+
     def start(self, wait: bool = True) -> Envoy:
-        proxy = [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, READINESS_PORT, PROMETHEUS_PORT]
+        proxy = [OUTBOUND_PORT, INBOUND_PORT, READINESS_PORT, PROMETHEUS_PORT]
         self.ports = free_ports([*proxy, *self.inbound_ports])
         config = remap(
-            self.bootstrap, socket_dir=self.folder, proxy_ports=self.ports, app_ports=self.app_ports
+            self.bootstrap,
+            socket_dir=self.folder,
+            proxy_ports=self.ports,
+            app_ports=self.app_ports,
+            admin_dir=proxy_only_folder(self.folder / self.name),
         )
-        log = (self.folder / f"envoy-{self.ports[ADMIN_PORT]}.log").open("w")
+        log = (self.folder / f"{self.name}.log").open("w")
         config_args = ["--config-yaml", json.dumps(config)]
         if self.config_file:
-            path = self.folder / f"bootstrap-{self.ports[ADMIN_PORT]}.json"
+            path = self.folder / f"bootstrap-{self.name}.json"
             path.write_text(json.dumps(config))
             path.chmod(0o644)
             config_args = ["-c", str(path)]
@@ -294,18 +338,10 @@ class Envoy:
         return self
 
     def log(self) -> str:
-        return (self.folder / f"envoy-{self.ports[ADMIN_PORT]}.log").read_text()[-4000:]
+        return (self.folder / f"{self.name}.log").read_text()[-4000:]
 
     def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.ports[ADMIN_PORT], timeout=5)
-        try:
-            connection.request(method, path)
-            response = connection.getresponse()
-            return response.status, response.read().decode()
-        except OSError:
-            return 0, ""
-        finally:
-            connection.close()
+        return admin_request(self.admin_socket, path, method)
 
     def stat(self, name: str) -> int:
         return stat_value(self.admin("/stats?format=json")[1], name)

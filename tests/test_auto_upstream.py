@@ -217,5 +217,5 @@ def test_no_request_fails_once_an_app_that_started_after_the_proxy_listens(
         f"\napp started after the proxy, listening on {listens}: {total} requests, {failed} failed"
     )
     assert total >= 1000, done.stdout
-    log = (folder / f"envoy-{envoy.ports[15000]}.log").read_text().splitlines()
+    log = (folder / f"{envoy.name}.log").read_text().splitlines()
     assert failed == 0, done.stdout + "\n".join(line for line in log if '" 5' in line)[:3000]

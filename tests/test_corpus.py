@@ -97,7 +97,15 @@ def test_injected_pod_is_valid_and_meshed(webhook, case: dict) -> None:
 
     status = json.loads(pod["metadata"]["annotations"]["proxy.io/status"])
     assert status["containers"] == ["proxy"]
-    assert status["volumes"] == case.get("volumes_added", ["proxy-shm"])
+    assert status["volumes"] == [*case.get("volumes_added", ["proxy-shm"]), "proxy-admin"]
+    # The admin API's volume is the proxy's alone: no other container can reach the socket.
+    admin_mounts = [
+        c["name"]
+        for c in spec["containers"] + spec["initContainers"]
+        for m in c.get("volumeMounts", [])
+        if m["name"] == "proxy-admin"
+    ]
+    assert admin_mounts == ["proxy"]
     if "shm_size" in case:
         volume = next(v for v in spec["volumes"] if v["name"] == "proxy-shm")
         assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": case["shm_size"]}

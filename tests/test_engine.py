@@ -94,7 +94,7 @@ def test_shm_size_follows_the_mesh_config_and_the_annotation() -> None:
 
 def test_existing_dev_shm_volume_is_shared_not_mounted_twice() -> None:
     pod = injected(case("05-existing-dev-shm"))
-    assert [v["name"] for v in pod["spec"]["volumes"]] == ["dshm", "models"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["dshm", "models", "proxy-admin"]
     for name in ("triton", "loader", "proxy"):
         shm = [m for m in container(pod, name)["volumeMounts"] if m["mountPath"] == "/dev/shm"]
         assert shm == [{"name": "dshm", "mountPath": "/dev/shm"}], name
@@ -171,9 +171,27 @@ def test_excluded_inbound_port_gets_no_socket_and_no_cluster() -> None:
     assert "PROXY_UDS_PATH_9090" not in env(pod, "app")
 
 
-def test_admin_listens_on_loopback_only() -> None:
-    bootstrap = json.loads(arg(injected(pod_with([app()])), "--config-yaml"))
-    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+def test_admin_is_a_socket_only_the_proxy_can_open_in_a_volume_only_it_mounts() -> None:
+    pod = injected(pod_with([app()]))
+    bootstrap = json.loads(arg(pod, "--config-yaml"))
+    assert bootstrap["admin"]["address"] == {
+        "pipe": {"path": "/var/run/proxy-admin/admin.sock", "mode": 0o600}
+    }
+    bound = [
+        item["address"].get("socket_address", {}).get("port_value")
+        for item in bootstrap["static_resources"]["listeners"]
+    ]
+    assert 15000 not in bound and 15021 in bound
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "proxy-admin")
+    assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
+    assert {"name": "proxy-admin", "mountPath": "/var/run/proxy-admin"} in container(pod, "proxy")[
+        "volumeMounts"
+    ]
+    assert all(
+        m["name"] != "proxy-admin"
+        for c in pod["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+    )
 
 
 def test_long_container_name_overflows_the_socket_path_limit() -> None:

@@ -26,6 +26,7 @@ from webhook.engine import Outcome, inject
 from webhook.engine.bootstrap.remap import moved_identity
 from webhook.engine.config import ConfigError, from_mapping
 from webhook.engine.names import SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY
+from webhook.node import sds
 
 POD_CERTIFICATE = from_mapping({"mtls": {"identity": "pod-certificate"}})
 CSI = from_mapping({"mtls": {"identity": "csi-spiffe", "trustDomain": "prod.example"}})
@@ -92,7 +93,8 @@ def test_mesh_config_defaults_and_refusals() -> None:
 
 def test_mtls_off_by_default_changes_nothing() -> None:
     plain = injected(pod(), from_mapping({}))
-    assert [v["name"] for v in plain["spec"]["volumes"]] == ["proxy-shm"]
+    assert [v["name"] for v in plain["spec"]["volumes"]] == ["proxy-shm", "proxy-admin"]
+    assert "--sds-dir" not in container(plain, "proxy-init", "initContainers")["args"]
     assert json.loads(plain["metadata"]["annotations"]["proxy.io/status"])["mtls"] == "off"
     for piece in ("TlsContext", "tls_inspector", "sds_config"):
         assert piece not in bootstrap_of(plain)
@@ -156,20 +158,31 @@ def test_the_identity_volume_goes_to_the_proxy_only_and_read_only() -> None:
         assert mounts["proxy-sds"]["readOnly"] is True
         app = container(out, "orders")
         assert {m["name"] for m in app["volumeMounts"]} == {"proxy-shm"}
-        assert set(volumes["proxy-sds"]) == {"name", "downwardAPI"}
+        assert volumes["proxy-sds"] == {
+            "name": "proxy-sds",
+            "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"},
+        }
+        # The SDS files come from the init container's args, which cannot change after
+        # admission; nothing the proxy trusts is read from a pod annotation.
         annotations = out["metadata"]["annotations"]
-        assert json.loads(annotations[SDS_IDENTITY_KEY])["resources"][0]["name"] == "identity"
-        assert (
-            json.loads(annotations[SDS_TRUST_BUNDLE_KEY])["resources"][0]["name"] == "trust-bundle"
+        assert SDS_IDENTITY_KEY not in annotations and SDS_TRUST_BUNDLE_KEY not in annotations
+        assert not any("downwardAPI" in v for v in volumes.values())
+        init = container(out, "proxy-init", "initContainers")
+        assert init["volumeMounts"] == [{"name": "proxy-sds", "mountPath": "/var/run/proxy-sds"}]
+        files = sds.parse(
+            [a for i, a in enumerate(init["args"]) if init["args"][i - 1] == "--sds-file"]
         )
-    projected = injected(pod())["spec"]["volumes"][1]["projected"]["sources"]
+        assert json.loads(files["identity.json"])["resources"][0]["name"] == "identity"
+        assert json.loads(files["trust-bundle.json"])["resources"][0]["name"] == "trust-bundle"
+    projected = injected(pod())["spec"]["volumes"][2]["projected"]["sources"]
     assert projected == [
         {
             "podCertificate": {
                 "signerName": "proxy.io/spiffe",
                 "keyType": "ECDSAP256",
                 "maxExpirationSeconds": 86400,
-                "credentialBundlePath": "credential-bundle.pem",
+                "certificateChainPath": "certificate-chain.pem",
+                "keyPath": "key.pem",
             }
         },
         {
@@ -181,7 +194,7 @@ def test_the_identity_volume_goes_to_the_proxy_only_and_read_only() -> None:
             }
         },
     ]
-    csi = injected(pod(), CSI)["spec"]["volumes"][1]["csi"]
+    csi = injected(pod(), CSI)["spec"]["volumes"][2]["csi"]
     assert csi["driver"] == "spiffe.csi.cert-manager.io" and csi["readOnly"] is True
     assert csi["volumeAttributes"] == {"spiffe.csi.cert-manager.io/fs-group": "1337"}
 
@@ -211,15 +224,14 @@ def test_every_injected_pod_is_valid_and_passes_restricted_in_cni_mode(config, m
 
 
 def _validate(out: dict, folder: Path) -> subprocess.CompletedProcess[str]:
-    """``envoy --mode validate`` with the SDS files where the downward API puts them."""
-    sds = folder / "proxy-sds"
-    sds.mkdir(parents=True, exist_ok=True)
-    annotations = out["metadata"]["annotations"]
-    for key, name in (
-        (SDS_IDENTITY_KEY, "identity.json"),
-        (SDS_TRUST_BUNDLE_KEY, "trust-bundle.json"),
-    ):
-        (sds / name).write_text(moved_identity(annotations[key], folder))
+    """``envoy --mode validate`` with the SDS files where the init container writes them."""
+    directory = folder / "proxy-sds"
+    directory.mkdir(parents=True, exist_ok=True)
+    init = container(out, "proxy-init", "initContainers")["args"]
+    documents = [
+        moved_identity(a, folder) for i, a in enumerate(init) if init[i - 1] == "--sds-file"
+    ]
+    sds.write(directory, sds.parse(documents))
     (folder / "proxy-identity").mkdir(exist_ok=True)
     bootstrap = moved_identity(bootstrap_of(out), folder)
     command = [ENVOY, "--mode", "validate", "--service-node", "orders-0.shop"]
@@ -360,14 +372,14 @@ def test_a_changed_mtls_config_makes_injected_pods_stale() -> None:
 
 
 def test_the_test_certificates_are_what_a_signer_issues(tmp_path) -> None:
-    """The harness's own check: a credential bundle is the PKCS#8 key, then the chain, and
-    a rotation swaps ..data atomically."""
+    """The harness's own check: the PKCS#8 key and the chain in files apart (keyPath,
+    certificateChainPath), and a rotation swaps ..data atomically."""
     ca = create_ca()
     volume = ProjectedVolume(tmp_path / "id")
     volume.pod_certificate(leaf(ca, spiffe("shop", "web")), ca)
     first = (tmp_path / "id" / "..data").resolve()
-    bundle = (tmp_path / "id" / "credential-bundle.pem").read_bytes()
-    assert bundle.startswith(b"-----BEGIN PRIVATE KEY-----")
-    assert bundle.count(b"BEGIN CERTIFICATE") == 1
+    assert (tmp_path / "id" / "key.pem").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    chain = (tmp_path / "id" / "certificate-chain.pem").read_bytes()
+    assert chain.count(b"BEGIN CERTIFICATE") == 1 and b"PRIVATE KEY" not in chain
     volume.pod_certificate(leaf(ca, spiffe("shop", "web")), ca)
     assert (tmp_path / "id" / "..data").resolve() != first and not first.exists()

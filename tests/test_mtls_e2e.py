@@ -209,7 +209,7 @@ def test_without_a_certificate_the_pod_says_so(mesh: Mesh, mode: str) -> None:
         mesh.restart(mesh.server, spec)
         status, body = mesh.readiness(mesh.server, "/identity")
         assert status == 503
-        assert "no identity: no certificate:" in body and "credential-bundle.pem is missing" in body
+        assert "no identity: no certificate:" in body and "certificate-chain.pem is missing" in body
         ready = mesh.readiness(mesh.server, "/healthz/app")
         if mode == "strict":
             assert ready[0] == 503 and "strict: not ready" in ready[1]

@@ -66,7 +66,9 @@ def mounts(out: dict, name: str) -> dict[str, str]:
 
 
 def socket_paths(out: dict) -> set[str]:
-    return set(re.findall(r'"pipe":\{"path":"([^"]+)"', bootstrap_of(out)))
+    """The sockets Envoy shares with the app (not its admin socket, in a volume of its own)."""
+    found = set(re.findall(r'"pipe":\{"path":"([^"]+)"', bootstrap_of(out)))
+    return {path for path in found if not path.startswith("/var/run/proxy-admin/")}
 
 
 def test_host_mode_gives_the_app_the_nodes_shm_and_ipc_and_moves_the_sockets_out() -> None:
@@ -93,7 +95,11 @@ def test_sockets_live_in_a_volume_of_each_pod_never_on_the_node() -> None:
         "name": "proxy-shm",
         "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"},
     }
-    assert mounts(out, "proxy") == {"/dev/shm": "proxy-shm", "/var/run/proxy": "proxy-shm"}
+    assert mounts(out, "proxy") == {
+        "/dev/shm": "proxy-shm",
+        "/var/run/proxy": "proxy-shm",
+        "/var/run/proxy-admin": "proxy-admin",
+    }
     assert not any(p.startswith("/dev/shm") for p in socket_paths(out))
 
 
@@ -110,7 +116,12 @@ def test_node_sockets_are_mounted_at_their_own_path_in_the_app_only() -> None:
     }
     assert "/var/run/datadog" not in mounts(out, "proxy")
     status = json.loads(out["metadata"]["annotations"]["proxy.io/status"])
-    assert status["volumes"] == ["proxy-shm", "proxy-node-sockets-0", "proxy-node-sockets-1"]
+    assert status["volumes"] == [
+        "proxy-shm",
+        "proxy-admin",
+        "proxy-node-sockets-0",
+        "proxy-node-sockets-1",
+    ]
 
 
 def test_nothing_more_is_granted_than_asked() -> None:
@@ -187,7 +198,7 @@ def test_host_mode_refuses_what_it_would_contradict() -> None:
 def test_an_existing_shm_mount_still_works_in_pod_mode_with_node_sockets() -> None:
     out = injected(pod(DOGSTATSD, mounts=[{"name": "scratch", "mountPath": "/dev/shm"}]))
     assert mounts(out, "web") == {"/dev/shm": "scratch", "/var/run/datadog": "proxy-node-sockets-0"}
-    assert mounts(out, "proxy") == {"/dev/shm": "scratch"}
+    assert mounts(out, "proxy") == {"/dev/shm": "scratch", "/var/run/proxy-admin": "proxy-admin"}
 
 
 def test_the_socket_directory_is_never_the_nodes_shared_memory() -> None:

@@ -21,6 +21,7 @@ from tests import netns
 from tests.meshed_pod import MeshedPod, injected
 from tests.processes import shared_folder, wait_for
 from tests.support import container
+from webhook.engine.bootstrap.remap import moved_admin
 from webhook.engine.lifecycle import outlive_the_app
 
 why_not = netns.available()
@@ -94,7 +95,9 @@ def request_in_flight(pod: MeshedPod, seconds: float) -> subprocess.Popen:
 
 
 def pre_stop(pod: MeshedPod, script: str) -> subprocess.Popen:
-    # cwd /: the proxy's user may not enter the checkout, as in a container.
+    """The hook as the kubelet runs it in the proxy container, the admin volume's paths
+    where this pod has it. cwd /: the proxy's user may not enter the checkout."""
+    script = moved_admin(script, pod.admin_socket.parent)
     hook = subprocess.Popen(
         pod.as_proxy("bash", "-c", script), cwd="/", stderr=subprocess.PIPE, text=True
     )

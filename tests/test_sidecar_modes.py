@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import CORPUS, apply, container, load_case, review, schema_errors
+from tests.support import (
+    CORPUS,
+    apply,
+    bootstrap_of,
+    container,
+    load_case,
+    review,
+    schema_errors,
+)
 from webhook.engine import Outcome, inject
 from webhook.engine.config import MeshConfig, from_mapping
 from webhook.engine.pod import InvalidPod
@@ -85,7 +93,13 @@ def test_a_classic_proxy_waits_for_the_app_within_the_pods_grace_period() -> Non
     pod["spec"]["terminationGracePeriodSeconds"] = 45
     pod, _ = injected(pod)
     script = container(pod, "proxy")["lifecycle"]["preStop"]["exec"]["command"][2]
-    assert "/drain_listeners?inboundonly&graceful" in script
+    # No admin port to call: the hook flags the drain in the proxy's own volume, then asks
+    # the readiness port, which drains only while the flag is there.
+    assert ": > /var/run/proxy-admin/draining; http 15021 POST /drain" in script
+    assert "15000" not in script
+    bootstrap = bootstrap_of(pod)
+    assert "/drain_listeners?inboundonly&graceful" in bootstrap
+    assert "/drain_listeners" not in bootstrap_of(injected(annotated("01-web-single", {}))[0])
     assert "for ((i = 1; i <= 90; i++))" in script  # 45 s in half-second steps
     assert "(( i > 6 ))" in script  # not before the drain duration
     assert schema_errors(pod) == []

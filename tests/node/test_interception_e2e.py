@@ -7,10 +7,7 @@ behind it: in auto mode (the default), port 8080's app listens on its Unix socke
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -52,33 +49,6 @@ def meshed_pod() -> dict:
     return injected(pod)
 
 
-def serve_http(
-    net: netns.Network, namespace: str, address: str, port: int, folder: Path, name: str
-) -> None:
-    root = folder / f"site-{name}"
-    root.mkdir()
-    (root / "who.txt").write_text(f"{name}\n")
-    net.start(
-        namespace,
-        sys.executable,
-        "-m",
-        "http.server",
-        str(port),
-        "--bind",
-        address,
-        "--directory",
-        str(root),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    host = f"[{address}]" if ":" in address else address
-    wait_for(
-        lambda: net.curl(namespace, f"http://{host}:{port}/who.txt")[0] == 200,
-        20,
-        f"{name} serving",
-    )
-
-
 @pytest.fixture(scope="module", params=["nft", "legacy"])
 def pod(request):
     backend = request.param
@@ -94,17 +64,18 @@ def pod(request):
         nginx = Nginx(folder, sockets=[str(folder / "web-8080.sock")])
         nginx.command_prefix = net.exec(net.pod)
         nginx.start()
-        serve_http(net, net.pod, "127.0.0.1", 7070, folder, "undeclared-port")
-        serve_http(net, net.pod, "127.0.0.1", 8081, folder, "tcp-only-app")
+        net.serve_http(net.pod, "::", 7070, folder, "undeclared-port")
+        net.serve_http(net.pod, "127.0.0.1", 7071, folder, "loopback-only")
+        net.serve_http(net.pod, "127.0.0.1", 8081, folder, "tcp-only-app")
         for address, port, name in (
             (netns.CLIENT_V4, 9090, "remote"),
             (netns.CLIENT_V4, 9091, "excluded-port"),
             (netns.CLIENT_V4_OTHER, 9090, "excluded-cidr"),
         ):
-            serve_http(net, net.client, address, port, folder, name)
+            net.serve_http(net.client, address, port, folder, name)
         if netns.ipv6_available():
-            serve_http(net, net.client, netns.CLIENT_V6, 9090, folder, "remote-v6")
-            serve_http(net, net.client, netns.CLIENT_V6_OTHER, 9090, folder, "excluded-v6")
+            net.serve_http(net.client, netns.CLIENT_V6, 9090, folder, "remote-v6")
+            net.serve_http(net.client, netns.CLIENT_V6_OTHER, 9090, folder, "excluded-v6")
         the_pod.start_envoy()
         yield the_pod
     finally:
@@ -146,11 +117,20 @@ def test_auto_mode_reaches_each_app_the_way_it_listens(pod) -> None:
     assert transport == (200, "8080 socket\n8081 tcp")
 
 
-def test_inbound_to_an_undeclared_port_passes_through_to_loopback(pod) -> None:
+def test_inbound_to_an_undeclared_port_reaches_the_address_it_was_sent_to(pod) -> None:
+    """Passed through to the pod's IP, never to loopback: a port the app serves on every
+    address answers, one it binds to 127.0.0.1 only stays out of reach, as it would
+    without a sidecar."""
     before = pod.stat("cluster.inbound|passthrough.upstream_cx_total")
     status, body = pod.net.curl(pod.net.client, f"http://{netns.POD_V4}:7070/who.txt")
     assert (status, body) == (200, "undeclared-port")
     assert pod.stat("cluster.inbound|passthrough.upstream_cx_total") == before + 1
+    assert pod.net.curl(pod.net.client, f"http://{netns.POD_V4}:7071/who.txt")[0] == 0
+    assert pod.stat("cluster.inbound|passthrough.upstream_cx_connect_fail") >= 1
+    if netns.ipv6_available():
+        status, body = pod.net.curl(pod.net.client, f"http://[{netns.POD_V6}]:7070/who.txt")
+        assert (status, body) == (200, "undeclared-port")
+        assert pod.net.curl(pod.net.client, f"http://[{netns.POD_V6}]:7071/who.txt")[0] == 0
 
 
 def test_outbound_from_the_app_goes_through_envoy_exactly_once(pod) -> None:

@@ -14,6 +14,30 @@ from webhook.engine.names import OUTBOUND_PORT
 from webhook.node import flags
 
 
+def _add_sds_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sds-dir", type=Path, help="mTLS: write the proxy's SDS files (--sds-file) here first"
+    )
+    parser.add_argument(
+        "--sds-file",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an SDS file to write into --sds-dir (repeatable)",
+    )
+
+
+def _write_sds(args: argparse.Namespace) -> None:
+    """Raises ValueError or OSError naming what it could not write."""
+    from webhook.node import sds
+
+    files = sds.parse(args.sds_file)
+    if files and args.sds_dir is None:
+        raise ValueError("--sds-file needs --sds-dir")
+    if args.sds_dir is not None:
+        sds.write(args.sds_dir, files)
+
+
 def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
     init = commands.add_parser(
         "init-iptables",
@@ -30,6 +54,7 @@ def _init_iptables_parser(commands: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--dry-run", action="store_true", help="print the rules instead of applying them"
     )
+    _add_sds_flags(init)
     init.set_defaults(run=_init_iptables)
 
 
@@ -44,12 +69,13 @@ def _init_iptables(args: argparse.Namespace) -> int:
             for family in wanted:
                 print(f"# IPv{family}\n{render(spec, family)}", end="")
             return 0
+        _write_sds(args)
         backend = (
             iptables.detect_backend() if args.iptables_backend == "auto" else args.iptables_backend
         )
         documents = iptables.plan(spec, backend)
         iptables.apply(documents, backend)
-    except (ValueError, iptables.InterceptionError) as exc:
+    except (ValueError, OSError, iptables.InterceptionError) as exc:
         print(f"proxy-injector init-iptables: {exc}", file=sys.stderr)
         return 1
     for family, document in documents.items():
@@ -67,6 +93,7 @@ def _validate_parser(commands: argparse._SubParsersAction) -> None:
     validate.add_argument("--connect", required=True, help="ADDRESS:PORT the rules redirect")
     validate.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
     validate.add_argument("--timeout", type=seconds, default=5.0)
+    _add_sds_flags(validate)
     validate.set_defaults(run=_validate_interception)
 
 
@@ -74,9 +101,10 @@ def _validate_interception(args: argparse.Namespace) -> int:
     from webhook.node import validate
 
     try:
+        _write_sds(args)
         address, port = validate.target(args.connect)
         print(validate.check(address, port, args.outbound_capture_port, args.timeout))
-    except (ValueError, validate.CheckFailed) as exc:
+    except (ValueError, OSError, validate.CheckFailed) as exc:
         print(f"proxy-injector validate-interception: {exc}", file=sys.stderr)
         missing = isinstance(exc, validate.NotRedirected)
         return validate.NOT_REDIRECTED_EXIT if missing else 1

@@ -74,7 +74,7 @@ def _mesh(args: argparse.Namespace, command: str) -> config.MeshConfig | None:
 def _api(args: argparse.Namespace) -> Any:
     from webhook.kube.api import Api
 
-    agent = "proxy-injector-signer"
+    agent = f"proxy-injector-signer/{getattr(args, 'identity', '') or 'cli'}"
     return Api.from_url(args.kube_api, agent) if args.kube_api else Api.in_cluster(agent)
 
 

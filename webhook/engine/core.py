@@ -32,6 +32,7 @@ from webhook.engine import pod as pods
 from webhook.engine.annotations import Overrides, pick
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
+    ADMIN_VOLUME,
     ARG_MAX_BYTES,
     IDENTITY_VOLUME,
     INIT_CONTAINER,
@@ -367,7 +368,7 @@ def _plan(
     reading.field = "spec.volumes and spec.initContainers"
     # In host mode the app's /dev/shm is the node's: a volume of its own there is refused.
     existing_shm, shm_errors = (None, []) if access.host_shm else _shm_volume(apps)
-    added = [*([] if existing_shm else [SHM_VOLUME]), *access.volume_names]
+    added = [*([] if existing_shm else [SHM_VOLUME]), ADMIN_VOLUME, *access.volume_names]
     if mtls_mode != "off":
         added += [IDENTITY_VOLUME, SDS_VOLUME]
     conflicts = _name_conflicts(spec, added)
@@ -388,10 +389,14 @@ def _plan(
         return deny(Reason.INVALID_ANNOTATION, secured.errors)
     reading.field = "spec"
     cni = pick(overrides.interception, config.interception) == "cni"
-    interception = _interception(pod, overrides, config, sized.resources, cni)
+    interception = _interception(pod, overrides, config, sized.resources, cni, secured.plan)
     if isinstance(interception, InjectionResult):
         return interception
     init, interception_spec = interception
+    reading.field = "spec.terminationGracePeriodSeconds"
+    native = pick(overrides.native_sidecar, config.native_sidecar)
+    drain_seconds = pick(overrides.drain_duration, config.drain_duration)
+    grace_seconds = pods.termination_grace_seconds(spec)
     reading.field = "the sidecar's bootstrap"
     sidecar_plan = bootstrap.SidecarPlan(
         port_plan.ports,
@@ -400,15 +405,12 @@ def _plan(
         config.upstream_policy,
         outbound_socket,
         mtls=secured.plan,
+        drain_hook=lifecycle.drains(native, drain_seconds),
     )
     encoded = bootstrap.encoded(sidecar_plan)
     size = len(encoded) if encoded.isascii() else len(encoded.encode())
     if size > ARG_MAX_BYTES:
         return deny(Reason.INVALID_POD, [_too_large(size, len(declared))])
-    reading.field = "spec.terminationGracePeriodSeconds"
-    native = pick(overrides.native_sidecar, config.native_sidecar)
-    drain_seconds = pick(overrides.drain_duration, config.drain_duration)
-    grace_seconds = pods.termination_grace_seconds(spec)
     warnings = _bounded_warnings(
         [
             *sized.warnings,
@@ -458,7 +460,7 @@ def _render(
     ops: list[jp.Op] = [
         _status_op(pod, parsed, added, init_name, config.sidecar_generation, plan.mtls)
     ]
-    new_volumes = node_access.volumes(access)
+    new_volumes = [sidecar.admin_volume(), *node_access.volumes(access)]
     if plan.mtls is not None:
         new_volumes += [mtls.identity_volume(config.mtls), mtls.sds_volume()]
     if plan.existing_shm is None:
@@ -473,9 +475,6 @@ def _render(
         ops.append(
             jp.add(jp.pointer("metadata", "annotations", INTERCEPTION_KEY), plan.interception_spec)
         )
-    if plan.mtls is not None:
-        for key, document in mtls.sds_documents(plan.mtls.files):
-            ops.append(jp.add(jp.pointer("metadata", "annotations", key), document))
     ops += _pull_secrets_ops(spec, config.image_pull_secrets)
     ops.append(
         jp.prepend("/spec/initContainers", isinstance(spec.get("initContainers"), list), plan.init)
@@ -492,6 +491,7 @@ def _render(
         limits=plan.resources,
         mounts=[
             *node_access.proxy_mounts(access, plan.shm_volume_name),
+            sidecar.admin_mount(),
             *(mtls.proxy_mounts() if plan.mtls else []),
         ],
         drain_seconds=plan.drain_seconds,
@@ -583,13 +583,16 @@ def _proxy_op(proxy: dict[str, Any], native: bool, hold: bool) -> jp.Op:
 
 
 def _proxy_uid_apps(spec: dict[str, Any], apps: tuple[pods.Container, ...]) -> list[str]:
-    pod_uid = pods.pod_run_as_user(spec)
-    return [
-        f"container {app.name} runs as UID {PROXY_UID}, the proxy's: its traffic is "
-        "never redirected and bypasses the proxy"
-        for app in apps
-        if (app.run_as_user or pod_uid) == PROXY_UID
-    ]
+    """Apps whose traffic the rules leave alone: they run as the proxy's UID or GID."""
+    pod_uid, pod_gid = pods.pod_run_as(spec)
+    found = []
+    for app in apps:
+        uid, gid = app.run_as_user or pod_uid, app.run_as_group or pod_gid
+        if uid == PROXY_UID:
+            found.append(f"container {app.name} runs as UID {PROXY_UID}, the proxy's")
+        elif gid == PROXY_GID:
+            found.append(f"container {app.name} runs as GID {PROXY_GID} (runAsGroup), the proxy's")
+    return [f"{line}: its traffic is never redirected and bypasses the proxy" for line in found]
 
 
 def _too_large(size: int, declared: int, at_least: bool = False) -> str:
@@ -662,16 +665,21 @@ def _interception(
     config: MeshConfig,
     resources: sidecar.Resources,
     cni: bool,
+    secured: mtls.MtlsPlan | None,
 ) -> tuple[dict[str, Any], str | None] | InjectionResult:
     """The init container that sets up interception (proxy-init) or checks the CNI plugin
-    did (proxy-validate, with the spec the plugin reads), or the denial that stops it."""
+    did (proxy-validate, with the spec the plugin reads), or the denial that stops it.
+    With mTLS it also writes the proxy's SDS files, from its own args."""
     init_args = sidecar.init_args(overrides, config)
+    sds_args = mtls.sds_args(secured.files) if secured else ()
+    mounts = [mtls.init_mount()] if secured else None
     if not cni:
         init = sidecar.init_container(
             image=config.init_image,
-            args=init_args,
+            args=[*init_args, *sds_args],
             limits=resources,
             pull_policy=config.image_pull_policy,
+            mounts=mounts,
         )
         long_args = _too_long_args(init)
         return deny(Reason.INVALID_ANNOTATION, long_args) if long_args else (init, None)
@@ -687,6 +695,8 @@ def _interception(
         target=target,
         limits=resources,
         pull_policy=config.image_pull_policy,
+        extra_args=sds_args,
+        mounts=mounts,
     )
     return init, spec
 

@@ -17,7 +17,11 @@ hooks give it the order:
   requests, inbound or outbound, have finished. The pod's grace period bounds the wait.
 
 Both hooks talk to Envoy on loopback from bash (``/dev/tcp``), as the envoyproxy/envoy
-image has it; the distroless image has no shell.
+image has it; the distroless image has no shell. Envoy's admin API is a Unix socket only
+the proxy's UID may open, which bash cannot speak to: the drain goes through the
+readiness port's ``/drain``, which acts only once the hook has created ``DRAIN_FLAG`` in
+the proxy's own volume (nothing else in the pod can), and the app's connections are
+read from the Prometheus port.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ import math
 from typing import Any
 from urllib.parse import quote
 
-from webhook.engine.names import ADMIN_PORT, READINESS_PATH, READINESS_PORT
+from webhook.engine.names import (
+    DRAIN_FLAG,
+    DRAIN_PATH,
+    PROMETHEUS_PATH,
+    PROMETHEUS_PORT,
+    READINESS_PATH,
+    READINESS_PORT,
+)
 
 Json = dict[str, Any]
 
@@ -52,11 +63,13 @@ APP_CONNECTIONS = (
 sockets, and the app to the outbound listeners."""
 
 _APP_CONNECTIONS = (
+    # Prometheus lines: envoy_cluster_upstream_cx_active{envoy_cluster_name="inbound|8080"} 2
     "app_connections() { local n=0 line; while IFS= read -r line; do "
-    "[[ $line =~ ^(cluster|listener)\\.[^\\ ]+:\\ ([0-9]+) ]] && "
-    "n=$((n + BASH_REMATCH[2])); "
-    f"done < <(http {ADMIN_PORT} GET "
-    f"'/stats?usedonly&filter={quote(APP_CONNECTIONS, safe='')}' 2>/dev/null); echo $n; }}; "
+    "[[ $line =~ ^envoy_[a-z_]+\\{.*\\}\\ ([0-9]+) ]] && "
+    "n=$((n + BASH_REMATCH[1])); "
+    f"done < <(http {PROMETHEUS_PORT} GET "
+    f"'{PROMETHEUS_PATH}?usedonly&filter={quote(APP_CONNECTIONS, safe='')}' 2>/dev/null); "
+    "echo $n; }; "
 )
 
 
@@ -65,7 +78,7 @@ def outlive_the_app(drain_seconds: float, grace_seconds: int) -> str:
     return (
         _HTTP
         + _APP_CONNECTIONS
-        + f"http {ADMIN_PORT} POST '/drain_listeners?inboundonly&graceful' >/dev/null 2>&1; "
+        + f": > {DRAIN_FLAG}; http {READINESS_PORT} POST {DRAIN_PATH} >/dev/null 2>&1; "
         + "held=unknown; "
         f"for ((i = 1; i <= {2 * grace_seconds}; i++)); do "
         f"(( i > {2 * math.ceil(drain_seconds)} )) && {{ held=$(app_connections); "
@@ -75,11 +88,16 @@ def outlive_the_app(drain_seconds: float, grace_seconds: int) -> str:
     )
 
 
+def drains(native: bool, drain_seconds: float) -> bool:
+    """Whether the proxy gets the preStop hook that drains it (and so :15021/drain)."""
+    return not native and drain_seconds >= 1
+
+
 def stopping_after_the_app(
     proxy: Json, *, native: bool, drain_seconds: float, grace_seconds: int
 ) -> Json:
     """The proxy's preStop hook: none for a native sidecar (see the module's docstring)."""
-    if native or drain_seconds < 1:
+    if not drains(native, drain_seconds):
         return proxy
     return _with_hook(proxy, "preStop", _bash(outlive_the_app(drain_seconds, grace_seconds)))
 

@@ -3,8 +3,9 @@ upstream must be, and the volumes that bring its certificate to the proxy as fil
 
 There is no control plane: the certificate comes from a volume the cluster fills (the
 kubelet's pod certificates, or cert-manager's csi-driver-spiffe) and Envoy reloads it
-through file-based SDS. The SDS files themselves are two annotations the downward API
-writes into the proxy's SDS volume.
+through file-based SDS. The SDS files themselves travel in the init container's args,
+which no one can change once the pod exists, and it writes them into the proxy's SDS
+volume. The key is a file of its own, in a volume only the proxy mounts.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from webhook.engine.names import (
     IDENTITY_VOLUME,
     PROXY_GID,
     SDS_DIR,
-    SDS_IDENTITY_KEY,
-    SDS_TRUST_BUNDLE_KEY,
     SDS_VOLUME,
 )
 from webhook.engine.upstreams import Upstream
@@ -56,10 +55,17 @@ class IdentityFiles:
     trust_bundle: str
 
 
+POD_CERTIFICATE_FILES = {
+    "certificateChainPath": "certificate-chain.pem",
+    "keyPath": "key.pem",
+}
+"""The key apart from the chain: Envoy's /config_dump redacts a private_key but prints a
+certificate_chain, so a credential bundle (key first) named as the chain would show it."""
+
 FILES = {
     "pod-certificate": IdentityFiles(
-        f"{IDENTITY_DIR}/credential-bundle.pem",
-        f"{IDENTITY_DIR}/credential-bundle.pem",
+        f"{IDENTITY_DIR}/{POD_CERTIFICATE_FILES['certificateChainPath']}",
+        f"{IDENTITY_DIR}/{POD_CERTIFICATE_FILES['keyPath']}",
         f"{IDENTITY_DIR}/ca.pem",
     ),
     "csi-spiffe": IdentityFiles(
@@ -186,7 +192,10 @@ def decide(
                 "cluster, so the sidecar calls it in plaintext; pin its identity in "
                 "proxy.io/upstream-identities if it is meshed"
             )
-        resolved.append(replace(upstream, peer=who))
+        # A pinned identity says the upstream is meshed: no plaintext, whatever the mode.
+        unpinned = (upstream.host, upstream.port) not in pinned
+        fallback = who is not None and mode == "permissive" and unpinned
+        resolved.append(replace(upstream, peer=who, plaintext_fallback=fallback))
     return Decided(plan, tuple(resolved), tuple(errors), tuple(warnings))
 
 
@@ -242,7 +251,7 @@ def identity_volume(settings: Mtls) -> Json:
         "signerName": settings.signer_name,
         "keyType": settings.key_type,
         "maxExpirationSeconds": settings.max_expiration_seconds,
-        "credentialBundlePath": "credential-bundle.pem",
+        **POD_CERTIFICATE_FILES,
     }
     # Without a labelSelector a signerName matches no bundle; optional, so a pod whose
     # signer has published none yet starts, and says so on :15021/identity.
@@ -256,15 +265,12 @@ def identity_volume(settings: Mtls) -> Json:
     return {"name": IDENTITY_VOLUME, "projected": {"sources": sources}}
 
 
+SDS_VOLUME_SIZE = "1Mi"
+
+
 def sds_volume() -> Json:
-    items = [
-        {"path": SDS_FILES[name], "fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}
-        for name, key in (
-            (CERTIFICATE_SECRET, SDS_IDENTITY_KEY),
-            (TRUST_BUNDLE_SECRET, SDS_TRUST_BUNDLE_KEY),
-        )
-    ]
-    return {"name": SDS_VOLUME, "downwardAPI": {"items": items}}
+    """Filled by the init container (``sds_args``); read-only in the proxy, in nothing else."""
+    return {"name": SDS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SDS_VOLUME_SIZE}}
 
 
 def proxy_mounts() -> list[Json]:
@@ -274,9 +280,13 @@ def proxy_mounts() -> list[Json]:
     ]
 
 
+def init_mount() -> Json:
+    return {"name": SDS_VOLUME, "mountPath": SDS_DIR}
+
+
 @lru_cache(maxsize=8)
 def sds_documents(files: IdentityFiles) -> tuple[tuple[str, str], ...]:
-    """The two SDS files, as (annotation key, JSON): each one Secret, its files watched
+    """The two SDS files, as (file name, JSON): each one Secret, its files watched
     through the volume's directory, which the kubelet changes by swapping a ``..data``
     symlink. The same for every pod of an identity source: made once."""
     watched = {"path": IDENTITY_DIR}
@@ -287,10 +297,20 @@ def sds_documents(files: IdentityFiles) -> tuple[tuple[str, str], ...]:
     }
     bundle = {"trusted_ca": {"filename": files.trust_bundle}, "watched_directory": watched}
     secrets = {
-        SDS_IDENTITY_KEY: {"name": CERTIFICATE_SECRET, "tls_certificate": certificate},
-        SDS_TRUST_BUNDLE_KEY: {"name": TRUST_BUNDLE_SECRET, "validation_context": bundle},
+        CERTIFICATE_SECRET: {"name": CERTIFICATE_SECRET, "tls_certificate": certificate},
+        TRUST_BUNDLE_SECRET: {"name": TRUST_BUNDLE_SECRET, "validation_context": bundle},
     }
     return tuple(
-        (key, orjson.dumps({"resources": [{"@type": _SECRET_TYPE, **secret}]}).decode())
-        for key, secret in secrets.items()
+        (SDS_FILES[name], orjson.dumps({"resources": [{"@type": _SECRET_TYPE, **secret}]}).decode())
+        for name, secret in secrets.items()
     )
+
+
+@lru_cache(maxsize=8)
+def sds_args(files: IdentityFiles) -> tuple[str, ...]:
+    """The init container's flags that write the SDS files (``proxy-injector
+    init-iptables`` and ``validate-interception`` both take them)."""
+    args: list[str] = ["--sds-dir", SDS_DIR]
+    for name, document in sds_documents(files):
+        args += ["--sds-file", f"{name}={document}"]
+    return tuple(args)

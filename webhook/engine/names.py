@@ -16,8 +16,8 @@ INTERCEPTION_KEY = "proxy.io/interception-spec"
 INTERCEPTION_SPEC_VERSION = 1
 SDS_IDENTITY_KEY = "proxy.io/sds-identity"
 SDS_TRUST_BUNDLE_KEY = "proxy.io/sds-trust-bundle"
-"""mTLS: Envoy's SDS files for the pod's certificate and trust bundle (JSON, written by the
-injector), which the kubelet writes into the proxy's SDS volume through the downward API."""
+"""Written by earlier releases (the SDS files through the downward API, which anyone
+allowed to patch the pod could change): never read, and not warned about on older pods."""
 WRITTEN_KEYS = frozenset({STATUS_KEY, INTERCEPTION_KEY, SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY})
 """Annotations the injector writes: never read as settings, never warned about."""
 SHM_VOLUME = "proxy-shm"
@@ -31,6 +31,16 @@ IDENTITY_DIR = "/var/run/proxy-identity"
 """mTLS: the pod's certificate, key and trust bundle, mounted read-only in the proxy only."""
 SDS_VOLUME = "proxy-sds"
 SDS_DIR = "/var/run/proxy-sds"
+"""mTLS: Envoy's SDS files, written by the init container from its own args (immutable);
+mounted read-only in the proxy, in no app container."""
+ADMIN_VOLUME = "proxy-admin"
+ADMIN_DIR = "/var/run/proxy-admin"
+ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"
+"""Envoy's admin API: a Unix socket only UID 1337 may open (mode 0600), in a volume mounted
+in the proxy only. No TCP port: anything in the pod could reach one on loopback."""
+DRAIN_FLAG = f"{ADMIN_DIR}/draining"
+"""A regular proxy container's preStop hook creates it before asking :15021/drain, which
+drains only while it exists: no other container can create it."""
 MTLS_ALPN = "proxy.io-mtls"
 """The ALPN value of mTLS between sidecars: what tells the inbound listener a connection is
 ours, so an app's own TLS still passes through untouched."""
@@ -47,6 +57,8 @@ VALIDATE_UID = 1338
 """proxy-validate's user: not root, and not the proxy's, whose traffic is never redirected."""
 
 ADMIN_PORT = 15000
+"""Reserved (excluded from interception, refused as an app port): Envoy's admin listened
+here in earlier releases; now it is ``ADMIN_SOCKET``."""
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 READINESS_PORT = 15021
@@ -73,6 +85,8 @@ IDENTITY_PATH = "/identity"
 MTLS_PATH = "/mtls"
 """On the readiness port: per inbound port, the mTLS and plaintext connections so far."""
 UPSTREAM_TRANSPORT_PATH = "/upstream-transport"
+DRAIN_PATH = "/drain"
+"""On the readiness port: POST drains the inbound listeners while ``DRAIN_FLAG`` exists."""
 """On the readiness port: per declared upstream, ``mtls``, ``plaintext`` or ``none``."""
 
 ARG_MAX_BYTES = 131_071

@@ -91,6 +91,7 @@ class Container:
     has_env: bool
     env: list[dict[str, Any]]
     run_as_user: int | None
+    run_as_group: int | None
     probes: dict[str, dict[str, Any]]
     """livenessProbe / readinessProbe / startupProbe, as the pod gives them."""
 
@@ -169,9 +170,10 @@ def _mounts(raw: dict[str, Any], path: str) -> dict[str, str]:
     return found
 
 
-def _run_as_user(raw: dict[str, Any], path: str) -> int | None:
-    user = mapping(raw, "securityContext", path).get("runAsUser")
-    return user if isinstance(user, int) and not isinstance(user, bool) else None
+def _run_as(raw: dict[str, Any], path: str, key: str) -> int | None:
+    """``runAsUser`` or ``runAsGroup`` of a container's or the pod's securityContext."""
+    value = mapping(raw, "securityContext", path).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def container(raw: dict[str, Any], index: int, path: str) -> Container:
@@ -185,13 +187,15 @@ def container(raw: dict[str, Any], index: int, path: str) -> Container:
         raw.get("volumeMounts") is not None,
         raw.get("env") is not None,
         objects(raw, "env", here),
-        _run_as_user(raw, here),
+        _run_as(raw, here, "runAsUser"),
+        _run_as(raw, here, "runAsGroup"),
         {kind: mapping(raw, kind, here) for kind in PROBE_KINDS if raw.get(kind)},
     )
 
 
-def pod_run_as_user(spec: dict[str, Any]) -> int | None:
-    return _run_as_user(spec, "spec")
+def pod_run_as(spec: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The pod's default ``runAsUser`` and ``runAsGroup``."""
+    return _run_as(spec, "spec", "runAsUser"), _run_as(spec, "spec", "runAsGroup")
 
 
 DEFAULT_GRACE_SECONDS = 30

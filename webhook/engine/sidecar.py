@@ -14,6 +14,8 @@ from webhook.engine import values
 from webhook.engine.annotations import Overrides, pick, quote
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
+    ADMIN_DIR,
+    ADMIN_VOLUME,
     APP_HEALTH_PATH,
     INBOUND_PORT,
     INIT_CONTAINER,
@@ -134,6 +136,18 @@ def shm_size(apps: Iterable[Container], overrides: Overrides, config: MeshConfig
 
 def shm_volume(size: str) -> Json:
     return {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+
+
+ADMIN_VOLUME_SIZE = "1Mi"
+
+
+def admin_volume() -> Json:
+    """Where Envoy's admin socket lives: mounted in the proxy only (``admin_mount``)."""
+    return {"name": ADMIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": ADMIN_VOLUME_SIZE}}
+
+
+def admin_mount() -> Json:
+    return {"name": ADMIN_VOLUME, "mountPath": ADMIN_DIR}
 
 
 def restricted() -> Json:
@@ -268,7 +282,12 @@ def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
 
 
 def init_container(
-    *, image: str, args: list[str], limits: Resources, pull_policy: str | None = None
+    *,
+    image: str,
+    args: list[str],
+    limits: Resources,
+    pull_policy: str | None = None,
+    mounts: list[Json] | None = None,
 ) -> Json:
     container: Json = {
         "name": INIT_CONTAINER,
@@ -276,6 +295,7 @@ def init_container(
         "command": ["proxy-injector"],
         "args": args,
         "resources": limits.spec(),
+        **({"volumeMounts": mounts} if mounts else {}),
         "securityContext": {
             "runAsUser": 0,
             "runAsGroup": 0,
@@ -316,7 +336,13 @@ def validation_target(overrides: Overrides, config: MeshConfig) -> str | None:
 
 
 def validate_container(
-    *, image: str, target: str, limits: Resources, pull_policy: str | None = None
+    *,
+    image: str,
+    target: str,
+    limits: Resources,
+    pull_policy: str | None = None,
+    extra_args: tuple[str, ...] = (),
+    mounts: list[Json] | None = None,
 ) -> Json:
     """Checks, unprivileged, that the CNI plugin's redirect is in place before anything
     else in the pod starts: a pod on a node without the plugin fails here, not unmeshed."""
@@ -330,8 +356,10 @@ def validate_container(
             target,
             "--outbound-capture-port",
             str(OUTBOUND_PORT),
+            *extra_args,
         ],
         "resources": limits.spec(),
+        **({"volumeMounts": mounts} if mounts else {}),
         "securityContext": {
             "runAsUser": VALIDATE_UID,
             "runAsGroup": VALIDATE_UID,

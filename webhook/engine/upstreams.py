@@ -18,6 +18,9 @@ class Upstream:
     """Host headers (with and without namespace, svc and cluster domain) that mean it."""
     peer: Peer | None = None
     """mTLS: who the upstream must prove to be; None calls it in plaintext."""
+    plaintext_fallback: bool = False
+    """permissive, identity not pinned: plaintext while the upstream does not answer mTLS.
+    A pinned identity says the upstream is meshed: mTLS only, whatever the pod's mode."""
 
     @property
     def cluster(self) -> str:

@@ -125,7 +125,7 @@ def quantity(text: str) -> Decimal:
 @cached(maxsize=1024)
 def image(text: str) -> str:
     value = text.strip()
-    if not _IMAGE.match(value):
+    if not _IMAGE.fullmatch(value):
         raise ValueError("not a container image reference")
     return value
 
@@ -163,7 +163,7 @@ def port_refs(text: str) -> tuple[int | str, ...]:
     for item in _items(text):
         if item.isdigit():
             refs.append(_port(item))
-        elif _PORT_NAME.match(item):
+        elif _PORT_NAME.fullmatch(item):
             refs.append(item)
         else:
             raise ValueError(f"{item!r} is neither a port number nor a port name")
@@ -211,7 +211,7 @@ def socket_template(text: str) -> str:
         raise ValueError(f"must be an absolute path under {SHM_MOUNT_PATH}/")
     if ".." in value.split("/"):
         raise ValueError("must not contain '..'")
-    if not _SOCKET_TEMPLATE.match(value):
+    if not _SOCKET_TEMPLATE.fullmatch(value):
         raise ValueError("may only use letters, digits, '.', '_', '-', '/' and {container}/{port}")
     fields = set(re.findall(r"{([^{}]*)}", value))
     if fields - {"container", "port"} or value.count("{") != len(re.findall(r"{[^{}]*}", value)):
@@ -237,7 +237,7 @@ def node_dir(text: str) -> str:
         raise ValueError("must be an absolute directory other than /")
     if {".", ".."} & set(value.split("/")):
         raise ValueError("must not contain '.' or '..' parts")
-    if not _NODE_DIR.match(value):
+    if not _NODE_DIR.fullmatch(value):
         raise ValueError("may only use letters, digits, '.', '_', '-' and '/'")
     return value
 
@@ -295,7 +295,7 @@ _DURATION = re.compile(
 def duration(text: str) -> float:
     """A Go-style duration ("5s", "1m30s", "500ms") in seconds, at most one hour."""
     value = text.strip()
-    match = _DURATION.match(value)
+    match = _DURATION.fullmatch(value)
     if not value or not match or not any(match.groups()):
         raise ValueError("not a duration like 5s, 1m30s or 500ms")
     hours, minutes, seconds, millis = (int(part or 0) for part in match.groups())
@@ -311,7 +311,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 def dns_name(text: str) -> str:
     """A lower-case DNS name (RFC 1123), as Kubernetes Service names are."""
     labels = text.split(".")
-    if len(text) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if len(text) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{text!r} is not a DNS name")
     if labels[-1].isdigit():
         raise ValueError(f"{text!r} is an IP address, not a DNS name")
@@ -350,7 +350,10 @@ def timestamp(text: str | None) -> datetime.datetime | None:
     when unset; ValueError when it is not one."""
     if not text:
         return None
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text[:40]!r} has no time zone (Z or an offset)")
+    return parsed
 
 
 _SPIFFE = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)+)(/\*)?$")
@@ -360,7 +363,7 @@ SPIFFE_MAX = 2048
 def spiffe_id(text: str) -> str:
     """A SPIFFE ID (``spiffe://trust.domain/path``); a trailing ``/*`` means any ID under
     that path."""
-    match = _SPIFFE.match(text)
+    match = _SPIFFE.fullmatch(text)
     if not match or len(text) > SPIFFE_MAX:
         raise ValueError(f"{text!r} is not a SPIFFE ID like spiffe://cluster.local/ns/shop/sa/web")
     if any(part in (".", "..") for part in match.group(2).split("/")):
@@ -377,7 +380,7 @@ def peer(text: str) -> str:
     parts = value.split("/")
     if parts[0] != "ns" or len(parts) not in (2, 4) or (len(parts) == 4 and parts[2] != "sa"):
         raise ValueError(f"{value!r} is neither a SPIFFE ID nor ns/NAMESPACE[/sa/ACCOUNT]")
-    if not _DNS_LABEL.match(parts[1]):
+    if not _DNS_LABEL.fullmatch(parts[1]):
         raise ValueError(f"{value!r}: {parts[1]!r} is not a namespace name")
     if len(parts) == 4:
         dns_name(parts[3])

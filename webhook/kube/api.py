@@ -21,6 +21,9 @@ MERGE_PATCH = "application/merge-patch+json"
 IDLE_CONNECTIONS = 32
 """Connections kept open between calls (keep-alive): a burst of calls need not connect
 (and, over TLS, shake hands) for each one."""
+CALL_SECONDS = 10.0
+"""Every call's deadline, connecting and the whole answer included: an API server (or a
+connection to it) that stopped answering without closing cannot hold a caller forever."""
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -30,6 +33,13 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SilentWatch(ApiError):
+    """A watch that sent nothing, not even a bookmark, within its bound."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
 
 
 @dataclass(frozen=True)
@@ -88,9 +98,19 @@ class Api:
 
     async def _send(self, connection: Connection, request: bytes) -> bytes:
         reader, writer = connection
-        writer.write(request)
-        await writer.drain()
-        return await reader.readuntil(b"\r\n\r\n")
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await reader.readuntil(b"\r\n\r\n")
+        except asyncio.CancelledError:
+            writer.close()  # the deadline passed: this connection's answer is never read
+            raise
+
+    def reset(self) -> None:
+        """Close every kept-alive connection: after a call that got no answer, the others
+        may be as dead (a gone peer, a NAT that forgot them), and new ones are made."""
+        while self.idle:
+            self.idle.pop()[1].close()
 
     async def _exchange(self, request: bytes, keep: bool) -> tuple[Connection, bytes]:
         """The response head, on an idle connection when there is one (again on a new one
@@ -133,8 +153,22 @@ class Api:
         return status, headers, reader, writer
 
     async def call(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = CALL_SECONDS,
     ) -> dict[str, Any]:
+        """The decoded answer; ApiError for any other status, and with status 0 when the
+        API cannot be reached or does not answer within ``timeout``."""
+        try:
+            return await asyncio.wait_for(self._call(method, path, body, content_type), timeout)
+        except TimeoutError:
+            self.reset()
+            raise ApiError(0, f"{method} {path}: no answer within {timeout:g}s") from None
+
+    async def _call(self, method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
         status, headers, reader, writer = await self._open(
             method, path, body, content_type, keep=True
         )
@@ -142,6 +176,9 @@ class Api:
         try:
             payload = await _body(reader, headers)
             done = True
+        except asyncio.CancelledError:
+            writer.close()
+            raise
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             raise ApiError(
                 0, f"the Kubernetes API's answer to {method} {path} broke: {exc}"
@@ -164,15 +201,29 @@ class Api:
             raise ApiError(status, f"{method} {path}: {status} {message}".strip())
         return decoded
 
-    async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
-        """The events of a watch, one JSON object per line, until the server ends it."""
-        status, headers, reader, writer = await self._open("GET", path)
+    async def watch(self, path: str, idle: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch, one JSON object per line, until the server ends it.
+        ``idle``: SilentWatch when nothing at all (no event, no bookmark) arrives for that
+        long, as from a server or a path that stopped without closing the connection."""
+        try:
+            status, headers, reader, writer = await asyncio.wait_for(
+                self._open("GET", path), idle or CALL_SECONDS
+            )
+        except TimeoutError:
+            raise SilentWatch(f"watch {path}: no answer within {idle or CALL_SECONDS:g}s") from None
         try:
             if status != 200:
-                payload = await _body(reader, headers)
+                payload = await asyncio.wait_for(_body(reader, headers), CALL_SECONDS)
                 raise ApiError(status, f"watch {path}: {status} {payload[:200]!r}")
             pending = b""
-            async for chunk in _chunks(reader, headers):
+            chunks = _chunks(reader, headers)
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), idle)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise SilentWatch(f"watch {path}: nothing for {idle:g}s") from None
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from webhook.kube.api import Api, ApiError
+from webhook.kube.api import Api, ApiError, SilentWatch
 
 log = logging.getLogger("proxy_injector.kube")
 WATCH_SECONDS = 300
@@ -36,10 +36,16 @@ class Informer:
         on_change: Callable[[dict[str, Any]], None],
         what: str = "object",
         listed: str = "them",
+        watch_seconds: int = WATCH_SECONDS,
+        idle_seconds: float | None = None,
     ) -> None:
-        """``what`` and ``listed`` name the objects in log lines ("pod", "the node's pods")."""
+        """``what`` and ``listed`` name the objects in log lines ("pod", "the node's pods").
+        ``watch_seconds``: how long the server keeps each watch open (it sends a bookmark
+        before ending it); ``idle_seconds``: a watch that sends nothing for that long has
+        gone silent (a server or a path that stopped without closing): list again."""
         self.api, self.base, self.on_change = api, path, on_change
         self.what, self.listed = what, listed
+        self.watch_seconds, self.idle_seconds = watch_seconds, idle_seconds
         self.items: dict[Key, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self.resource_version = ""
@@ -67,10 +73,10 @@ class Informer:
             watch="1",
             resourceVersion=self.resource_version,
             allowWatchBookmarks="true",
-            timeoutSeconds=str(WATCH_SECONDS),
+            timeoutSeconds=str(self.watch_seconds),
         )
         try:
-            async for event in self.api.watch(path):
+            async for event in self.api.watch(path, self.idle_seconds):
                 self._event(event)
         except ApiError as exc:
             if exc.status == 410:
@@ -101,6 +107,9 @@ class Informer:
                 backoff = 1.0
             except Gone:
                 log.info("%s watch expired (410 Gone): listing %s again", self.what, self.listed)
+                self.resource_version = ""
+            except SilentWatch as exc:
+                log.warning("%s: listing %s again", exc, self.listed)
                 self.resource_version = ""
             except (ApiError, ValueError, OSError, asyncio.IncompleteReadError) as exc:
                 log.warning("%s watch: %s; again in %.0fs", self.what, exc, backoff)

@@ -1,8 +1,10 @@
 """Leader election on a ``coordination.k8s.io/v1`` Lease, as client-go's leaderelection
 does it: the holder renews every ``renew_every``; another replica takes the Lease once it
 has gone ``duration`` without a renewal. Every write carries the resourceVersion it read,
-so two replicas can never both win the same round; a leader that cannot renew within the
-duration steps down on its own."""
+so two replicas can never both win the same round. A leader that has not renewed within
+the renew deadline (two thirds of the duration, counted from before the renewal it
+last wrote) steps down on its own, so it has stopped well before another replica may
+take the Lease; and so does one whose own work has stalled (``healthy``)."""
 
 from __future__ import annotations
 
@@ -32,14 +34,17 @@ class Lease:
         identity: str,
         duration: float = 15.0,
         on_change: Callable[[bool], None] | None = None,
+        healthy: Callable[[], bool] | None = None,
     ) -> None:
         self.api, self.namespace, self.name, self.identity = api, namespace, name, identity
         self.duration = duration
         self.renew_every = duration / 3
+        self.renew_deadline = duration * 2 / 3
+        self.healthy = healthy
         self.on_change = on_change
         self.leading = False
         self.renewed = 0.0
-        """monotonic time of our last successful write."""
+        """monotonic time when the last successful round started (its renewTime)."""
         self.holder = ""
 
     @property
@@ -109,20 +114,39 @@ class Lease:
     async def run(self) -> None:
         while True:
             won: bool | None
+            started = time.monotonic()
+            if self.leading and started - self.renewed >= self.renew_deadline:
+                self._set(False)  # the renew deadline passed while the last round was out
+            if self.healthy is not None and not self.healthy():
+                # Let it go: another replica takes it once it expires.
+                if self.leading:
+                    log.warning(
+                        "lease %s/%s: this replica's work has stalled", self.namespace, self.name
+                    )
+                self._set(False)
+                await asyncio.sleep(self.renew_every)
+                continue
             try:
-                won = await asyncio.wait_for(self.try_once(), self.renew_every)
+                won = await asyncio.wait_for(self.try_once(), self._left(started))
             except ApiError as exc:
                 won = False if exc.status == 409 else None  # 409: another replica wrote first
                 if won is None:
                     log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
             except (TimeoutError, ValueError, OSError) as exc:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+                log.warning("lease %s/%s: %s", self.namespace, self.name, exc or "no answer")
                 won = None
             if won:
-                self.renewed = time.monotonic()
+                self.renewed = started
                 self._set(True)
-            elif won is False or time.monotonic() - self.renewed >= self.duration:
-                # Another replica holds it, or we could not renew within the duration (so
-                # another may take it any moment): stop at once.
+            elif won is False or time.monotonic() - self.renewed >= self.renew_deadline:
+                # Another replica holds it, or we could not renew within the renew deadline
+                # (another may take it once the duration is out): stop now, before it can.
                 self._set(False)
-            await asyncio.sleep(self.renew_every)
+            await asyncio.sleep(self._left(time.monotonic()))
+
+    def _left(self, now: float) -> float:
+        """Until the next round: a round each ``renew_every``, and while leading none that
+        could end after the renew deadline (the loop steps down at the deadline)."""
+        if not self.leading:
+            return self.renew_every
+        return max(0.05, min(self.renew_every, self.renewed + self.renew_deadline - now))

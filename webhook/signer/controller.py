@@ -5,6 +5,11 @@ the CA Secret rolled and publishes the trust bundle as a ClusterTrustBundle.
 Each request is answered once: the status is written with the resourceVersion it was
 read at, and the API refuses a second answer, so a replica that lost the Lease, or a
 replay after a restart, finds the request answered and writes nothing.
+
+Nothing wedges it silently: every API call has a deadline (``webhook.kube.api``), a watch
+that goes silent is listed again, and while requests wait with none answered for
+``STALL_SECONDS`` the replica says it is not ready and lets the Lease go, so the standby
+answers them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import base64
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,14 @@ log = logging.getLogger("proxy_injector.signer")
 GROUP = "certificates.k8s.io"
 WORKERS = 16
 RECONCILE_SECONDS = 5.0
+STALL_SECONDS = 20.0
+"""Requests waiting and none answered for this long: the replica has stalled."""
+WATCH_SECONDS = 15
+WATCH_IDLE_SECONDS = 20.0
+"""The API ends each watch after WATCH_SECONDS (with a bookmark): one that sends nothing
+for WATCH_IDLE_SECONDS has gone silent, and the requests are listed again."""
+RETRY_SECONDS = (1.0, 30.0)
+"""Backoff of a request whose answer could not be written: from 1 s, doubling, to 30 s."""
 Clock = Callable[[], dt.datetime]
 
 
@@ -93,15 +107,29 @@ class Signer:
             options.identity,
             options.lease_seconds,
             self._leadership,
+            healthy=lambda: not self.stalled(),
         )
+        self.busy = 0
+        self.progress = time.monotonic()
+        """When a request was last answered, or the work loop last found nothing to do."""
+        self.failures: dict[tuple[str, str], int] = {}
         self.problem = "starting"
         self.wake = asyncio.Event()
         """Set when this replica starts leading: the CA is loaded at once, not in 5 s."""
 
     # -- readiness and leadership -------------------------------------------------
 
+    def stalled(self) -> bool:
+        waiting = self.busy or not self.queue.empty()
+        return bool(waiting) and time.monotonic() - self.progress > STALL_SECONDS
+
     def reasons(self) -> list[str]:
         found = [self.problem] if self.problem else []
+        if self.stalled():
+            found.append(
+                f"requests are waiting and none was answered for {STALL_SECONDS:g}s "
+                "(is the API answering?): the Lease is let go"
+            )
         if self.requests is not None and not self.requests.synced.is_set():
             found.append("the PodCertificateRequest cache is not synced yet")
         return found
@@ -123,6 +151,8 @@ class Signer:
         metadata = obj.get("metadata") or {}
         key = (metadata.get("namespace", ""), metadata.get("name", ""))
         if self._ours(obj) and self.lease.leading and key not in self.queued:
+            if not self.queued and not self.busy:
+                self.progress = time.monotonic()  # the wait for an answer starts now
             self.queued.add(key)
             self.queue.put_nowait(key)
 
@@ -167,8 +197,8 @@ class Signer:
         status = issue.issued(
             request, verdict.public_key, self.authorities.current, self.config, now
         )
-        result = "issued" if status["conditions"][0]["type"] == "Issued" else "failed"
         condition = status["conditions"][0]
+        result = {"Issued": "issued", "Denied": "denied"}.get(condition["type"], "failed")
         return result, status, condition["reason"], condition["message"]
 
     async def _handle(self, obj: dict[str, Any]) -> None:
@@ -176,26 +206,28 @@ class Signer:
         try:
             request = parse(obj)
         except BadRequest as exc:
-            metadata = obj.get("metadata") or {}
-            log.warning("request %s/%s: %s", metadata.get("namespace"), metadata.get("name"), exc)
+            await self._refuse_malformed(obj, exc)
             return
         if request.answer is not None or request.signer_name != self.signer_name:
             return
         result, status, reason, message = await self._answer(request)
-        body = {**obj, "status": {**(obj.get("status") or {}), **status}}
         try:
-            # At the version it was read at: a request read through v1beta1 has its key.
-            version = request.api_version.rpartition("/")[2] or self.pcr_version
-            path = self._path(request.namespace, request.name, version, status=True)
-            await self.api.call("PUT", path, body)
+            await self._write(obj, request.api_version, status)
         except ApiError as exc:
-            if exc.status in (409, 422):
+            if exc.status == 409:
                 # Someone wrote first (another replica, before we held the Lease): what
                 # they wrote stands; this request is answered.
                 self.metrics.requests.labels("conflict").inc()
-                log.info("request %s: answered elsewhere first (%s)", request.where, exc.status)
+                log.info("request %s: answered elsewhere first (409)", request.where)
                 return
-            raise
+            if exc.status != 422:
+                raise
+            # The API refused our answer (a clock far off makes notBefore invalid): the
+            # request still gets one, a failure saying why, so the kubelet asks again.
+            self.metrics.requests.labels("error").inc()
+            log.warning("request %s: the API refused the answer: %s", request.where, exc)
+            result, reason, message = "failed", "SignerError", f"the API refused the answer: {exc}"
+            await self._write(obj, request.api_version, issue.failed(reason, message, self.clock()))
         self.metrics.requests.labels(result).inc()
         self._observe(request)
         log.info(
@@ -210,6 +242,29 @@ class Signer:
         )
         if result == "denied":
             await self._event(request, reason, message)
+
+    async def _write(self, obj: dict[str, Any], api_version: str, status: dict[str, Any]) -> None:
+        """The status, at the version the request was read at (through v1beta1 it has its
+        key) and with its resourceVersion: the API refuses a second answer."""
+        metadata = obj.get("metadata") or {}
+        version = api_version.rpartition("/")[2] or self.pcr_version
+        path = self._path(metadata.get("namespace", ""), metadata.get("name", ""), version, True)
+        body = {**obj, "status": {**(obj.get("status") or {}), **status}}
+        await self.api.call("PUT", path, body)
+
+    async def _refuse_malformed(self, obj: dict[str, Any], problem: BadRequest) -> None:
+        """A request whose fields cannot be read is denied, naming the field."""
+        metadata = obj.get("metadata") or {}
+        where = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        log.warning("request %s: %s", where, problem)
+        status = issue.denied("InvalidRequest", str(problem), self.clock())
+        try:
+            await self._write(obj, str(obj.get("apiVersion", "")), status)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return
+        self.metrics.requests.labels("denied").inc()
 
     def _observe(self, request: Request) -> None:
         try:
@@ -250,6 +305,8 @@ class Signer:
 
     async def _work(self) -> None:
         while True:
+            if self.queue.empty() and not self.busy:
+                self.progress = time.monotonic()  # nothing waits: nothing can be stalled
             key = await self.queue.get()
             self.queued.discard(key)
             obj = self.requests.items.get(key) if self.requests else None
@@ -259,13 +316,28 @@ class Signer:
                 await asyncio.sleep(0.2)  # the new leader is loading its CA
                 self._consider(obj)
                 continue
+            self.busy += 1
             try:
                 await self._handle(obj)
-            except (ApiError, OSError, ValueError) as exc:
-                self.metrics.requests.labels("error").inc()
-                log.warning("request %s/%s: %s; trying again", key[0], key[1], exc)
-                await asyncio.sleep(1.0)
-                self._consider(obj)
+                self.progress = time.monotonic()
+                self.failures.pop(key, None)
+            except Exception as exc:  # one request's failure never ends the process
+                await self._retry_later(key, obj, exc)
+            finally:
+                self.busy -= 1
+
+    async def _retry_later(self, key: tuple[str, str], obj: dict[str, Any], exc: Exception) -> None:
+        """Counted as an error and tried again, with a backoff per request."""
+        self.metrics.requests.labels("error").inc()
+        tries = self.failures.get(key, 0)
+        self.failures[key] = tries + 1
+        delay = min(RETRY_SECONDS[0] * 2**tries, RETRY_SECONDS[1])
+        if isinstance(exc, ApiError | OSError | ValueError):
+            log.warning("request %s/%s: %s; again in %gs", key[0], key[1], exc, delay)
+        else:
+            log.exception("request %s/%s: unexpected; again in %gs", key[0], key[1], delay)
+        await asyncio.sleep(delay)
+        self._consider(obj)
 
     # -- the CA and the trust bundle ---------------------------------------------
 
@@ -420,7 +492,14 @@ class Signer:
         self.pcr_version, self.bundle_version = pcr, bundles
         selector = quote(f"spec.signerName={self.signer_name}", safe="")
         path = f"/apis/{GROUP}/{pcr}/podcertificaterequests?fieldSelector={selector}"
-        self.requests = Informer(self.api, path, self._consider, what="PodCertificateRequest")
+        self.requests = Informer(
+            self.api,
+            path,
+            self._consider,
+            what="PodCertificateRequest",
+            watch_seconds=WATCH_SECONDS,
+            idle_seconds=WATCH_IDLE_SECONDS,
+        )
         log.info("answering %s/%s podcertificaterequests for %s", GROUP, pcr, self.signer_name)
 
     async def run(self) -> None:

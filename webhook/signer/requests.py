@@ -12,6 +12,9 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.engine.values import timestamp
+
+MIN_EXPIRATION_SECONDS = 3600
 ANSWERS = ("Issued", "Denied", "Failed")
 """Condition types after which a request never changes again."""
 
@@ -78,6 +81,18 @@ def answer_of(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _created(metadata: dict[str, Any]) -> str:
+    """creationTimestamp, checked: a time with its zone (only ever used for a metric)."""
+    created = str(metadata.get("creationTimestamp", ""))
+    try:
+        timestamp(created)
+    except ValueError:
+        raise BadRequest(
+            f"metadata.creationTimestamp: {created[:40]!r} is not an RFC 3339 time"
+        ) from None
+    return created
+
+
 def parse(obj: dict[str, Any]) -> Request:
     metadata = obj.get("metadata") or {}
     spec = obj.get("spec")
@@ -85,14 +100,19 @@ def parse(obj: dict[str, Any]) -> Request:
         raise BadRequest("spec: expected an object")
     expiration = spec.get("maxExpirationSeconds", 86400)
     if not isinstance(expiration, int) or isinstance(expiration, bool):
-        raise BadRequest("spec.maxExpirationSeconds: expected an integer")
+        raise BadRequest(f"spec.maxExpirationSeconds: expected an integer, got {expiration!r}")
+    if expiration < MIN_EXPIRATION_SECONDS:
+        raise BadRequest(
+            f"spec.maxExpirationSeconds: {expiration} is under {MIN_EXPIRATION_SECONDS}, the "
+            "least the API allows"
+        )
     request = Request(
         api_version=str(obj.get("apiVersion", "")),
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
         uid=str(metadata.get("uid", "")),
         resource_version=str(metadata.get("resourceVersion", "")),
-        created=str(metadata.get("creationTimestamp", "")),
+        created=_created(metadata),
         signer_name=_text(spec, "signerName"),
         pod_name=_text(spec, "podName"),
         pod_uid=_text(spec, "podUID"),

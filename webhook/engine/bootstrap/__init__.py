@@ -20,16 +20,18 @@ from webhook.engine.bootstrap.objects import (
     ADMIN_CLUSTER,
     Json,
     also_ipv6,
-    socket_address,
+    pipe_address,
     static_cluster,
 )
 from webhook.engine.bootstrap.stats import stats_config
 from webhook.engine.config import UpstreamPolicy
 from webhook.engine.mtls import MtlsPlan
-from webhook.engine.names import ADMIN_PORT
+from webhook.engine.names import ADMIN_SOCKET
 from webhook.engine.probes import ProbeRoute
 from webhook.engine.sockets import AppPort
 from webhook.engine.upstreams import Upstream
+
+ADMIN_SOCKET_MODE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,35 +44,39 @@ class SidecarPlan:
     """Egress Unix socket path, when proxy.io/outbound-uds is on."""
     dual_stack: bool = True
     mtls: MtlsPlan | None = None
+    drain_hook: bool = False
+    """A regular proxy container's preStop hook drains it through :15021/drain."""
 
 
 def build(plan: SidecarPlan) -> Json:
     socket_ports = tuple(p for p in plan.ports if p.socket)
     tls_ports = {p.port.number: p.port for p in plan.probes if p.tls}
     checked = frozenset(p.port.number for p in plan.probes if p.connect_only)
-    mode = plan.mtls.mode if plan.mtls else None
     listeners = [
-        health.readiness_listener(plan.ports, socket_ports, plan.probes, plan.mtls, plan.upstreams),
+        health.readiness_listener(
+            plan.ports, socket_ports, plan.probes, plan.mtls, plan.upstreams, plan.drain_hook
+        ),
         health.prometheus_listener(),
         inbound.inbound_listener(plan.ports, plan.mtls),
-        outbound.outbound_listener(plan.upstreams, plan.policy, mode),
+        outbound.outbound_listener(plan.upstreams, plan.policy),
     ]
     if plan.dual_stack:
         listeners = [also_ipv6(item) for item in listeners]
     if plan.outbound_socket:
         listeners.append(
-            outbound.outbound_uds_listener(plan.outbound_socket, plan.upstreams, plan.policy, mode)
+            outbound.outbound_uds_listener(plan.outbound_socket, plan.upstreams, plan.policy)
         )
     return {
-        "admin": {"address": socket_address("127.0.0.1", ADMIN_PORT)},
+        # Only the proxy's UID may open the socket; its volume is mounted in the proxy only.
+        "admin": {"address": pipe_address(ADMIN_SOCKET, ADMIN_SOCKET_MODE)},
         "stats_config": stats_config(),
         "deferred_stat_options": {"enable_deferred_creation_stats": True},
         "static_resources": {
             "listeners": listeners,
             "clusters": [
-                static_cluster(ADMIN_CLUSTER, socket_address("127.0.0.1", ADMIN_PORT)),
+                static_cluster(ADMIN_CLUSTER, pipe_address(ADMIN_SOCKET)),
                 *inbound.clusters(plan.ports, tls_ports.values(), checked),
-                *outbound.clusters(plan.upstreams, plan.policy, bool(plan.outbound_socket), mode),
+                *outbound.clusters(plan.upstreams, plan.policy, bool(plan.outbound_socket)),
             ],
         },
     }

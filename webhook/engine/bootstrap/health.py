@@ -25,6 +25,8 @@ from webhook.engine.mtls import MtlsPlan
 from webhook.engine.names import (
     APP_HEALTH_PATH,
     APP_TRANSPORT_PATH,
+    DRAIN_FLAG,
+    DRAIN_PATH,
     IDENTITY_PATH,
     MTLS_PATH,
     PROMETHEUS_PATH,
@@ -184,7 +186,9 @@ def _identity_report(plan: MtlsPlan) -> Json:
 
 # Counts each inbound port's connections by chain from admin /stats: the mTLS chain's
 # stats are <http|tcp>.inbound_<port>_mtls., plaintext ones http.inbound_<port>.,
-# tcp.inbound|<port>. or (refused) tcp.inbound_<port>_refused.
+# tcp.inbound|<port>. or (refused) tcp.inbound_<port>_refused.; the ports the pod does not
+# declare count together as "passthrough" (tcp.inbound_passthrough_mtls.,
+# tcp.inbound|passthrough., tcp.inbound_passthrough_refused.), shown as "other".
 _MTLS_LUA = """
 local ports, policy, mtls_path = {%s}, %s, %s
 function envoy_on_request(request)
@@ -193,7 +197,7 @@ function envoy_on_request(request)
     {[":method"] = "GET", [":path"] = "/stats?filter=inbound", [":authority"] = "admin"}, "", 1000)
   local counts = {}
   for port, chain, name, value in string.gmatch(stats or "",
-      "%%a+%%.inbound[_|](%%d+)([%%a_]*)%%.([%%w_%%.]+): (%%d+)") do
+      "%%a+%%.inbound[_|](%%w+)([%%a_]*)%%.([%%w_%%.]+): (%%d+)") do
     local kind = nil
     if name == "downstream_cx_total" then
       kind = chain == "_mtls" and "mtls" or "plaintext"
@@ -206,7 +210,8 @@ function envoy_on_request(request)
   end
   local lines = {}
   for _, port in ipairs(ports) do
-    table.insert(lines, string.format("%%s %%s mtls=%%d plaintext=%%d denied=%%d", port, policy,
+    local shown = port == "passthrough" and "other" or port
+    table.insert(lines, string.format("%%s %%s mtls=%%d plaintext=%%d denied=%%d", shown, policy,
       counts[port .. "mtls"] or 0, counts[port .. "plaintext"] or 0, counts[port .. "denied"] or 0))
   end
   request:respond({[":status"] = "200", ["content-type"] = "text/plain"},
@@ -216,9 +221,10 @@ end
 
 
 def _mtls_report(plan: MtlsPlan, ports: Iterable[AppPort]) -> Json:
-    """``GET /mtls``: per inbound port, ``8080 permissive mtls=12 plaintext=3 denied=0``:
-    when plaintext stays at 0, the port can go strict."""
-    listed = ", ".join(f'"{p.number}"' for p in ports)
+    """``GET /mtls``: per inbound port, ``8080 permissive mtls=12 plaintext=3 denied=0``,
+    and ``other ...`` for the ports the pod does not declare: when plaintext stays at 0,
+    the port can go strict."""
+    listed = ", ".join([*(f'"{p.number}"' for p in ports), '"passthrough"'])
     policy = "strict" if plan.refuses_plaintext else "permissive"
     source = _MTLS_LUA % (
         listed,
@@ -270,15 +276,44 @@ def _upstream_report(upstreams: Iterable[Upstream]) -> Json:
     )
 
 
+# The admin API is a socket only the proxy's UID may open, and the preStop hook is bash,
+# which cannot speak to it: the hook creates the flag in the proxy's own volume, then asks
+# here. Without the flag (anything else in the pod asking) nothing is drained.
+_DRAIN_LUA = """
+local drain_path, flag = %s, %s
+function envoy_on_request(request)
+  if request:headers():get(":path") ~= drain_path then return end
+  local handle = io.open(flag, "r")
+  if request:headers():get(":method") ~= "POST" or handle == nil then
+    request:respond({[":status"] = "403", ["content-type"] = "text/plain"},
+      "only the proxy's preStop hook drains it\\n")
+    return
+  end
+  handle:close()
+  local headers = request:httpCall(%s, {[":method"] = "POST",
+    [":path"] = "/drain_listeners?inboundonly&graceful", [":authority"] = "admin"}, "", 2000)
+  request:respond({[":status"] = headers[":status"] or "503"}, "")
+end
+"""
+
+
+def _drain() -> Json:
+    """``POST /drain``: the inbound listeners drained, for the preStop hook only."""
+    names = (DRAIN_PATH, DRAIN_FLAG, ADMIN_CLUSTER)
+    return _lua(_DRAIN_LUA % tuple(map(_lua_string, names)))
+
+
 def readiness_listener(
     ports: tuple[AppPort, ...],
     socket_ports: tuple[AppPort, ...],
     probes: Iterable[ProbeRoute],
     mtls: MtlsPlan | None = None,
     upstreams: tuple[Upstream, ...] = (),
+    drain_hook: bool = False,
 ) -> Json:
     probes = list(probes)
-    checks = [_identity_report(mtls)] if mtls else []
+    checks = [_drain()] if drain_hook else []
+    checks += [_identity_report(mtls)] if mtls else []
     checks.append(_connect_check(APP_HEALTH_PATH, socket_ports))
     checks += [_connect_check(p.path, [p.port]) for p in probes if p.connect_only]
     checks.append(_transport_report(ports))

@@ -29,9 +29,14 @@ from webhook.engine.names import INBOUND_PORT, MTLS_ALPN, PROXY_PORTS
 from webhook.engine.sockets import HTTP2, AppPort
 
 PASSTHROUGH = "inbound|passthrough"
+PASSTHROUGH_MTLS = "inbound_passthrough_mtls"
+PASSTHROUGH_REFUSED = "inbound_passthrough_refused"
+"""Stat prefixes of the ports the pod does not declare: over mTLS, and refused plaintext."""
 BLACKHOLE = "inbound|blackhole"
 PASSTHROUGH_SOURCE = "127.0.0.6"
-"""Source of passthrough connections (as in Istio), so the app and rules can tell them apart."""
+"""Source of IPv4 passthrough connections (as in Istio), so the app and rules can tell them
+apart; IPv6 ones come from ::1."""
+PASSTHROUGH_SOURCE_V6 = "::1"
 SOCKET_CHECK_SECONDS = 1
 UNHEALTHY_CHECK_SECONDS = 0.1
 """Auto mode: an endpoint nothing answers on is checked this often, so an app that starts
@@ -203,22 +208,27 @@ def _chains(port: AppPort, plan: MtlsPlan | None) -> list[Json]:
     return [_mtls_chain(port, plan), _plaintext_chain(port, refused=plan.refuses_plaintext)]
 
 
-def passthrough_chain() -> Json:
-    """Traffic to a port the pod did not declare goes to that port on loopback. Envoy's
-    own connections are never redirected, so this cannot loop back into the listener."""
-    to_loopback = typed(
-        "envoy.filters.network.set_filter_state",
-        "filters.network.set_filter_state.v3.Config",
-        on_new_connection=[
-            {
-                "object_key": "envoy.network.transport_socket.original_dst_address",
-                "format_string": {
-                    "text_format_source": {"inline_string": "127.0.0.1:%DOWNSTREAM_LOCAL_PORT%"}
-                },
-            }
-        ],
-    )
-    return chain(to_loopback, tcp_proxy(PASSTHROUGH, PASSTHROUGH))
+def passthrough_chain(plan: MtlsPlan | None = None) -> Json:
+    """Traffic to a port the pod did not declare goes to the address it was sent to (the
+    pod's IP), never to loopback: a service the app binds to 127.0.0.1 only stays out of
+    reach from outside the pod, as without a sidecar. Envoy's own connections are never
+    redirected, so this cannot loop back into the listener. Where mTLS refuses plaintext,
+    plaintext to such a port is closed at once (``tcp.inbound_passthrough_refused.``)."""
+    if plan is not None and plan.refuses_plaintext:
+        return chain(tcp_proxy(PASSTHROUGH_REFUSED, BLACKHOLE))
+    return chain(tcp_proxy(PASSTHROUGH, PASSTHROUGH))
+
+
+def _passthrough_mtls_chain(plan: MtlsPlan) -> Json:
+    """Our ALPN to a port the pod did not declare: the same checks as a declared TCP port
+    (a client certificate, ``allow-from``), then on to the address it was sent to."""
+    filters = [
+        *mtls.network_rbac(plan, f"tcp.{PASSTHROUGH_MTLS}."),
+        tcp_proxy(PASSTHROUGH_MTLS, PASSTHROUGH),
+    ]
+    result = chain(*filters, match={"application_protocols": [MTLS_ALPN]})
+    result["transport_socket"] = mtls.downstream_tls(plan)
+    return result
 
 
 def _blackhole_chain(port: int) -> Json:
@@ -234,19 +244,25 @@ def passthrough_cluster() -> Json:
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": CONNECT_TIMEOUT,
         "upstream_bind_config": {
-            "source_address": socket_address(PASSTHROUGH_SOURCE, 0)["socket_address"]
+            "source_address": socket_address(PASSTHROUGH_SOURCE, 0)["socket_address"],
+            "extra_source_addresses": [
+                {"address": socket_address(PASSTHROUGH_SOURCE_V6, 0)["socket_address"]}
+            ],
         },
     }
 
 
 def inbound_listener(ports: tuple[AppPort, ...], plan: MtlsPlan | None = None) -> Json:
     """With mTLS, the TLS inspector tells our ALPN (the mTLS chain) from anything else
-    (plaintext, or the app's own TLS, which passes as it would without a sidecar)."""
+    (plaintext, or the app's own TLS, which passes as it would without a sidecar), on
+    every port: ``strict`` and ``allow-from`` hold for the ports the pod does not declare
+    too."""
     chains = [c for port in ports for c in _chains(port, plan)]
     filters = [original_dst()]
     extra: Json = {}
-    if plan is not None and ports:
-        filters.append(mtls.tls_inspector(sorted({p.number for p in ports})))
+    if plan is not None:
+        chains.append(_passthrough_mtls_chain(plan))
+        filters.append(mtls.tls_inspector(PROXY_PORTS))
         extra = {
             "listener_filters_timeout": mtls.TLS_INSPECTOR_TIMEOUT,
             "continue_on_listener_filters_timeout": True,
@@ -256,7 +272,7 @@ def inbound_listener(ports: tuple[AppPort, ...], plan: MtlsPlan | None = None) -
         socket_address("0.0.0.0", INBOUND_PORT),
         [*chains, *(_blackhole_chain(p) for p in PROXY_PORTS)],
         listener_filters=filters,
-        default_filter_chain=passthrough_chain(),
+        default_filter_chain=passthrough_chain(plan),
         traffic_direction="INBOUND",
         **extra,
     )

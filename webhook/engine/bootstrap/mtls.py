@@ -4,9 +4,10 @@ check SPIFFE IDs, and the RBAC filters of ``proxy.io/allow-from``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
-from webhook.engine.bootstrap.objects import Json, only_on_ports, typed
+from webhook.engine.bootstrap.objects import Json, except_on_ports, typed
 from webhook.engine.mtls import (
     CERTIFICATE_SECRET,
     SDS_FILES,
@@ -49,55 +50,97 @@ def _common(peers: Iterable[Peer]) -> Json:
 
 def downstream_tls(plan: MtlsPlan) -> Json:
     """Inbound: a client certificate of the trust domain is required; who among those
-    may call is ``allow-from``'s RBAC, which can answer with a reason."""
+    may call is the RBAC filter's (``peer_rbac``), which can answer with a reason.
+
+    No session resumption (tickets or a session cache): a resumed session skips the
+    certificate check, so a client whose certificate has expired would go on calling."""
     return typed(
         "envoy.transport_sockets.tls",
         "transport_sockets.tls.v3.DownstreamTlsContext",
         require_client_certificate=True,
         common_tls_context=_common([plan.trust_domain_peers]),
+        disable_stateless_session_resumption=True,
+        disable_stateful_session_resumption=True,
     )
 
 
 def upstream_tls(peer: Peer) -> Json:
+    """No session kept for resumption: every connection checks the server's certificate."""
     return typed(
         "envoy.transport_sockets.tls",
         "transport_sockets.tls.v3.UpstreamTlsContext",
         common_tls_context=_common([peer]),
+        max_session_keys=0,
     )
 
 
-def tls_inspector(ports: list[int]) -> Json:
-    """Only on the app's ports: other ports pass through without waiting for bytes."""
+def tls_inspector(skipped: Iterable[int]) -> Json:
+    """On every port but ``skipped`` (the proxy's own, which are dropped anyway): a
+    plaintext client of a server-first protocol waits ``TLS_INSPECTOR_TIMEOUT``."""
     inspector = typed(
         "envoy.filters.listener.tls_inspector", "filters.listener.tls_inspector.v3.TlsInspector"
     )
-    return only_on_ports(inspector, ports)
+    return except_on_ports(inspector, skipped)
 
 
-def _policy(plan: MtlsPlan) -> Json:
-    principals = [{"authenticated": {"principal_name": p.matcher()}} for p in plan.allow_from]
-    return {"policies": {"allow-from": {"permissions": [{"any": True}], "principals": principals}}}
+def _peer_pattern(peers: Iterable[Peer]) -> str:
+    """A regex over the certificate's URI SANs as Envoy joins them (``a,b``): it matches
+    only a certificate with exactly one URI SAN, that is one of ``peers``. SPIFFE IDs
+    hold no comma, so none can end early inside a second SAN."""
+    parts = [re.escape(p.value) + ("[^,]*" if p.kind == "prefix" else "") for p in peers]
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _action(name: str, action: str) -> Json:
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.rbac.v3.Action",
+            "name": name,
+            "action": action,
+        },
+    }
+
+
+def _peer_matcher(plan: MtlsPlan) -> Json:
+    """Allow a caller whose certificate has exactly one URI SAN (SPIFFE: one ID per
+    certificate) and that one in ``allow-from``, or in the trust domain without it.
+    DNS SANs and the subject are never read as an identity."""
+    uri_san = typed("envoy.matching.inputs.uri_san", "matching.common_inputs.ssl.v3.UriSanInput")
+    allowed = plan.allow_from or (plan.trust_domain_peers,)
+    predicate = {
+        "single_predicate": {
+            "input": uri_san,
+            "value_match": {"safe_regex": {"google_re2": {}, "regex": _peer_pattern(allowed)}},
+        }
+    }
+    return {
+        "matcher_list": {
+            "matchers": [
+                {"predicate": predicate, "on_match": {"action": _action("allow", "ALLOW")}}
+            ]
+        },
+        "on_no_match": {"action": _action("deny", "DENY")},
+    }
 
 
 def http_rbac(plan: MtlsPlan) -> list[Json]:
-    """HTTP ports: a caller outside allow-from gets 403 "RBAC: access denied", counted in
-    http.<stat prefix>.rbac.denied."""
-    if not plan.allow_from:
-        return []
-    return [typed("envoy.filters.http.rbac", "filters.http.rbac.v3.RBAC", rules=_policy(plan))]
+    """HTTP ports: a caller refused by ``_peer_matcher`` gets 403 "RBAC: access denied",
+    counted in http.<stat prefix>.rbac.denied."""
+    return [
+        typed("envoy.filters.http.rbac", "filters.http.rbac.v3.RBAC", matcher=_peer_matcher(plan))
+    ]
 
 
 def network_rbac(plan: MtlsPlan, stat_prefix: str) -> list[Json]:
-    """TCP ports: a caller outside allow-from has its connection closed, counted in
-    <stat_prefix>.rbac.denied."""
-    if not plan.allow_from:
-        return []
+    """TCP ports: a caller refused by ``_peer_matcher`` has its connection closed, counted
+    in <stat_prefix>.rbac.denied."""
     return [
         typed(
             "envoy.filters.network.rbac",
             "filters.network.rbac.v3.RBAC",
             stat_prefix=stat_prefix,
-            rules=_policy(plan),
+            matcher=_peer_matcher(plan),
         )
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 Json = dict[str, Any]
@@ -112,12 +113,21 @@ def original_dst() -> Json:
     )
 
 
+def _any_port(ports: Iterable[int]) -> Json:
+    wanted = [{"destination_port_range": {"start": p, "end": p + 1}} for p in ports]
+    return wanted[0] if len(wanted) == 1 else {"or_match": {"rules": wanted}}
+
+
 def only_on_ports(listener_filter: Json, ports: list[int]) -> Json:
     """A listener filter that runs only for connections to ``ports``: elsewhere it would
     make a server-first protocol wait for a client that never speaks first."""
-    wanted = [{"destination_port_range": {"start": p, "end": p + 1}} for p in ports]
-    matched = wanted[0] if len(wanted) == 1 else {"or_match": {"rules": wanted}}
-    listener_filter["filter_disabled"] = {"not_match": matched}
+    listener_filter["filter_disabled"] = {"not_match": _any_port(ports)}
+    return listener_filter
+
+
+def except_on_ports(listener_filter: Json, ports: Iterable[int]) -> Json:
+    """A listener filter that runs for connections to any port but ``ports``."""
+    listener_filter["filter_disabled"] = _any_port(ports)
     return listener_filter
 
 

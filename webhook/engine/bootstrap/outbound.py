@@ -55,12 +55,12 @@ MTLS_CHECK = {"interval": "5s", "unhealthy_interval": "2s", "timeout": "1s"}
 again after it failed: a service that becomes meshed is called over mTLS within 2 s."""
 
 
-def _endpoints(upstream: Upstream, mode: str | None) -> list[Json]:
-    """One endpoint, reached over mTLS when the upstream has a peer identity; in
-    permissive the same address again as priority 1, in plaintext, for while the mTLS
-    one fails its check (an upstream that is not meshed)."""
+def _endpoints(upstream: Upstream) -> list[Json]:
+    """One endpoint, reached over mTLS when the upstream has a peer identity; with a
+    plaintext fallback (permissive, identity not pinned) the same address again as
+    priority 1, in plaintext, for while the mTLS one fails its check (not meshed)."""
     endpoint = {"endpoint": {"address": socket_address(upstream.host, upstream.port)}}
-    if mode != "permissive" or upstream.peer is None:
+    if not upstream.plaintext_fallback:
         return [{"lb_endpoints": [endpoint]}]
     return [
         {"lb_endpoints": [mtls.mtls_endpoint(endpoint)]},
@@ -68,10 +68,10 @@ def _endpoints(upstream: Upstream, mode: str | None) -> list[Json]:
     ]
 
 
-def _mtls_options(upstream: Upstream, mode: str | None) -> Json:
-    if mode is None or upstream.peer is None:
+def _mtls_options(upstream: Upstream) -> Json:
+    if upstream.peer is None:
         return {}
-    if mode == "strict":
+    if not upstream.plaintext_fallback:
         return {"transport_socket": mtls.upstream_tls(upstream.peer)}
     check = {
         **MTLS_CHECK,
@@ -86,8 +86,7 @@ def _mtls_options(upstream: Upstream, mode: str | None) -> Json:
     }
 
 
-def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy, mode: str | None = None) -> Json:
-    """``mode``: the pod's mTLS mode (None: off)."""
+def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy) -> Json:
     return {
         **_circuit_breakers(policy),
         "name": upstream.cluster,
@@ -97,9 +96,9 @@ def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy, mode: str | Non
         "connect_timeout": duration(policy.connect_timeout),
         "load_assignment": {
             "cluster_name": upstream.cluster,
-            "endpoints": _endpoints(upstream, mode),
+            "endpoints": _endpoints(upstream),
         },
-        **_mtls_options(upstream, mode),
+        **_mtls_options(upstream),
         "outlier_detection": {
             "consecutive_5xx": policy.consecutive_5xx,
             "interval": duration(policy.outlier_interval),
@@ -109,9 +108,9 @@ def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy, mode: str | Non
     }
 
 
-def upstream_host(upstream: Upstream, policy: UpstreamPolicy, mode: str | None = None) -> Json:
+def upstream_host(upstream: Upstream, policy: UpstreamPolicy) -> Json:
     retry: Json = {"retry_on": policy.retry_on, "num_retries": policy.retries}
-    if mode == "permissive" and upstream.peer is not None:
+    if upstream.plaintext_fallback:
         # A retry goes to the other priority: plaintext after a failed mTLS connection.
         retry["retry_priority"] = typed(
             "envoy.retry_priorities.previous_priorities",
@@ -122,10 +121,8 @@ def upstream_host(upstream: Upstream, policy: UpstreamPolicy, mode: str | None =
     return virtual_host(upstream.cluster, list(upstream.domains), [route])
 
 
-def _routes(
-    upstreams: Iterable[Upstream], policy: UpstreamPolicy, default: str, mode: str | None
-) -> list[Json]:
-    hosts = [upstream_host(u, policy, mode) for u in upstreams]
+def _routes(upstreams: Iterable[Upstream], policy: UpstreamPolicy, default: str) -> list[Json]:
+    hosts = [upstream_host(u, policy) for u in upstreams]
     return [*hosts, virtual_host("default", ["*"], [route_to(default, timeout="0s")])]
 
 
@@ -137,15 +134,13 @@ def _http_inspector(ports: list[int]) -> Json:
     return only_on_ports(inspector, ports)
 
 
-def outbound_listener(
-    upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, mode: str | None = None
-) -> Json:
+def outbound_listener(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy) -> Json:
     ports = sorted({u.port for u in upstreams})
     chains = [
         chain(
             http_connection_manager(
                 f"outbound_{port}",
-                _routes((u for u in upstreams if u.port == port), policy, PASSTHROUGH, mode),
+                _routes((u for u in upstreams if u.port == port), policy, PASSTHROUGH),
             ),
             match={"destination_port": port, "application_protocols": ["http/1.1", "h2c"]},
         )
@@ -163,7 +158,7 @@ def outbound_listener(
 
 
 def outbound_uds_listener(
-    path: str, upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, mode: str | None = None
+    path: str, upstreams: tuple[Upstream, ...], policy: UpstreamPolicy
 ) -> Json:
     """HTTP egress over a Unix socket: declared upstreams by Host header, anything else
     through a dynamic forward proxy that resolves the Host header itself."""
@@ -173,7 +168,7 @@ def outbound_uds_listener(
         dns_cache_config=_DNS_CACHE,
     )
     hcm = http_connection_manager(
-        "outbound_uds", _routes(upstreams, policy, FORWARD_PROXY, mode), [forward]
+        "outbound_uds", _routes(upstreams, policy, FORWARD_PROXY), [forward]
     )
     return listener(
         "outbound_uds", pipe_address(path, UDS_MODE), [chain(hcm)], traffic_direction="OUTBOUND"
@@ -205,11 +200,9 @@ def forward_proxy_cluster() -> Json:
     }
 
 
-def clusters(
-    upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, uds: bool, mode: str | None = None
-) -> list[Json]:
+def clusters(upstreams: tuple[Upstream, ...], policy: UpstreamPolicy, uds: bool) -> list[Json]:
     return [
-        *(upstream_cluster(u, policy, mode) for u in upstreams),
+        *(upstream_cluster(u, policy) for u in upstreams),
         passthrough_cluster(),
         *([forward_proxy_cluster()] if uds else []),
     ]

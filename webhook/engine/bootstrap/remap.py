@@ -10,8 +10,8 @@ original destination. Outside a pod none of that holds, so ``remap`` returns a c
   namespace of its own), on ``proxy_ports[port]`` where the port is mapped;
 - each inbound filter chain for app port P gets a listener of its own on
   ``proxy_ports[P]`` (the chain itself unchanged), since nothing redirects P to 15006;
-- a cluster that reaches the app over TCP (127.0.0.1:P) reaches ``app_ports[P]``, and the
-  admin cluster follows the admin port;
+- a cluster that reaches the app over TCP (127.0.0.1:P) reaches ``app_ports[P]``;
+- the admin socket and its volume (``/var/run/proxy-admin``) live in ``admin_dir``;
 - with ``identity_root``, the identity and SDS volumes' paths (mTLS) live under it.
 
 Everything else (filters, routes, clusters, stats) is exactly what the pod would run.
@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from webhook.engine.bootstrap.objects import Json, listener, socket_address
-from webhook.engine.names import ADMIN_PORT, IDENTITY_DIR, PROXY_PORTS, SDS_DIR, SHM_MOUNT_PATH
+from webhook.engine.names import ADMIN_DIR, IDENTITY_DIR, PROXY_PORTS, SDS_DIR, SHM_MOUNT_PATH
 
 
 def moved_identity(text: str, root: str | Path) -> str:
@@ -46,6 +46,11 @@ def _walk(node: Any, visit: Any) -> None:
     elif isinstance(node, list):
         for item in node:
             _walk(item, visit)
+
+
+def moved_admin(text: str, admin_dir: str | Path) -> str:
+    """``text`` (a bootstrap) with the admin volume's paths in ``admin_dir``."""
+    return text.replace(ADMIN_DIR, str(admin_dir))
 
 
 def _move_pipes(bootstrap: Json, socket_dir: Path) -> None:
@@ -119,18 +124,21 @@ def remap(
     app_ports: Mapping[int, int] | None = None,
     loopback_only: bool = True,
     identity_root: str | Path | None = None,
+    admin_dir: str | Path | None = None,
 ) -> Json:
+    """``admin_dir``: where the admin volume is (the caller makes it, for the proxy's UID
+    alone); ``<socket_dir>/proxy-admin`` unless given."""
+    admin_dir = admin_dir or Path(socket_dir) / Path(ADMIN_DIR).name
+    text = moved_admin(orjson.dumps(bootstrap).decode(), admin_dir)
     if identity_root is not None:
-        result = orjson.loads(moved_identity(orjson.dumps(bootstrap).decode(), identity_root))
-    else:
-        result = copy.deepcopy(bootstrap)
+        text = moved_identity(text, identity_root)
+    result = orjson.loads(text)
     _move_pipes(result, Path(socket_dir))
-    _rebind(result["admin"], proxy_ports, loopback=True)
     listeners = result["static_resources"]["listeners"]
     for item in listeners:
         _rebind(item, proxy_ports, loopback_only)
     listeners += _split_inbound(listeners, proxy_ports)
-    targets = {ADMIN_PORT: proxy_ports.get(ADMIN_PORT, ADMIN_PORT), **(app_ports or {})}
+    targets = dict(app_ports or {})
 
     def visit(node: Json) -> None:
         socket = node.get("socket_address")
