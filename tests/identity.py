@@ -10,13 +10,16 @@ import shutil
 import time
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.authority import KeyPair, create_ca
 from webhook.signer import issue
 from webhook.signer.authority import Ca
 
-__all__ = ["KeyPair", "ProjectedVolume", "create_ca", "leaf", "spiffe"]
+__all__ = ["KeyPair", "ProjectedVolume", "create_ca", "forged", "leaf", "spiffe"]
 
 
 def spiffe(namespace: str, account: str, trust_domain: str = "cluster.local") -> str:
@@ -30,6 +33,34 @@ def leaf(ca: KeyPair, identity: str, hours: float = 24) -> KeyPair:
     start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     life = dt.timedelta(hours=hours, minutes=5)
     return KeyPair(issue.leaf(key.public_key(), Ca(ca.cert, ca.key), identity, start, life), key)
+
+
+def forged(
+    ca: KeyPair, uris: tuple[str, ...], dns: tuple[str, ...] = (), seconds: float = 86400
+) -> KeyPair:
+    """A leaf of ``ca`` with whatever SANs an attacker would like (several URIs, an ID as a
+    DNS name) and a lifetime from now, to the second."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    names = [x509.UniformResourceIdentifier(u) for u in uris] + [x509.DNSName(d) for d in dns]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(seconds=seconds))
+        .add_extension(x509.SubjectAlternativeName(names), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return KeyPair(cert, key)
 
 
 def other_ca(name: str = "someone else's CA") -> KeyPair:

@@ -4,7 +4,9 @@ the pod, and Envoy (UID 1337) running the pod's generated bootstrap on the real 
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,8 @@ class MeshedPod:
         """The network namespace the pod lives in (the client's, for a client pod)."""
         self.envoy: subprocess.Popen | None = None
         self.app: subprocess.Popen | None = None
+        for outside in (self.identity_root, self.admin_socket.parent):
+            atexit.register(shutil.rmtree, outside, True)
 
     def init_args(self) -> list[str]:
         """proxy-init's args, the SDS volume's paths moved under ``identity_root``."""
@@ -69,8 +73,10 @@ class MeshedPod:
 
     @property
     def identity_root(self) -> Path:
-        """Where the pod's identity and SDS volumes live (``proxy-identity``, ``proxy-sds``)."""
-        return self.folder / "volumes"
+        """Where the pod's identity and SDS volumes live (``proxy-identity``, ``proxy-sds``):
+        beside the folder that stands for the pod's /dev/shm, not in it, since in a pod the
+        app containers mount the one and not the others."""
+        return self.folder.with_name(self.folder.name + "-volumes")
 
     @property
     def sds_dir(self) -> Path:
@@ -94,7 +100,8 @@ class MeshedPod:
 
     @property
     def admin_socket(self) -> Path:
-        return self.folder / "proxy-admin" / Path(ADMIN_SOCKET).name
+        """In the admin volume, which is the proxy's alone (beside /dev/shm too)."""
+        return self.folder.with_name(self.folder.name + "-admin") / Path(ADMIN_SOCKET).name
 
     def start_envoy(
         self, workers: int = 1, prefix: tuple[str, ...] = (), config: dict | None = None

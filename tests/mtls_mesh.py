@@ -114,8 +114,16 @@ class Mesh:
         """A GET that bypasses the client's sidecar (the proxy's UID is never redirected)."""
         return self.net.curl(self.net.client, url, as_uid=1337)
 
-    def peer(self, pair: KeyPair, *cas: KeyPair, port: int = 8080, path: str = "/") -> str:
-        """A request from a peer speaking our mTLS with certificate ``pair``."""
+    def peer(
+        self,
+        pair: KeyPair,
+        *cas: KeyPair,
+        port: int = 8080,
+        path: str = "/",
+        resume_after: float | None = None,
+    ) -> str:
+        """A request from a peer speaking our mTLS with certificate ``pair`` (and with
+        ``resume_after``, a second one that much later, resuming the TLS session)."""
         folder = self.root / f"peer-{time.monotonic_ns()}"
         folder.mkdir()
         (folder / "cert.pem").write_bytes(pair.cert_pem())
@@ -123,6 +131,8 @@ class Mesh:
         (folder / "ca.pem").write_bytes(b"".join(c.cert_pem() for c in (cas or (self.ca,))))
         command = [sys.executable, "-m", "tests.apps.mtls_client", SERVER, str(port)]
         command += [str(folder / n) for n in ("cert.pem", "key.pem", "ca.pem")] + [path]
+        if resume_after is not None:
+            command.append(str(resume_after))
         done = self.net.run(self.net.client, *command, timeout=30)
         return done.stdout + done.stderr
 

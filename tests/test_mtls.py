@@ -326,6 +326,129 @@ def test_a_pinned_upstream_identity_is_exact() -> None:
     assert context["alpn_protocols"] == ["proxy.io-mtls"]
 
 
+def _clusters(out: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads(bootstrap_of(out))["static_resources"]["clusters"]}
+
+
+def test_a_pinned_upstream_is_mtls_only_in_permissive_too() -> None:
+    annotations = {
+        "proxy.io/upstreams": "orders.shop:8080,ratings:9080",
+        "proxy.io/upstream-identities": "orders.shop:8080=ns/shop/sa/orders",
+    }
+    clusters = _clusters(injected(pod(annotations)))
+    orders, ratings = clusters["outbound|8080||orders.shop"], clusters["outbound|9080||ratings"]
+    # The pin: one endpoint, always over mTLS, no plaintext priority to fall back to.
+    assert "transport_socket" in orders and "transport_socket_matches" not in orders
+    assert len(orders["load_assignment"]["endpoints"]) == 1 and "health_checks" not in orders
+    # Unpinned, permissive: mTLS while the upstream answers it, plaintext otherwise.
+    assert "transport_socket_matches" in ratings
+    assert [e.get("priority", 0) for e in ratings["load_assignment"]["endpoints"]] == [0, 1]
+    outbound = next(
+        item
+        for item in json.loads(bootstrap_of(injected(pod(annotations))))["static_resources"][
+            "listeners"
+        ]
+        if item["name"] == "outbound"
+    )
+    retries = {
+        host["name"]: host["routes"][0]["route"]["retry_policy"]
+        for chain in outbound["filter_chains"]
+        for host in chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+        if host["name"].startswith("outbound|")
+    }
+    # Only the unpinned upstream retries to the other priority (plaintext).
+    assert "retry_priority" not in retries["outbound|8080||orders.shop"]
+    assert "retry_priority" in retries["outbound|9080||ratings"]
+
+
+def test_no_tls_session_is_resumed_either_way() -> None:
+    out = injected(pod({"proxy.io/upstreams": "ratings:9080"}))
+    bootstrap = json.loads(bootstrap_of(out))
+    inbound = next(
+        item for item in bootstrap["static_resources"]["listeners"] if item["name"] == "inbound"
+    )
+    contexts = [
+        c["transport_socket"]["typed_config"]
+        for c in inbound["filter_chains"]
+        if "transport_socket" in c
+    ]
+    assert contexts and all(
+        c["disable_stateless_session_resumption"] and c["disable_stateful_session_resumption"]
+        for c in contexts
+    )
+    ratings = _clusters(out)["outbound|9080||ratings"]
+    upstream = ratings["transport_socket_matches"][0]["transport_socket"]["typed_config"]
+    assert upstream["max_session_keys"] == 0
+
+
+def test_every_mtls_chain_reads_exactly_one_uri_san() -> None:
+    """With or without allow-from, and on the ports the pod does not declare: a caller's
+    identity is its one URI SAN (Envoy joins several with commas, which no ID holds)."""
+    for asked, allowed in (
+        ({}, r"(?:spiffe://cluster\.local/[^,]*)"),
+        (
+            {"proxy.io/allow-from": "ns/front,ns/ops/sa/deployer"},
+            r"(?:spiffe://cluster\.local/ns/front/sa/[^,]*|spiffe://cluster\.local/ns/ops/sa/deployer)",
+        ),
+    ):
+        text = bootstrap_of(injected(pod(asked)))
+        chains = [
+            c
+            for item in json.loads(text)["static_resources"]["listeners"]
+            if item["name"] == "inbound"
+            for c in item["filter_chains"]
+            if "transport_socket" in c
+        ]
+        assert len(chains) == 4  # the three ports, and any other
+        for chain in chains:
+            http = chain["filters"][0]["typed_config"].get("http_filters", [])
+            rbac = next(f for f in [*chain["filters"], *http] if "rbac" in f["name"])
+            matcher = rbac["typed_config"]["matcher"]
+            predicate = matcher["matcher_list"]["matchers"][0]["predicate"]["single_predicate"]
+            assert predicate["input"]["name"] == "envoy.matching.inputs.uri_san"
+            assert predicate["value_match"]["safe_regex"]["regex"] == allowed
+            assert matcher["on_no_match"]["action"]["typed_config"]["action"] == "DENY"
+        assert "principal_name" not in text
+
+
+def test_nothing_the_proxy_trusts_can_be_changed_by_patching_the_pod() -> None:
+    """Annotations and labels can be patched after admission; args, env and volumes
+    cannot. No volume of the pod reads a pod field, and the proxy's bootstrap and SDS
+    files are in container args."""
+    out = injected(pod({"proxy.io/mtls": "strict"}))
+    text = json.dumps(out["spec"]["volumes"])
+    assert "fieldRef" not in text and "metadata.annotations" not in text
+    for annotation in (SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY):
+        assert annotation not in out["metadata"]["annotations"]
+    init = container(out, "proxy-init", "initContainers")
+    assert init["args"].count("--sds-file") == 2
+
+
+@pytest.mark.parametrize(
+    ("annotations", "named"),
+    [
+        ({"proxy.io/allow-from": "ns/shop\n/sa/web"}, "proxy.io/allow-from"),
+        (
+            {
+                "proxy.io/upstreams": "orders.shop:8080",
+                "proxy.io/upstream-identities": "orders.shop:8080=ns/shop\n/sa/orders",
+            },
+            "proxy.io/upstream-identities",
+        ),
+        ({"proxy.io/upstreams": "orders\n.shop:8080"}, "proxy.io/upstreams"),
+        ({"proxy.io/allow-from": "spiffe://cluster.local/ns/shop\n/sa/web"}, "allow-from"),
+    ],
+)
+def test_a_newline_inside_a_value_is_refused_naming_the_field(annotations, named) -> None:
+    message = denial(pod(annotations))
+    assert named in message and "\\n" in message  # quoted, so it cannot forge a line
+
+
+def test_a_trust_domain_with_a_newline_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"mtls\.trustDomain"):
+        from_mapping({"mtls": {"identity": "pod-certificate", "trustDomain": "cluster.local\n"}})
+
+
 def test_status_records_mode_and_identity_and_explain_shows_them(tmp_path) -> None:
     out = injected(pod({"proxy.io/mtls": "strict"}), CSI)
     status = json.loads(out["metadata"]["annotations"]["proxy.io/status"])

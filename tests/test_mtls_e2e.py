@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import netns
-from tests.identity import ProjectedVolume, create_ca, leaf, spiffe
+from tests.identity import ProjectedVolume, create_ca, forged, leaf, spiffe
 from tests.mtls_mesh import (
     SERVER,
     Mesh,
@@ -144,10 +144,14 @@ def test_strict_calls_only_mtls_upstreams(mesh: Mesh) -> None:
         mesh.restart(mesh.client, client_spec())
 
 
-def test_a_pinned_identity_the_server_does_not_have_is_refused_and_counted(mesh: Mesh) -> None:
+@pytest.mark.parametrize("mode", ["permissive", "strict"])
+def test_a_pinned_identity_the_server_does_not_have_is_refused_and_counted(
+    mesh: Mesh, mode: str
+) -> None:
+    """A pin says the upstream is meshed: mTLS only, in permissive too (no plaintext)."""
     pinned = client_spec(
         {
-            "proxy.io/mtls": "strict",
+            "proxy.io/mtls": mode,
             "proxy.io/upstream-identities": "orders.shop:8080=ns/shop/sa/payments",
         }
     )
@@ -155,6 +159,8 @@ def test_a_pinned_identity_the_server_does_not_have_is_refused_and_counted(mesh:
     try:
         assert mesh.call("http://orders.shop:8080/")[0] == 503
         assert mesh.client.stat("cluster.outbound|8080||orders.shop.ssl.fail_verify_san") >= 1
+        report = mesh.readiness(mesh.client, "/upstream-transport")[1]
+        assert "orders.shop:8080 mtls" in report  # never plaintext
         assert mesh.call("http://orders.shop:8081/")[0] == 200  # its peer: any of shop
     finally:
         mesh.restart(mesh.client, client_spec())
@@ -169,7 +175,7 @@ def test_rotation_under_load_loses_nothing(mesh: Mesh) -> None:
         mesh.server_volume.pod_certificate(leaf(mesh.ca, spiffe("shop", "orders")), mesh.ca)
         wait_for(lambda: serial(mesh.server) not in serials, 10, "the new leaf served")
         serials.append(serial(mesh.server))
-        assert f"serial={int(serials[-1], 16):x}\n" in mesh.peer(mesh.client_leaf)
+        assert f"serial={int(serials[-1], 16):x} " in mesh.peer(mesh.client_leaf)
         time.sleep(1.5)
     # The CA rolls: both CAs in every bundle first, then leaves of the new one, then the
     # old CA leaves the bundle.
@@ -203,7 +209,8 @@ def test_identity_is_reported(mesh: Mesh) -> None:
 def test_without_a_certificate_the_pod_says_so(mesh: Mesh, mode: str) -> None:
     """The feature gate off or no signer: the projected volume comes without the files."""
     spec = server_spec({"proxy.io/mtls": mode})
-    saved = mesh.server.identity_root.rename(mesh.server.folder / "volumes-saved")
+    root = mesh.server.identity_root
+    saved = root.rename(root.with_name(root.name + "-saved"))
     try:
         ProjectedVolume(mesh.server.identity_root / "proxy-identity").write({})
         mesh.restart(mesh.server, spec)
@@ -244,7 +251,8 @@ def test_csi_driver_spiffe_files_serve_the_same(mesh: Mesh) -> None:
     """identity csi-spiffe: tls.crt, tls.key and ca.crt, as cert-manager's driver writes
     them, in place of the credential bundle."""
     csi = from_mapping({"mtls": {"identity": "csi-spiffe"}})
-    saved = mesh.server.identity_root.rename(mesh.server.folder / "volumes-saved")
+    root = mesh.server.identity_root
+    saved = root.rename(root.with_name(root.name + "-saved"))
     try:
         volume = ProjectedVolume(mesh.server.identity_root / "proxy-identity")
         volume.csi_spiffe(leaf(mesh.ca, spiffe("shop", "orders")), mesh.ca)
@@ -264,3 +272,140 @@ def test_csi_driver_spiffe_files_serve_the_same(mesh: Mesh) -> None:
         shutil.rmtree(mesh.server.identity_root)
         saved.rename(mesh.server.identity_root)
         mesh.restart(mesh.server, server_spec())
+
+
+APP = ("setpriv", "--reuid", "4242", "--regid", "4242", "--clear-groups")
+"""A process of the app container: another UID than the proxy's, in the pod's namespace."""
+WRITES = (
+    "/logging?level=trace",
+    "/quitquitquit",
+    "/drain_listeners",
+    "/runtime_modify?envoy.reloadable_features.x=false",
+    "/healthcheck/fail",
+    "/reset_counters",
+    "/cpuprofiler?enable=y",
+    "/drain",
+)
+
+
+def test_an_app_process_reaches_no_key_and_cannot_reconfigure_its_proxy(mesh: Mesh) -> None:
+    server = mesh.server
+    listed = set(re.findall(r"^  (/[\w/.-]*)(?: \(POST\))?:", server.admin("/help")[1], re.M))
+    assert {"/config_dump", "/certs", "/logging", "/quitquitquit"} <= listed
+    paths = [*sorted(listed), "/config_dump?resource=dynamic_active_secrets&include_eds"]
+    for method in ("GET", "POST"):
+        urls = [
+            f"http://127.0.0.1:{port}{path}" for port in (15000, 15021, 15090) for path in paths
+        ]
+        for path in WRITES:
+            urls += [f"http://127.0.0.1:{port}{path}" for port in (15021, 15090)]
+        curl = ["curl", "-s", "-X", method, "--max-time", "2", "-w", "\n@%{http_code} %{url}\n"]
+        answers = mesh.net.run(mesh.net.pod, *APP, *curl, *urls, timeout=120).stdout
+        assert "PRIVATE KEY" not in answers
+        codes = dict((url, code) for code, url in re.findall(r"^@(\d{3}) (\S+)$", answers, re.M))
+        assert set(codes) == set(urls)
+        assert {codes[u] for u in urls if ":15000/" in u} == {"000"}  # nothing listens there
+        for path in WRITES:
+            assert codes[f"http://127.0.0.1:15021{path}"] in ("403", "404"), path
+            assert codes[f"http://127.0.0.1:15090{path}"] == "404", path
+    # The admin API is a socket only the proxy's UID may open.
+    refused = mesh.net.run(
+        mesh.net.pod,
+        *APP,
+        "curl",
+        "-s",
+        "--unix-socket",
+        str(server.admin_socket),
+        "http://a/ready",
+    )
+    assert refused.returncode != 0 and "LIVE" not in refused.stdout
+    # Nothing was changed: same Envoy, ready, not draining, log levels as they were.
+    assert server.envoy.poll() is None and server.admin("/ready") == (200, "LIVE\n")
+    assert ": trace" not in server.admin("/logging", "POST")[1]
+    assert server.stat("listener_manager.total_listeners_draining") == 0
+    assert mesh.call("http://orders.shop:8080/")[0] == 200
+    # Every file the app's UID can open in its volume (/dev/shm) and in the proxy's /proc.
+    walk = (
+        'n=0; for f in $(find "$1" "/proc/$2" -maxdepth 3 -type f -readable 2>/dev/null); do '
+        'timeout 1 cat "$f" 2>/dev/null; n=$((n + 1)); done; echo "files=$n"'
+    )
+    seen = mesh.net.run(
+        mesh.net.pod, *APP, "bash", "-c", walk, "walk", str(server.folder), str(server.envoy.pid)
+    ).stdout
+    assert int(re.search(r"files=(\d+)", seen)[1]) >= 10
+    assert "PRIVATE KEY" not in seen
+    # The key is there, for the proxy: this walk would have found it in the proxy's volume.
+    as_root = mesh.net.run(mesh.net.pod, "bash", "-c", walk, "walk", str(server.identity_root), "0")
+    assert "PRIVATE KEY" in as_root.stdout
+
+
+@pytest.mark.parametrize("mode", ["off", "permissive", "strict"])
+def test_undeclared_ports_keep_loopback_private_and_follow_the_pods_mode(
+    mesh: Mesh, mode: str, tmp_path
+) -> None:
+    """A port the pod does not declare: passed through to the address it was sent to, so
+    a service bound to 127.0.0.1 stays out of reach; strict refuses plaintext there too,
+    and mTLS reaches it with the same checks as a declared TCP port."""
+    if not (mesh.root / "site-every-address").exists():
+        mesh.net.serve_http(mesh.net.pod, "0.0.0.0", 7072, mesh.root, "every-address")
+        mesh.net.serve_http(mesh.net.pod, "127.0.0.1", 7071, mesh.root, "loopback-only")
+    mesh.restart(mesh.server, server_spec({"proxy.io/mtls": mode}))
+    try:
+        plaintext = mesh.plaintext(f"http://{SERVER}:7072/who.txt")
+        assert plaintext == ((0, "") if mode == "strict" else (200, "every-address"))
+        assert mesh.plaintext(f"http://{SERVER}:7071/who.txt")[0] == 0
+        if mode == "off":
+            return
+        assert mesh.peer(mesh.client_leaf, port=7072, path="/who.txt").startswith("HTTP/1.0 200")
+        assert not mesh.peer(mesh.client_leaf, port=7071, path="/who.txt").startswith("HTTP")
+        assert mesh.server.stat("tcp.inbound_passthrough_mtls.downstream_cx_total") >= 2
+        other = mesh.readiness(mesh.server, "/mtls")[1].splitlines()[-1]
+        policy = "strict" if mode == "strict" else "permissive"
+        assert re.fullmatch(rf"other {policy} mtls=[1-9]\d* plaintext=\d+ denied=0", other)
+    finally:
+        mesh.restart(mesh.server, server_spec())
+
+
+def test_allow_from_holds_on_undeclared_ports_too(mesh: Mesh) -> None:
+    if not (mesh.root / "site-every-address").exists():
+        mesh.net.serve_http(mesh.net.pod, "0.0.0.0", 7072, mesh.root, "every-address")
+    mesh.restart(mesh.server, server_spec({"proxy.io/allow-from": "ns/shop/sa/web"}))
+    try:
+        assert mesh.plaintext(f"http://{SERVER}:7072/who.txt")[0] == 0
+        allowed = mesh.peer(leaf(mesh.ca, spiffe("shop", "web")), port=7072, path="/who.txt")
+        assert allowed.startswith("HTTP/1.0 200")
+        intruder = leaf(mesh.ca, spiffe("shop", "intruder"))
+        assert not mesh.peer(intruder, port=7072, path="/who.txt").startswith("HTTP")
+        assert mesh.server.stat("tcp.inbound_passthrough_mtls.rbac.denied") == 1
+    finally:
+        mesh.restart(mesh.server, server_spec())
+
+
+def test_a_certificate_with_more_than_one_identity_is_refused(mesh: Mesh) -> None:
+    """SPIFFE: exactly one URI SAN. Two, or the allowed ID as a DNS SAN, get nowhere;
+    the caller's identity is only ever read from its URI SAN."""
+    web, intruder = spiffe("shop", "web"), spiffe("shop", "intruder")
+    two = forged(mesh.ca, (intruder, web))
+    as_dns = forged(mesh.ca, (intruder,), dns=(web,))
+    assert mesh.peer(forged(mesh.ca, (web,))).startswith("HTTP/1.1 200")  # the control
+    before = mesh.server.stat("http.inbound_8080_mtls.rbac.denied")
+    assert mesh.peer(two).startswith("HTTP/1.1 403")  # any identity of the mesh, but one
+    assert mesh.server.stat("http.inbound_8080_mtls.rbac.denied") == before + 1
+    mesh.restart(mesh.server, server_spec({"proxy.io/allow-from": "ns/shop/sa/web"}))
+    try:
+        for pair in (two, as_dns, forged(mesh.ca, (web, web))):
+            assert mesh.peer(pair).startswith("HTTP/1.1 403")
+            assert not mesh.peer(pair, port=9000).startswith("HTTP/1.1 200")
+        assert mesh.peer(forged(mesh.ca, (web,))).startswith("HTTP/1.1 200")
+    finally:
+        mesh.restart(mesh.server, server_spec())
+
+
+def test_an_expired_certificate_cannot_resume_its_session(mesh: Mesh) -> None:
+    """No TLS session resumption on the mTLS listeners: a resumed session would skip the
+    certificate check, so a client whose certificate expired could go on calling."""
+    short = forged(mesh.ca, (spiffe("shop", "web"),), seconds=3)
+    first, _, second = mesh.peer(short, resume_after=4.5).partition("\n\n")
+    assert first.startswith("HTTP/1.1 200") and "resumed=False" in first
+    assert not second.strip().startswith("HTTP/1.1 200"), second
+    assert "resumed=True" not in second

@@ -164,6 +164,20 @@ def test_an_app_running_as_the_proxy_uid_is_warned_about_by_name() -> None:
     )
 
 
+def test_an_app_running_with_the_proxys_group_is_warned_about_too() -> None:
+    """The rules let the proxy's GID through as they do its UID: such an app bypasses it."""
+    pod = load_case(CORPUS / "01-web-single.yaml")["pod"]
+    pod["spec"]["securityContext"] = {"runAsUser": 4242, "runAsGroup": 1337}
+    _, warnings = injected(pod)
+    assert warnings == (
+        "container web runs as GID 1337 (runAsGroup), the proxy's: its traffic is never "
+        "redirected and bypasses the proxy",
+    )
+    pod["spec"]["securityContext"] = {"runAsGroup": 1337}
+    denied = inject(pod, "shop", from_mapping({"denyProxyUidApps": True}))
+    assert denied.outcome == Outcome.DENY and "runs as GID 1337" in denied.message
+
+
 def test_the_mesh_config_can_deny_apps_running_as_the_proxy_uid() -> None:
     pod = load_case(CORPUS / "01-web-single.yaml")["pod"]
     pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1337}

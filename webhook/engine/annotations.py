@@ -248,7 +248,8 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         "comma-separated `service:port=peer`, each service:port one of proxy.io/upstreams, "
         "the peer as in proxy.io/allow-from",
         "any identity in the service's namespace",
-        "Who each declared upstream must prove to be over mTLS.",
+        "Who each declared upstream must prove to be over mTLS. A pinned upstream is "
+        "called over mTLS only, in `permissive` too: no plaintext fallback.",
     ),
     Annotation(
         "proxy.io/drain-duration",

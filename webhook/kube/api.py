@@ -176,9 +176,6 @@ class Api:
         try:
             payload = await _body(reader, headers)
             done = True
-        except asyncio.CancelledError:
-            writer.close()
-            raise
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             raise ApiError(
                 0, f"the Kubernetes API's answer to {method} {path} broke: {exc}"
