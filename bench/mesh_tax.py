@@ -677,6 +677,7 @@ def churn_config(sidecar: MeshedPod) -> dict:
         proxy_ports={},
         loopback_only=False,
         identity_root=sidecar.identity_root if sidecar.identity_root.exists() else None,
+        admin_dir=sidecar.admin_socket.parent,
     )
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"].startswith("outbound|") and "||" in cluster["name"]:

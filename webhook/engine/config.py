@@ -153,7 +153,7 @@ class Mtls(_Section):
 
 class MeshConfig(_Section):
     proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
-    init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.1.0"
+    init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.2.0"
     image_pull_secrets: SecretNames = ()
     """Merged into each injected pod's spec.imagePullSecrets (a private registry)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None

@@ -190,7 +190,10 @@ def _mtls_chain(port: AppPort, plan: MtlsPlan) -> Json:
     as in plaintext. Stats under <http|tcp>.inbound_<port>_mtls."""
     prefix = f"inbound_{port.number}_mtls"
     if port.is_http:
-        filters = [_http_filter(port, prefix, mtls.http_rbac(plan), peer=True)]
+        filters = [
+            *mtls.http_connection_rbac(plan, f"http.{prefix}."),
+            _http_filter(port, prefix, mtls.http_rbac(plan), peer=True),
+        ]
     else:
         name = cluster_name(port.number)
         filters = [*mtls.network_rbac(plan, f"tcp.{prefix}."), tcp_proxy(prefix, name)]

@@ -125,11 +125,20 @@ def _peer_matcher(plan: MtlsPlan) -> Json:
 
 
 def http_rbac(plan: MtlsPlan) -> list[Json]:
-    """HTTP ports: a caller refused by ``_peer_matcher`` gets 403 "RBAC: access denied",
-    counted in http.<stat prefix>.rbac.denied."""
+    """HTTP ports with ``allow-from``: a caller refused by ``_peer_matcher`` gets 403
+    "RBAC: access denied", counted in http.<stat prefix>.rbac.denied. Without it the
+    check is the connection's (``http_connection_rbac``), not every request's."""
+    if not plan.allow_from:
+        return []
     return [
         typed("envoy.filters.http.rbac", "filters.http.rbac.v3.RBAC", matcher=_peer_matcher(plan))
     ]
+
+
+def http_connection_rbac(plan: MtlsPlan, stat_prefix: str) -> list[Json]:
+    """HTTP ports without ``allow-from``: the one-URI-SAN check once per connection (a
+    caller refused has its connection closed), so requests pay nothing for it."""
+    return [] if plan.allow_from else network_rbac(plan, stat_prefix)
 
 
 def network_rbac(plan: MtlsPlan, stat_prefix: str) -> list[Json]:
