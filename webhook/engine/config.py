@@ -191,7 +191,7 @@ class MeshConfig(_Section):
     native_sidecar: bool = True
     """The proxy as a native sidecar (an init container with restartPolicy Always, 1.29+)."""
     deny_proxy_uid_apps: bool = False
-    """Deny, instead of warning about, app containers running as the proxy's UID 1337."""
+    """Deny, instead of warning about, app containers running as the proxy's UID or GID 1337."""
     drain_duration: Duration = 5.0
     """How long the proxy keeps serving after the pod starts terminating."""
     cluster_domain: Annotated[str, _checked(values.dns_name)] = "cluster.local"
