@@ -366,3 +366,19 @@ def test_each_shell_imports_only_itself_and_the_engine(room) -> None:
     allowed = (f"webhook.{room}", "webhook.engine", *SHARED.get(room, ()))
     for path, name in found:
         assert name.startswith(allowed), f"{room}/{path}: {name}"
+
+
+def test_dual_stack_false_listens_on_ipv4_only() -> None:
+    """Mesh config dualStack: false is for nodes booted with ipv6.disable=1, where a
+    listener on [::] cannot bind: no listener may ask for one."""
+
+    def ipv6_listeners(config: MeshConfig) -> list[str]:
+        bootstrap = json.loads(arg(injected(pod_with([app()]), config), "--config-yaml"))
+        return [
+            item["name"]
+            for item in bootstrap["static_resources"]["listeners"]
+            if "additional_addresses" in item
+        ]
+
+    assert ipv6_listeners(from_mapping({})) == ["readiness", "prometheus", "inbound", "outbound"]
+    assert ipv6_listeners(from_mapping({"dualStack": False})) == []

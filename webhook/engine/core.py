@@ -404,6 +404,7 @@ def _plan(
         secured.upstreams,
         config.upstream_policy,
         outbound_socket,
+        dual_stack=config.dual_stack,
         mtls=secured.plan,
         drain_hook=lifecycle.drains(native, drain_seconds),
     )

@@ -43,6 +43,7 @@ class SidecarPlan:
     outbound_socket: str | None
     """Egress Unix socket path, when proxy.io/outbound-uds is on."""
     dual_stack: bool = True
+    """Mesh config dualStack: each listener also on [::]."""
     mtls: MtlsPlan | None = None
     drain_hook: bool = False
     """A regular proxy container's preStop hook drains it through :15021/drain."""
