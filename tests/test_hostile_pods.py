@@ -172,8 +172,7 @@ def test_an_unforeseen_failure_is_a_500_denial_naming_the_field(monkeypatch) -> 
     assert response["status"]["code"] == 500
     assert response["status"]["reason"] == "InternalError"
     assert (
-        "internal error while reading the app containers' probes: KeyError"
-        in (response["status"]["message"])
+        "internal error in stage ports_and_resources: KeyError" in (response["status"]["message"])
     )
     assert isinstance(reviewed.error, KeyError)
     assert reviewed.reason == "internal_error"

@@ -3,7 +3,6 @@ shared /dev/shm volume, resolved from annotations, the mesh config and the pod."
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,25 +10,21 @@ from decimal import Decimal
 from typing import Any
 
 from webhook.engine import values
-from webhook.engine.annotations import Overrides, pick, quote
+from webhook.engine.annotations import Overrides, quote
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
     ADMIN_DIR,
     ADMIN_VOLUME,
     APP_HEALTH_PATH,
     INBOUND_PORT,
-    INIT_CONTAINER,
     OUTBOUND_PORT,
     PROMETHEUS_PORT,
     PROXY_CONTAINER,
     PROXY_GID,
-    PROXY_PORTS,
     PROXY_UID,
     READINESS_PATH,
     READINESS_PORT,
     SHM_VOLUME,
-    VALIDATE_CONTAINER,
-    VALIDATE_UID,
 )
 from webhook.engine.pod import Container
 
@@ -222,10 +217,10 @@ def proxy_container(
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_GID, **restricted()},
         "volumeMounts": mounts,
     }
-    return _pulled(container, pull_policy)
+    return pulled(container, pull_policy)
 
 
-def _pulled(container: Json, pull_policy: str | None) -> Json:
+def pulled(container: Json, pull_policy: str | None) -> Json:
     if pull_policy:
         container["imagePullPolicy"] = pull_policy
     return container
@@ -243,127 +238,3 @@ def as_native_sidecar(proxy: Json) -> Json:
             "failureThreshold": 600,
         },
     }
-
-
-def _listed(items: tuple[int, ...] | tuple[str, ...] | str) -> str:
-    return items if isinstance(items, str) else ",".join(map(str, items))
-
-
-def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
-    """Flags of ``proxy-injector init-iptables``: exactly what the init container runs, or
-    what the CNI plugin applies (the same renderer either way)."""
-    exclude_inbound = sorted(
-        {*PROXY_PORTS, *pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)}
-    )
-    flags = {
-        "--proxy-uid": str(PROXY_UID),
-        "--proxy-gid": str(PROXY_GID),
-        "--inbound-capture-port": str(INBOUND_PORT),
-        "--outbound-capture-port": str(OUTBOUND_PORT),
-        "--include-inbound-ports": _listed(
-            pick(overrides.include_inbound_ports, config.include_inbound_ports)
-        ),
-        "--exclude-inbound-ports": _listed(tuple(exclude_inbound)),
-        "--exclude-outbound-ports": _listed(
-            pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports)
-        ),
-        "--include-outbound-ip-ranges": _listed(
-            pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
-        ),
-        "--exclude-outbound-ip-ranges": _listed(
-            pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
-        ),
-    }
-    args = ["init-iptables"]
-    for flag, value in flags.items():
-        if value:
-            args += [flag, value]
-    return args
-
-
-def init_container(
-    *,
-    image: str,
-    args: list[str],
-    limits: Resources,
-    pull_policy: str | None = None,
-    mounts: list[Json] | None = None,
-) -> Json:
-    container: Json = {
-        "name": INIT_CONTAINER,
-        "image": image,
-        "command": ["proxy-injector"],
-        "args": args,
-        "resources": limits.spec(),
-        **({"volumeMounts": mounts} if mounts else {}),
-        "securityContext": {
-            "runAsUser": 0,
-            "runAsGroup": 0,
-            "runAsNonRoot": False,
-            "privileged": False,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
-        },
-    }
-    return _pulled(container, pull_policy)
-
-
-VALIDATION_ADDRESSES = ("192.0.2.1", "2001:db8::1")
-"""Documentation addresses (RFC 5737, 3849): nothing answers there, so a connection that
-arrives is one the redirect delivered."""
-VALIDATION_PORTS = (80, 8080, 9)
-
-
-def validation_target(overrides: Overrides, config: MeshConfig) -> str | None:
-    """An address and port whose connections the pod's rules send to Envoy's outbound port,
-    for proxy-validate to try; None when the pod redirects no outbound traffic."""
-    include = pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
-    exclude = [
-        ipaddress.ip_network(c)
-        for c in pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
-    ]
-    ports = set(pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports))
-    port = next((p for p in VALIDATION_PORTS if p not in ports), None)
-    if include == values.ALL:
-        candidates = [ipaddress.ip_address(a) for a in VALIDATION_ADDRESSES]
-    else:
-        candidates = [next(iter(ipaddress.ip_network(c).hosts())) for c in include]
-    for address in candidates:
-        if port is not None and not any(address in network for network in exclude):
-            return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-    return None
-
-
-def validate_container(
-    *,
-    image: str,
-    target: str,
-    limits: Resources,
-    pull_policy: str | None = None,
-    extra_args: tuple[str, ...] = (),
-    mounts: list[Json] | None = None,
-) -> Json:
-    """Checks, unprivileged, that the CNI plugin's redirect is in place before anything
-    else in the pod starts: a pod on a node without the plugin fails here, not unmeshed."""
-    container: Json = {
-        "name": VALIDATE_CONTAINER,
-        "image": image,
-        "command": ["proxy-injector"],
-        "args": [
-            "validate-interception",
-            "--connect",
-            target,
-            "--outbound-capture-port",
-            str(OUTBOUND_PORT),
-            *extra_args,
-        ],
-        "resources": limits.spec(),
-        **({"volumeMounts": mounts} if mounts else {}),
-        "securityContext": {
-            "runAsUser": VALIDATE_UID,
-            "runAsGroup": VALIDATE_UID,
-            **restricted(),
-        },
-    }
-    return _pulled(container, pull_policy)

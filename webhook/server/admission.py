@@ -108,7 +108,7 @@ def review(body: bytes, config: MeshConfig) -> Reviewed:
         raise
     except Exception as exc:
         error = exc.__cause__ if isinstance(exc, engine.InternalError) else exc
-        field = exc.field if isinstance(exc, engine.InternalError) else "the answer"
+        field = exc.where if isinstance(exc, engine.InternalError) else "the answer"
         result = _internal_error(field, error)
         body_out = _encode(api_version, uid, result, None)
     return Reviewed(
@@ -145,10 +145,10 @@ def _decide(
     return namespace, *MEMO.inject(pod, namespace, config)
 
 
-def _internal_error(field: str, error: BaseException | None) -> engine.InjectionResult:
+def _internal_error(where: str, error: BaseException | None) -> engine.InjectionResult:
     kind = type(error).__name__ if error else "error"
     detail = clip(str(error), PROBLEM_CHARS) if error else ""
-    message = f"internal error while reading {field}: {kind}" + (f": {detail}" if detail else "")
+    message = f"internal error in {where}: {kind}" + (f": {detail}" if detail else "")
     return engine.InjectionResult(engine.Outcome.DENY, Reason.INTERNAL_ERROR, message)
 
 
