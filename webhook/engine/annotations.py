@@ -10,7 +10,6 @@ import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any
 
 from webhook.engine import limits, values
 from webhook.engine.names import INJECT_KEY, PREFIX, WRITTEN_KEYS
@@ -346,11 +345,6 @@ class Parsed:
     overrides: Overrides
     unknown: tuple[Unknown, ...]
     errors: tuple[str, ...]
-
-
-def pick(override: Any, default: Any) -> Any:
-    """The annotation's value where the pod sets it, else the mesh config's."""
-    return default if override is None else override
 
 
 def invalid(key: str, value: str, problem: str) -> str:

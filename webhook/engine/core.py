@@ -19,6 +19,7 @@ from webhook.engine import patch as jp
 from webhook.engine import pod as pods
 from webhook.engine.config import MeshConfig
 from webhook.engine.policy import InvalidInjectValue, Reason, decide
+from webhook.engine.settings import resolve
 from webhook.engine.stages import InternalError, Plan
 
 __all__ = [
@@ -123,7 +124,8 @@ def _decided(
     if isinstance(prepared, InjectionResult):
         return prepared
     spec, parsed, rule = prepared
-    found = stages.run(stages.Context(pod, spec, namespace, config, parsed))
+    settings = resolve(parsed.overrides, config)
+    found = stages.run(stages.Context(pod, spec, namespace, config, parsed, settings))
     if isinstance(found, Plan):
         return spec, found, rule
     reason, problems = found

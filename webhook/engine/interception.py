@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 
 from webhook.engine import limits, mtls, values
-from webhook.engine.annotations import Overrides, pick
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
     ARG_MAX_BYTES,
@@ -29,6 +28,7 @@ from webhook.engine.names import (
     VALIDATE_CONTAINER,
     VALIDATE_UID,
 )
+from webhook.engine.settings import Settings
 from webhook.engine.sidecar import Resources, pulled, restricted
 
 Json = dict[str, Any]
@@ -53,30 +53,20 @@ def _listed(items: tuple[int, ...] | tuple[str, ...] | str) -> str:
     return items if isinstance(items, str) else ",".join(map(str, items))
 
 
-def init_args(overrides: Overrides, config: MeshConfig) -> list[str]:
+def init_args(settings: Settings) -> list[str]:
     """Flags of ``proxy-injector init-iptables``: exactly what the init container runs, or
     what the CNI plugin applies (the same renderer either way)."""
-    exclude_inbound = sorted(
-        {*PROXY_PORTS, *pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)}
-    )
+    exclude_inbound = sorted({*PROXY_PORTS, *settings.exclude_inbound_ports})
     flags = {
         "--proxy-uid": str(PROXY_UID),
         "--proxy-gid": str(PROXY_GID),
         "--inbound-capture-port": str(INBOUND_PORT),
         "--outbound-capture-port": str(OUTBOUND_PORT),
-        "--include-inbound-ports": _listed(
-            pick(overrides.include_inbound_ports, config.include_inbound_ports)
-        ),
+        "--include-inbound-ports": _listed(settings.include_inbound_ports),
         "--exclude-inbound-ports": _listed(tuple(exclude_inbound)),
-        "--exclude-outbound-ports": _listed(
-            pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports)
-        ),
-        "--include-outbound-ip-ranges": _listed(
-            pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
-        ),
-        "--exclude-outbound-ip-ranges": _listed(
-            pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
-        ),
+        "--exclude-outbound-ports": _listed(settings.exclude_outbound_ports),
+        "--include-outbound-ip-ranges": _listed(settings.include_outbound_ip_ranges),
+        "--exclude-outbound-ip-ranges": _listed(settings.exclude_outbound_ip_ranges),
     }
     args = ["init-iptables"]
     for flag, value in flags.items():
@@ -119,15 +109,12 @@ arrives is one the redirect delivered."""
 VALIDATION_PORTS = (80, 8080, 9)
 
 
-def validation_target(overrides: Overrides, config: MeshConfig) -> str | None:
+def validation_target(settings: Settings) -> str | None:
     """An address and port whose connections the pod's rules send to Envoy's outbound port,
     for proxy-validate to try; None when the pod redirects no outbound traffic."""
-    include = pick(overrides.include_outbound_ip_ranges, config.include_outbound_ip_ranges)
-    exclude = [
-        ipaddress.ip_network(c)
-        for c in pick(overrides.exclude_outbound_ip_ranges, config.exclude_outbound_ip_ranges)
-    ]
-    ports = set(pick(overrides.exclude_outbound_ports, config.exclude_outbound_ports))
+    include = settings.include_outbound_ip_ranges
+    exclude = [ipaddress.ip_network(c) for c in settings.exclude_outbound_ip_ranges]
+    ports = set(settings.exclude_outbound_ports)
     port = next((p for p in VALIDATION_PORTS if p not in ports), None)
     if include == values.ALL:
         candidates = [ipaddress.ip_address(a) for a in VALIDATION_ADDRESSES]
@@ -189,17 +176,16 @@ def _too_long_args(container: dict[str, Any]) -> list[str]:
 
 def decide(
     pod: dict[str, Any],
-    overrides: Overrides,
+    settings: Settings,
     config: MeshConfig,
     resources: Resources,
     secured: mtls.MtlsPlan | None,
 ) -> Interception | list[str]:
     """The pod's interception, or the problems that deny it (each an annotation's)."""
-    cni = pick(overrides.interception, config.interception) == "cni"
-    flags = init_args(overrides, config)
+    flags = init_args(settings)
     sds_args = mtls.sds_args(secured.files) if secured else ()
     mounts = [mtls.init_mount()] if secured else None
-    if not cni:
+    if not settings.cni:
         init = init_container(
             image=config.init_image,
             args=[*flags, *sds_args],
@@ -209,7 +195,7 @@ def decide(
         )
         long_args = _too_long_args(init)
         return long_args or Interception(False, init, None)
-    target = validation_target(overrides, config)
+    target = validation_target(settings)
     if target is None:
         return [_nothing_to_validate()]
     spec = _interception_spec(flags)

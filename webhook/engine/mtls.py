@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from webhook.engine.annotations import Overrides, pick, quote
+from webhook.engine.annotations import Overrides, quote
 from webhook.engine.config import MeshConfig, Mtls
 from webhook.engine.names import (
     IDENTITY_DIR,
@@ -110,10 +110,6 @@ class Decided:
 def trust_bundle_name(signer_name: str) -> str:
     """The signer's ClusterTrustBundle: its name starts with the signer name, / made :."""
     return signer_name.replace("/", ":") + ":bundle"
-
-
-def mode_of(overrides: Overrides, config: MeshConfig) -> str:
-    return pick(overrides.mtls, config.mtls.default_mode)
 
 
 def refuses_plaintext(overrides: Overrides, mode: str) -> bool:

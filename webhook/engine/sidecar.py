@@ -27,6 +27,7 @@ from webhook.engine.names import (
     SHM_VOLUME,
 )
 from webhook.engine.pod import Container
+from webhook.engine.settings import Settings
 
 Json = dict[str, Any]
 MIN_DEFAULT_CONCURRENCY = 2
@@ -61,16 +62,15 @@ class Sized:
     """A request above the mesh config's default limit, which was raised to it."""
 
 
-def resources(overrides: Overrides, config: MeshConfig) -> Sized:
+def resources(settings: Settings, overrides: Overrides) -> Sized:
     """The proxy's requests and limits. A request annotation above the default limit
     raises the limit to it (with a warning), as Istio does; a request above a limit the
-    pod sets as well is an error."""
-    defaults = config.resources
+    pod sets as well is an error. ``overrides``: which of them the pod's annotations set."""
     chosen = {
-        "cpu": overrides.cpu or defaults.cpu,
-        "memory": overrides.memory or defaults.memory,
-        "cpu_limit": overrides.cpu_limit or defaults.cpu_limit,
-        "memory_limit": overrides.memory_limit or defaults.memory_limit,
+        "cpu": settings.cpu,
+        "memory": settings.memory,
+        "cpu_limit": settings.cpu_limit,
+        "memory_limit": settings.memory_limit,
     }
     errors, warnings = [], []
     for request, limit in (("cpu", "cpu_limit"), ("memory", "memory_limit")):
@@ -108,11 +108,10 @@ def _over_limit(overrides: Overrides, request: str, limit: str) -> str:
     )
 
 
-def concurrency(overrides: Overrides, config: MeshConfig, cpu_limit: Decimal) -> int:
-    if overrides.concurrency is not None:
-        return overrides.concurrency
-    if config.concurrency is not None:
-        return config.concurrency
+def concurrency(settings: Settings, cpu_limit: Decimal) -> int:
+    """Envoy's workers: as set, else one per CPU of the limit (at least 2, at most 64)."""
+    if settings.concurrency is not None:
+        return settings.concurrency
     return min(64, max(MIN_DEFAULT_CONCURRENCY, math.ceil(cpu_limit)))
 
 

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from webhook.engine import values
-from webhook.engine.annotations import Overrides, pick
-from webhook.engine.config import MeshConfig
+from webhook.engine.annotations import Overrides
 from webhook.engine.names import PROXY_PORTS, SHM_MOUNT_PATH, SUN_PATH_MAX, UDS_PATH_ENV
 from webhook.engine.pod import Container, Port
+from webhook.engine.settings import Settings
 from webhook.engine.values import quote
 
 TCP, HTTP, HTTP2 = "tcp", "http", "h2"
@@ -63,7 +63,7 @@ class PortPlan:
 @dataclass
 class _Planner:
     overrides: Overrides
-    config: MeshConfig
+    settings: Settings
     ports: list[AppPort] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     annotation_errors: list[str] = field(default_factory=list)
@@ -83,11 +83,11 @@ class _Planner:
     """Where sockets live: the template's /dev/shm/ stands for it (proxy.io/shm: host)."""
 
     def __post_init__(self) -> None:
-        self.include, self.exclude = _inbound(self.overrides, self.config)
+        self.include, self.exclude = _inbound(self.settings)
         self.http_refs = frozenset(self.overrides.http_ports or ())
         refs = self.overrides.uds_ports
         self.uds_refs = None if refs is None else frozenset(refs)
-        self.mode = pick(self.overrides.upstream, self.config.upstream)
+        self.mode = self.settings.upstream
 
     def intercepted(self, number: int) -> bool:
         return (self.include is None or number in self.include) and number not in self.exclude
@@ -106,7 +106,7 @@ class _Planner:
         self.matched.update(named)
         if self.mode == "tcp" or (self.uds_refs is not None and not named):
             return None
-        template = self.overrides.uds_path or self.config.uds_path
+        template = self.settings.uds_path
         path = relocate(
             template.format(container=container.name, port=port.number), self.socket_root
         )
@@ -163,18 +163,15 @@ class _Planner:
                 )
 
 
-def _inbound(
-    overrides: Overrides, config: MeshConfig
-) -> tuple[frozenset[int] | None, frozenset[int]]:
+def _inbound(settings: Settings) -> tuple[frozenset[int] | None, frozenset[int]]:
     """The inbound ports intercepted (None: every one) and those excluded."""
-    include = pick(overrides.include_inbound_ports, config.include_inbound_ports)
-    exclude = pick(overrides.exclude_inbound_ports, config.exclude_inbound_ports)
+    include, exclude = settings.include_inbound_ports, settings.exclude_inbound_ports
     return (None if include == values.ALL else frozenset(include)), frozenset(exclude)
 
 
-def least_ports(containers: Iterable[Container], overrides: Overrides, config: MeshConfig) -> int:
+def least_ports(containers: Iterable[Container], settings: Settings) -> int:
     """How many ports ``plan`` will hold at the least: one per intercepted port number."""
-    include, exclude = _inbound(overrides, config)
+    include, exclude = _inbound(settings)
     numbers = {port.number for container in containers for port in container.ports}
     numbers.difference_update(PROXY_PORTS, exclude)
     if include is not None:
@@ -185,10 +182,12 @@ def least_ports(containers: Iterable[Container], overrides: Overrides, config: M
 def plan(
     containers: Iterable[Container],
     overrides: Overrides,
-    config: MeshConfig,
+    settings: Settings,
     socket_root: str = SHM_MOUNT_PATH,
 ) -> PortPlan:
-    planner = _Planner(overrides, config, socket_root=socket_root)
+    """``overrides``: for the annotations only a pod sets (uds-ports, http-ports) and for
+    naming where a socket path template came from."""
+    planner = _Planner(overrides, settings, socket_root=socket_root)
     for container in containers:
         for port in container.ports:
             planner.add(container, port)

@@ -30,7 +30,7 @@ from webhook.engine import (
     upstreams,
 )
 from webhook.engine import pod as pods
-from webhook.engine.annotations import Overrides, pick
+from webhook.engine.annotations import Overrides
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import (
     ADMIN_VOLUME,
@@ -46,6 +46,7 @@ from webhook.engine.names import (
     VALIDATE_CONTAINER,
 )
 from webhook.engine.policy import Reason
+from webhook.engine.settings import Settings
 
 Json = dict[str, Any]
 
@@ -81,6 +82,8 @@ class Context:
     namespace: str
     config: MeshConfig
     parsed: annotations.Parsed
+    settings: Settings
+    """Every "annotation, else mesh config" value, resolved once."""
     apps: tuple[pods.Container, ...] = ()
     access: node_access.NodeAccess | None = None
     ports: sockets.PortPlan | None = None
@@ -132,7 +135,7 @@ def node_reach(ctx: Context) -> Findings:
 def size_estimate(ctx: Context) -> Findings:
     """Checked before anything per port is built: a pod with tens of thousands of ports
     would otherwise cost seconds only to be refused for its size."""
-    ports = sockets.least_ports(ctx.apps, ctx.overrides, ctx.config)
+    ports = sockets.least_ports(ctx.apps, ctx.settings)
     least = bootstrap.least_size(ports, 0, len(ctx.declared))
     if least > ARG_MAX_BYTES:
         return Findings(denials=(_too_large(least, len(ctx.declared), at_least=True),))
@@ -143,12 +146,12 @@ def ports_and_resources(ctx: Context) -> Findings:
     """Which ports get a socket, how probes reach them, and the proxy's resources; the
     problems of their annotations deny together."""
     assert ctx.access is not None
-    ctx.ports = sockets.plan(ctx.apps, ctx.overrides, ctx.config, ctx.access.socket_root)
-    ctx.mtls_mode = mtls.mode_of(ctx.overrides, ctx.config)
+    ctx.ports = sockets.plan(ctx.apps, ctx.overrides, ctx.settings, ctx.access.socket_root)
+    ctx.mtls_mode = ctx.settings.mtls_mode
     refuses_plaintext = mtls.refuses_plaintext(ctx.overrides, ctx.mtls_mode)
-    rewrite = pick(ctx.overrides.rewrite_probes, True)
+    rewrite = ctx.settings.rewrite_probes
     ctx.probes = probes.plan(ctx.apps, ctx.ports, rewrite, refuses_plaintext)
-    sized = sidecar.resources(ctx.overrides, ctx.config)
+    sized = sidecar.resources(ctx.settings, ctx.overrides)
     ctx.resources = sized.resources
     problems = (*ctx.ports.annotation_errors, *sized.errors)
     found = (*sized.warnings, *ctx.ports.warnings, *ctx.probes.warnings)
@@ -211,7 +214,7 @@ def upstreams_and_mtls(ctx: Context) -> Findings:
 
 def intercept(ctx: Context) -> Findings:
     assert ctx.resources is not None
-    decided = interception.decide(ctx.pod, ctx.overrides, ctx.config, ctx.resources, ctx.secured)
+    decided = interception.decide(ctx.pod, ctx.settings, ctx.config, ctx.resources, ctx.secured)
     if isinstance(decided, list):
         return Findings(Reason.INVALID_ANNOTATION, tuple(decided))
     ctx.interception = decided
@@ -221,8 +224,8 @@ def intercept(ctx: Context) -> Findings:
 
 def start_and_stop(ctx: Context) -> Findings:
     """Native sidecar or not, and how long the proxy drains."""
-    ctx.native = pick(ctx.overrides.native_sidecar, ctx.config.native_sidecar)
-    ctx.drain_seconds = pick(ctx.overrides.drain_duration, ctx.config.drain_duration)
+    ctx.native = ctx.settings.native_sidecar
+    ctx.drain_seconds = ctx.settings.drain_seconds
     ctx.grace_seconds = pods.termination_grace_seconds(ctx.spec)
     found = lifecycle.grace_warnings(ctx.native, ctx.drain_seconds, ctx.grace_seconds)
     return Findings(warnings=found)
@@ -381,9 +384,9 @@ def _plan(ctx: Context, found: list[str]) -> Plan:
         native=ctx.native,
         hold_application=bool(overrides.hold_application),
         bootstrap=ctx.bootstrap,
-        image=overrides.image or config.proxy_image,
-        workers=sidecar.concurrency(overrides, config, ctx.resources.cpu_limit),
-        log_level=overrides.log_level or config.log_level,
+        image=ctx.settings.image,
+        workers=sidecar.concurrency(ctx.settings, ctx.resources.cpu_limit),
+        log_level=ctx.settings.log_level,
         pull_policy=config.image_pull_policy,
         pull_secrets=config.image_pull_secrets,
         drain_seconds=ctx.drain_seconds,
