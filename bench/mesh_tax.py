@@ -73,9 +73,9 @@ from tests import netns
 from tests.identity import ProjectedVolume, create_ca, leaf, spiffe
 from tests.meshed_pod import MeshedPod
 from tests.processes import Nginx, shared_folder, wait_for
+from tests.remap import remap
 from tests.support import apply, bootstrap_of
 from webhook.engine import Outcome, inject
-from webhook.engine.bootstrap.remap import remap
 from webhook.engine.config import MeshConfig, from_mapping
 
 LOAD_CPU = 1

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tests import netns
 from tests.processes import admin_request, proxy_envoy, proxy_only_folder, stat_value, wait_for
+from tests.remap import moved_identity, remap
 from tests.support import apply, bootstrap_of, container
 from webhook.engine import Outcome, inject
-from webhook.engine.bootstrap.remap import moved_identity, remap
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import ADMIN_SOCKET, SDS_DIR
 from webhook.node import sds

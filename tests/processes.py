@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.remap import remap
 from tests.support import ENVOY
-from webhook.engine.bootstrap.remap import remap
 from webhook.engine.names import (
     ADMIN_SOCKET,
     INBOUND_PORT,

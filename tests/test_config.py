@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from webhook.engine.config import ConfigError, MeshConfig, from_mapping, load
+from webhook.common.mesh_config import load
+from webhook.engine.config import ConfigError, MeshConfig, from_mapping
 
 
 def test_an_empty_file_gives_the_defaults(tmp_path) -> None:

@@ -353,17 +353,19 @@ def test_the_engine_imports_nothing_from_the_shells_around_it() -> None:
 
 
 SHARED = {"node": ("webhook.kube",), "signer": ("webhook.kube",)}
-"""Beside the engine, the asyncio API client is shared by the shells that watch the API."""
+"""Beside the engine and webhook/common/, the asyncio API client is shared by the shells
+that watch the API."""
 
 
-@pytest.mark.parametrize("room", ["node", "server", "tools", "signer", "kube"])
+@pytest.mark.parametrize("room", ["node", "server", "tools", "signer", "kube", "common"])
 def test_each_shell_imports_only_itself_and_the_engine(room) -> None:
     """webhook/node/ runs on nodes and in pods, webhook/server/ is the admission server,
     webhook/tools/ the offline tools, webhook/signer/ the certificate signer: none reaches
-    into another (only the CLI sees all); node and signer share webhook/kube/."""
+    into another (only the CLI sees all); node and signer share webhook/kube/, and every
+    shell may use webhook/common/ (which the engine never does)."""
     found = _webhook_imports(room)
     assert found
-    allowed = (f"webhook.{room}", "webhook.engine", *SHARED.get(room, ()))
+    allowed = (f"webhook.{room}", "webhook.engine", "webhook.common", *SHARED.get(room, ()))
     for path, name in found:
         assert name.startswith(allowed), f"{room}/{path}: {name}"
 

@@ -14,6 +14,7 @@ import yaml
 
 from tests import pod_security
 from tests.identity import ProjectedVolume, create_ca, leaf, spiffe
+from tests.remap import moved_identity
 from tests.support import (
     ENVOY,
     POD_CERTIFICATE_VERSIONS,
@@ -23,7 +24,6 @@ from tests.support import (
     schema_errors,
 )
 from webhook.engine import Outcome, inject
-from webhook.engine.bootstrap.remap import moved_identity
 from webhook.engine.config import ConfigError, from_mapping
 from webhook.engine.names import SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY
 from webhook.node import sds

@@ -20,8 +20,8 @@ import pytest
 from tests import netns
 from tests.meshed_pod import MeshedPod, injected
 from tests.processes import shared_folder, wait_for
+from tests.remap import moved_admin
 from tests.support import container
-from webhook.engine.bootstrap.remap import moved_admin
 from webhook.engine.lifecycle import outlive_the_app
 
 why_not = netns.available()

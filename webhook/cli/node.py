@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from webhook.cli.args import seconds
+from webhook.common import mesh_config
 from webhook.engine import config
 from webhook.engine.names import OUTBOUND_PORT
 from webhook.node import flags
@@ -168,7 +169,7 @@ def _cni(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
-        mesh = config.load(args.config) if args.config else config.MeshConfig()
+        mesh = mesh_config.load(args.config) if args.config else config.MeshConfig()
     except config.ConfigError as exc:
         print(f"proxy-injector cni {args.action}: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook.cli.args import byte_count, count, seconds
+from webhook.common import mesh_config
 from webhook.engine import config
 from webhook.server.settings import Lifecycle, Limits
 
@@ -202,7 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level)
     try:
-        mesh = config.load(args.config) if args.config else config.MeshConfig()
+        mesh = mesh_config.load(args.config) if args.config else config.MeshConfig()
     except config.ConfigError as exc:
         print(f"proxy-injector serve: {exc}", file=sys.stderr)
         return 2

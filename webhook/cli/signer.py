@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook.cli.args import seconds, span
+from webhook.common import mesh_config
 from webhook.engine import config
 
 
@@ -65,7 +66,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _mesh(args: argparse.Namespace, command: str) -> config.MeshConfig | None:
     try:
-        return config.load(args.config) if args.config else config.MeshConfig()
+        return mesh_config.load(args.config) if args.config else config.MeshConfig()
     except config.ConfigError as exc:
         print(f"proxy-injector {command}: {exc}", file=sys.stderr)
         return None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook.cli.args import byte_count, count, labels
+from webhook.common import mesh_config
 from webhook.engine import config
 
 
@@ -83,7 +84,7 @@ def _offline_input(args: argparse.Namespace) -> tuple[str, list, config.MeshConf
     from webhook.tools import offline
 
     try:
-        mesh = config.load(args.config) if args.config else config.MeshConfig()
+        mesh = mesh_config.load(args.config) if args.config else config.MeshConfig()
     except config.ConfigError as exc:
         raise SystemExit(f"proxy-injector {args.command}: {exc}") from None
     try:
@@ -172,7 +173,7 @@ def _check(args: argparse.Namespace) -> int:
     from webhook.tools import check
 
     try:
-        mesh = config.load(args.config) if args.config else config.MeshConfig()
+        mesh = mesh_config.load(args.config) if args.config else config.MeshConfig()
         results = check.run(
             check.kube_reader(_kube_client(args.kube_api)), mesh, check.Target(args.namespace)
         )

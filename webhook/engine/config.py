@@ -9,7 +9,6 @@ import hashlib
 from collections.abc import Callable
 from decimal import Decimal
 from functools import cached_property
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -288,24 +287,10 @@ class _PlainYaml(yaml.SafeLoader):
             self.depth -= 1
 
 
-def _read(path: str | Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_BYTES // 1024} KiB: not a mesh config")
-    try:
-        return values.utf8(data)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def load(path: str | Path) -> MeshConfig:
-    text = _read(path)
+def parse(text: str, source: str = "mesh config") -> MeshConfig:
+    """A mesh config from its YAML text; ConfigError naming ``source`` and the field."""
     try:
         data = yaml.load(text, Loader=_PlainYaml)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return from_mapping(data, str(path))
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return from_mapping(data, source)

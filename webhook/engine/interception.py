@@ -15,6 +15,7 @@ import orjson
 
 from webhook.engine import limits, mtls, values
 from webhook.engine.config import MeshConfig
+from webhook.engine.json_object import Json
 from webhook.engine.names import (
     ARG_MAX_BYTES,
     INBOUND_PORT,
@@ -30,8 +31,6 @@ from webhook.engine.names import (
 )
 from webhook.engine.settings import Settings
 from webhook.engine.sidecar import Resources, pulled, restricted
-
-Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ read from the Prometheus port.
 from __future__ import annotations
 
 import math
-from typing import Any
 from urllib.parse import quote
 
+from webhook.engine.json_object import Json
 from webhook.engine.names import (
     DRAIN_FLAG,
     DRAIN_PATH,
@@ -38,8 +38,6 @@ from webhook.engine.names import (
     READINESS_PATH,
     READINESS_PORT,
 )
-
-Json = dict[str, Any]
 
 _HTTP = (
     # `http PORT METHOD PATH` prints Envoy's answer. A read gives up after 2 s, so a hung

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
 
 import orjson
 
 from webhook.engine.annotations import Overrides, quote
 from webhook.engine.config import MeshConfig, Mtls
+from webhook.engine.json_object import Json
 from webhook.engine.names import (
     IDENTITY_DIR,
     IDENTITY_VOLUME,
@@ -27,7 +27,6 @@ from webhook.engine.names import (
 )
 from webhook.engine.upstreams import Upstream
 
-Json = dict[str, Any]
 CERTIFICATE_SECRET = "identity"
 TRUST_BUNDLE_SECRET = "trust-bundle"
 SDS_FILES = {CERTIFICATE_SECRET: "identity.json", TRUST_BUNDLE_SECRET: "trust-bundle.json"}

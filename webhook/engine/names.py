@@ -45,12 +45,6 @@ MTLS_ALPN = "proxy.io-mtls"
 """The ALPN value of mTLS between sidecars: what tells the inbound listener a connection is
 ours, so an app's own TLS still passes through untouched."""
 
-CERTIFICATES_VERSIONS = ("v1", "v1beta1", "v1alpha1")
-"""certificates.k8s.io versions with pod certificates, preferred first."""
-SIGNER_LEASE = "proxy-signer"
-MESH_CA_SECRET = "proxy-mesh-ca"
-"""The signer's Lease and CA Secret, in its namespace (proxy-system)."""
-
 PROXY_UID = 1337
 PROXY_GID = 1337
 VALIDATE_UID = 1338

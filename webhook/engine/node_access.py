@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from webhook.engine import pod as pods
 from webhook.engine import sockets
 from webhook.engine.annotations import Overrides
-from webhook.engine.bootstrap.objects import Json
 from webhook.engine.config import MeshConfig
+from webhook.engine.json_object import Json
 from webhook.engine.names import NODE_SHM_VOLUME, NODE_SOCKETS_VOLUME, SHM_MOUNT_PATH
 from webhook.engine.values import quote, under
 

@@ -7,11 +7,11 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from webhook.engine import values
 from webhook.engine.annotations import Overrides, quote
 from webhook.engine.config import MeshConfig
+from webhook.engine.json_object import Json
 from webhook.engine.names import (
     ADMIN_DIR,
     ADMIN_VOLUME,
@@ -29,7 +29,6 @@ from webhook.engine.names import (
 from webhook.engine.pod import Container
 from webhook.engine.settings import Settings
 
-Json = dict[str, Any]
 MIN_DEFAULT_CONCURRENCY = 2
 
 

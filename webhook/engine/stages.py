@@ -32,6 +32,7 @@ from webhook.engine import (
 from webhook.engine import pod as pods
 from webhook.engine.annotations import Overrides
 from webhook.engine.config import MeshConfig
+from webhook.engine.json_object import Json
 from webhook.engine.names import (
     ADMIN_VOLUME,
     ARG_MAX_BYTES,
@@ -47,8 +48,6 @@ from webhook.engine.names import (
 )
 from webhook.engine.policy import Reason
 from webhook.engine.settings import Settings
-
-Json = dict[str, Any]
 
 
 class InternalError(Exception):

@@ -7,7 +7,6 @@ every pod of a Deployment, so each distinct string is parsed once.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import re
@@ -53,31 +52,6 @@ def quote(value: str, limit: int = 120) -> str:
     if len(value) > limit:
         value = value[:limit] + "..."
     return json.dumps(value)
-
-
-def utf8(data: bytes) -> str:
-    """``data`` as text; ValueError naming the first byte that is not UTF-8."""
-    try:
-        return data.decode()
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
-        ) from None
-
-
-def nests_deeper(value: object, limit: int) -> bool:
-    """Whether parsed JSON or YAML ``value`` nests more than ``limit`` levels; iterative, so a
-    deep document cannot exhaust the stack, and it stops at the first level past ``limit``."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack += [(child, depth + 1) for child in item.values()]
-        elif isinstance(item, list):
-            stack += [(child, depth + 1) for child in item]
-    return False
 
 
 def boolean(text: str) -> bool:
@@ -343,17 +317,6 @@ def upstreams(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"{item!r} has no port")
         found[(dns_name(host), _port(port))] = None
     return tuple(found)
-
-
-def timestamp(text: str | None) -> datetime.datetime | None:
-    """A Kubernetes time (RFC 3339, ``Z`` or an offset, seconds or microseconds), or None
-    when unset; ValueError when it is not one."""
-    if not text:
-        return None
-    parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"{text[:40]!r} has no time zone (Z or an offset)")
-    return parsed
 
 
 _SPIFFE = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)+)(/\*)?$")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from webhook.engine.values import timestamp
+from webhook.common.inputs import timestamp
 from webhook.kube.api import Api, ApiError
 
 log = logging.getLogger("proxy_injector.lease")

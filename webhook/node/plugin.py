@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.engine import values
+from webhook.common.inputs import nests_deeper
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
@@ -76,7 +76,7 @@ def _config(stdin: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(config, dict):
         raise CniError(DECODING_FAILURE, "the network configuration is not a JSON object")
-    if values.nests_deeper(config, MAX_DEPTH):
+    if nests_deeper(config, MAX_DEPTH):
         raise CniError(DECODING_FAILURE, f"the network configuration nests deeper than {MAX_DEPTH}")
     return config
 

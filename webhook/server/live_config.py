@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from webhook.common import mesh_config
 from webhook.engine import config
 from webhook.server.metrics import Metrics
 
@@ -43,7 +44,7 @@ class LiveConfig:
             return False
         self.seen = now
         try:
-            loaded = config.load(self.path)
+            loaded = mesh_config.load(self.path)
         except Exception as exc:  # whatever a file does, the old config stays and we watch on
             error = str(exc) if isinstance(exc, config.ConfigError) else repr(exc)
             self.metrics.config_reloads.labels("error").inc()

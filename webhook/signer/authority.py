@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.authority import KeyPair, create_ca
-from webhook.engine.names import MESH_CA_SECRET
-from webhook.engine.values import timestamp
+from webhook.common.inputs import timestamp
+from webhook.common.names import MESH_CA_SECRET
 
 SECRET = MESH_CA_SECRET
 NEXT_FROM = "proxy.io/next-issues-from"

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from webhook.common.inputs import timestamp
+from webhook.common.names import CERTIFICATES_VERSIONS, SIGNER_LEASE
 from webhook.engine.config import MeshConfig
 from webhook.engine.mtls import trust_bundle_name
-from webhook.engine.names import CERTIFICATES_VERSIONS, SIGNER_LEASE
-from webhook.engine.values import timestamp
 from webhook.kube.api import Api, ApiError
 from webhook.kube.informer import Informer
 from webhook.kube.lease import Lease

@@ -12,7 +12,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.engine.values import timestamp
+from webhook.common.inputs import timestamp
 
 MIN_EXPIRATION_SECONDS = 3600
 ANSWERS = ("Issued", "Denied", "Failed")

@@ -10,17 +10,11 @@ from urllib.parse import quote
 
 from cryptography import x509
 
+from webhook.common.inputs import timestamp
+from webhook.common.names import CERTIFICATES_VERSIONS, MESH_CA_SECRET, SIGNER_LEASE
 from webhook.engine.config import MeshConfig
 from webhook.engine.mtls import trust_bundle_name
-from webhook.engine.names import (
-    CERTIFICATES_VERSIONS,
-    MESH_CA_SECRET,
-    MTLS_PATH,
-    READINESS_PORT,
-    SIGNER_LEASE,
-    STATUS_KEY,
-)
-from webhook.engine.values import timestamp
+from webhook.engine.names import MTLS_PATH, READINESS_PORT, STATUS_KEY
 from webhook.tools.reading import Reader, Result, injection_status
 
 

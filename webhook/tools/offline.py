@@ -17,8 +17,8 @@ import jsonpatch
 import yaml
 
 from webhook import engine
+from webhook.common.inputs import nests_deeper, utf8
 from webhook.engine import annotations as annotation_table
-from webhook.engine import values
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod, mapping, string_map
 from webhook.tools.workloads import Template, named, templates, unknown_kind
@@ -41,7 +41,7 @@ def text_of(data: bytes, max_bytes: int = MAX_BYTES) -> str:
     if len(data) > max_bytes:
         raise DocumentError(f"larger than {max_bytes} bytes (--max-bytes)")
     try:
-        return values.utf8(data)
+        return utf8(data)
     except ValueError as exc:
         raise DocumentError(f"{exc}: not a YAML or JSON manifest") from None
 
@@ -55,7 +55,7 @@ def load(text: str, max_documents: int = MAX_DOCUMENTS) -> list[Any]:
             read += 1
             if read > max_documents:
                 raise DocumentError(f"more than {max_documents} documents (--max-documents)")
-            if values.nests_deeper(document, MAX_DEPTH):
+            if nests_deeper(document, MAX_DEPTH):
                 raise DocumentError(f"document {read}: nested deeper than {MAX_DEPTH} levels")
             if document is not None:
                 documents.append(document)

@@ -5,7 +5,8 @@ proxy container's args as JSON (``--config-yaml`` takes JSON, a subset of YAML).
 
 Where things are: ``inbound`` (the app's clusters and the 15006 listener), ``outbound``
 (15001, egress socket, declared upstreams), ``health`` (15021 readiness and probes, 15090
-metrics), ``stats`` (which stats are kept), ``remap`` (running a bootstrap outside a pod).
+metrics), ``stats`` (which stats are kept), ``tls`` (SDS, TLS contexts, RBAC); running a
+bootstrap outside a pod is the tests' ``tests/remap.py``.
 """
 
 from __future__ import annotations

@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from webhook.engine.bootstrap import mtls
+from webhook.engine.bootstrap import tls
 from webhook.engine.bootstrap.objects import (
-    CONNECT_TIMEOUT,
+    ENVOY_DEFAULT_THRESHOLDS,
     Json,
     chain,
     http2_options,
     http_connection_manager,
     listener,
     original_dst,
+    original_dst_cluster,
     pipe_address,
+    previous_priorities,
     route_to,
     socket_address,
     static_cluster,
@@ -46,8 +48,6 @@ FALLBACK_BACKOFF = ("0.025s", "0.25s")
 """Auto mode: connect failures retried with fully jittered backoff (25 ms doubling to
 250 ms): together well past one unhealthy check, so a request that comes while no
 endpoint has been seen healthy yet waits for the check rather than failing."""
-ENVOY_MAX_REQUESTS = 1024
-"""Envoy's default limit of requests in flight per cluster."""
 
 
 def cluster_name(port: int) -> str:
@@ -101,7 +101,8 @@ def _app_cluster(name: str, port: AppPort, checked: bool = False, **extra: Any) 
         cluster["track_cluster_stats"] = {"per_endpoint_stats": True}
         # Envoy allows 3 retries in flight per cluster by default: while the socket goes
         # away every request in flight retries to TCP at once, so allow one per request.
-        cluster["circuit_breakers"] = {"thresholds": [{"max_retries": ENVOY_MAX_REQUESTS}]}
+        most = ENVOY_DEFAULT_THRESHOLDS["max_requests"]
+        cluster["circuit_breakers"] = {"thresholds": [{"max_retries": most}]}
     return cluster
 
 
@@ -115,8 +116,8 @@ def app_cluster(port: AppPort, checked: bool = False) -> Json:
 
 def tls_probe_cluster(port: AppPort) -> Json:
     """For HTTPS probes: TLS to the app like the kubelet does it, without verification."""
-    tls = typed("envoy.transport_sockets.tls", "transport_sockets.tls.v3.UpstreamTlsContext")
-    return _app_cluster(tls_cluster_name(port.number), port, transport_socket=tls)
+    context = typed("envoy.transport_sockets.tls", "transport_sockets.tls.v3.UpstreamTlsContext")
+    return _app_cluster(tls_cluster_name(port.number), port, transport_socket=context)
 
 
 def fallback_retry(port: AppPort) -> Json:
@@ -135,11 +136,7 @@ def fallback_retry(port: AppPort) -> Json:
                 "base_interval": FALLBACK_BACKOFF[0],
                 "max_interval": FALLBACK_BACKOFF[1],
             },
-            "retry_priority": typed(
-                "envoy.retry_priorities.previous_priorities",
-                "retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
-                update_frequency=1,
-            ),
+            "retry_priority": previous_priorities(),
         }
     }
 
@@ -191,17 +188,17 @@ def _mtls_chain(port: AppPort, plan: MtlsPlan) -> Json:
     prefix = f"inbound_{port.number}_mtls"
     if port.is_http:
         filters = [
-            *mtls.http_connection_rbac(plan, f"http.{prefix}."),
-            _http_filter(port, prefix, mtls.http_rbac(plan), peer=True),
+            *tls.http_connection_rbac(plan, f"http.{prefix}."),
+            _http_filter(port, prefix, tls.http_rbac(plan), peer=True),
         ]
     else:
         name = cluster_name(port.number)
-        filters = [*mtls.network_rbac(plan, f"tcp.{prefix}."), tcp_proxy(prefix, name)]
+        filters = [*tls.network_rbac(plan, f"tcp.{prefix}."), tcp_proxy(prefix, name)]
     result = chain(
         *filters,
         match={"destination_port": port.number, "application_protocols": [MTLS_ALPN]},
     )
-    result["transport_socket"] = mtls.downstream_tls(plan)
+    result["transport_socket"] = tls.downstream_tls(plan)
     return result
 
 
@@ -226,11 +223,11 @@ def _passthrough_mtls_chain(plan: MtlsPlan) -> Json:
     """Our ALPN to a port the pod did not declare: the same checks as a declared TCP port
     (a client certificate, ``allow-from``), then on to the address it was sent to."""
     filters = [
-        *mtls.network_rbac(plan, f"tcp.{PASSTHROUGH_MTLS}."),
+        *tls.network_rbac(plan, f"tcp.{PASSTHROUGH_MTLS}."),
         tcp_proxy(PASSTHROUGH_MTLS, PASSTHROUGH),
     ]
     result = chain(*filters, match={"application_protocols": [MTLS_ALPN]})
-    result["transport_socket"] = mtls.downstream_tls(plan)
+    result["transport_socket"] = tls.downstream_tls(plan)
     return result
 
 
@@ -241,18 +238,15 @@ def _blackhole_chain(port: int) -> Json:
 
 
 def passthrough_cluster() -> Json:
-    return {
-        "name": PASSTHROUGH,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": CONNECT_TIMEOUT,
-        "upstream_bind_config": {
+    return original_dst_cluster(
+        PASSTHROUGH,
+        upstream_bind_config={
             "source_address": socket_address(PASSTHROUGH_SOURCE, 0)["socket_address"],
             "extra_source_addresses": [
                 {"address": socket_address(PASSTHROUGH_SOURCE_V6, 0)["socket_address"]}
             ],
         },
-    }
+    )
 
 
 def inbound_listener(ports: tuple[AppPort, ...], plan: MtlsPlan | None = None) -> Json:
@@ -265,9 +259,9 @@ def inbound_listener(ports: tuple[AppPort, ...], plan: MtlsPlan | None = None) -
     extra: Json = {}
     if plan is not None:
         chains.append(_passthrough_mtls_chain(plan))
-        filters.append(mtls.tls_inspector(PROXY_PORTS))
+        filters.append(tls.tls_inspector(PROXY_PORTS))
         extra = {
-            "listener_filters_timeout": mtls.TLS_INSPECTOR_TIMEOUT,
+            "listener_filters_timeout": tls.TLS_INSPECTOR_TIMEOUT,
             "continue_on_listener_filters_timeout": True,
         }
     return listener(

@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-Json = dict[str, Any]
+from webhook.engine.json_object import Json
 
 _TYPES = "type.googleapis.com/envoy.extensions."
 CONNECT_TIMEOUT = "1s"
 ADMIN_CLUSTER = "admin"
+ENVOY_DEFAULT_THRESHOLDS = {
+    "max_connections": 1024,
+    "max_pending_requests": 1024,
+    "max_requests": 1024,
+    "max_retries": 3,
+}
+"""Envoy's own circuit breaker defaults, per cluster."""
 
 
 def typed(name: str, type_name: str, **config: Any) -> Json:
@@ -62,6 +69,27 @@ def tcp_proxy(stat_prefix: str, cluster: str) -> Json:
         stat_prefix=stat_prefix,
         cluster=cluster,
     )
+
+
+def previous_priorities() -> Json:
+    """A retry's priority: another than the one that failed (the TCP endpoint after the
+    socket, plaintext after mTLS)."""
+    return typed(
+        "envoy.retry_priorities.previous_priorities",
+        "retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+        update_frequency=1,
+    )
+
+
+def original_dst_cluster(name: str, **extra: Any) -> Json:
+    """Connections go on to the address they were sent to (iptables' original one)."""
+    return {
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": CONNECT_TIMEOUT,
+        **extra,
+    }
 
 
 def router() -> Json:

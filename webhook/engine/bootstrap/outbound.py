@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from webhook.engine.bootstrap import mtls
+from webhook.engine.bootstrap import tls
 from webhook.engine.bootstrap.objects import (
     CONNECT_TIMEOUT,
+    ENVOY_DEFAULT_THRESHOLDS,
     Json,
     chain,
     duration,
@@ -15,7 +16,9 @@ from webhook.engine.bootstrap.objects import (
     listener,
     only_on_ports,
     original_dst,
+    original_dst_cluster,
     pipe_address,
+    previous_priorities,
     route_to,
     socket_address,
     tcp_proxy,
@@ -31,14 +34,6 @@ FORWARD_PROXY = "outbound|forward-proxy"
 UDS_MODE = 0o666
 """The app runs as its own UID: anyone in the pod may connect to the egress socket."""
 _DNS_CACHE = {"name": "egress", "dns_lookup_family": "V4_PREFERRED"}
-
-
-ENVOY_DEFAULT_THRESHOLDS = {
-    "max_connections": 1024,
-    "max_pending_requests": 1024,
-    "max_requests": 1024,
-    "max_retries": 3,
-}
 
 
 def _circuit_breakers(policy: UpstreamPolicy) -> Json:
@@ -63,7 +58,7 @@ def _endpoints(upstream: Upstream) -> list[Json]:
     if not upstream.plaintext_fallback:
         return [{"lb_endpoints": [endpoint]}]
     return [
-        {"lb_endpoints": [mtls.mtls_endpoint(endpoint)]},
+        {"lb_endpoints": [tls.mtls_endpoint(endpoint)]},
         {"priority": 1, "lb_endpoints": [endpoint]},
     ]
 
@@ -72,7 +67,7 @@ def _mtls_options(upstream: Upstream) -> Json:
     if upstream.peer is None:
         return {}
     if not upstream.plaintext_fallback:
-        return {"transport_socket": mtls.upstream_tls(upstream.peer)}
+        return {"transport_socket": tls.upstream_tls(upstream.peer)}
     check = {
         **MTLS_CHECK,
         "no_traffic_interval": MTLS_CHECK["interval"],
@@ -81,7 +76,7 @@ def _mtls_options(upstream: Upstream) -> Json:
         "tcp_health_check": {},
     }
     return {
-        "transport_socket_matches": [mtls.transport_socket_match(upstream.peer)],
+        "transport_socket_matches": [tls.transport_socket_match(upstream.peer)],
         "health_checks": [check],
     }
 
@@ -112,11 +107,7 @@ def upstream_host(upstream: Upstream, policy: UpstreamPolicy) -> Json:
     retry: Json = {"retry_on": policy.retry_on, "num_retries": policy.retries}
     if upstream.plaintext_fallback:
         # A retry goes to the other priority: plaintext after a failed mTLS connection.
-        retry["retry_priority"] = typed(
-            "envoy.retry_priorities.previous_priorities",
-            "retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
-            update_frequency=1,
-        )
+        retry["retry_priority"] = previous_priorities()
     route = route_to(upstream.cluster, timeout="0s", retry_policy=retry)
     return virtual_host(upstream.cluster, list(upstream.domains), [route])
 
@@ -176,12 +167,7 @@ def outbound_uds_listener(
 
 
 def passthrough_cluster() -> Json:
-    return {
-        "name": PASSTHROUGH,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": CONNECT_TIMEOUT,
-    }
+    return original_dst_cluster(PASSTHROUGH)
 
 
 def forward_proxy_cluster() -> Json:

@@ -9,7 +9,7 @@ traffic (``deferred_stat_options`` in the bootstrap), so an idle upstream costs 
 
 from __future__ import annotations
 
-from webhook.engine.bootstrap.objects import Json
+from webhook.engine.json_object import Json
 
 CLUSTER_STATS = (
     "upstream_rq_total",
