@@ -6,7 +6,7 @@ cni mode, a regular proxy container), as the engine injects them, kept under
   a pointer to the file beside it;
 - ``<id>.bootstrap.yaml``: that bootstrap, as YAML.
 
-``scripts/update-golden`` writes them again; ``tests/test_golden.py`` fails while any is
+``scripts/update-golden`` writes them again; ``tests/engine/test_golden.py`` fails while any is
 stale, so every change to what a pod gets is seen in review.
 """
 

@@ -69,7 +69,7 @@ def test_the_documented_mesh_config_is_the_default_config() -> None:
 
     import yaml
 
-    page = (Path(__file__).parent.parent / "docs" / "mesh-config.md").read_text()
+    page = (Path(__file__).parents[2] / "docs" / "mesh-config.md").read_text()
     block = re.search(r"```yaml\n(.*?)```", page, re.S)
     assert block, "docs/mesh-config.md has no mesh config block"
     assert from_mapping(yaml.safe_load(block.group(1))) == MeshConfig()

@@ -332,7 +332,7 @@ def _webhook_imports(package: str) -> list[tuple[str, str]]:
     from pathlib import Path
 
     found = []
-    for path in (Path(__file__).parent.parent / "webhook" / package).rglob("*.py"):
+    for path in (Path(__file__).parents[2] / "webhook" / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = (
                 [node.module or ""]
