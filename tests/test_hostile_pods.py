@@ -251,7 +251,13 @@ def test_the_lower_bounds_on_the_bootstrap_size_hold() -> None:
         app = app or (sockets.AppPort("a", 1, "", None),)
         probe_routes = tuple(probes.ProbeRoute(f"/{i}", app[0], True) for i in range(routes))
         ups, _ = upstreams.resolve(tuple((f"a{i}", 1) for i in range(declared)), "n", "c")
-        plan = SidecarPlan(app[:ports], probe_routes, ups, CONFIG.upstream_policy, None)
+        plan = SidecarPlan(
+            ports=app[:ports],
+            probes=probe_routes,
+            upstreams=ups,
+            policy=CONFIG.upstream_policy,
+            outbound_socket=None,
+        )
         return len(bootstrap.encode(bootstrap.build(plan)).encode())
 
     assert size(0, 0, 0) >= bootstrap.LEAST_BYTES

@@ -484,8 +484,16 @@ def test_explain_and_bootstrap_show_the_engines_plan() -> None:
     ]  # fmt: skip
     assert (web["plan"]["interception"], web["plan"]["probesRewritten"]) == ("init-container", 1)
     assert db["plan"]["ports"][0]["protocol"] == "tcp"
+    # What the patch's containers and volumes get is decided in the plan, and shown.
+    assert {key: web["plan"][key] for key in ("image", "workers", "logLevel")} == {
+        "image": "envoyproxy/envoy:v1.40.0",
+        "workers": 2,
+        "logLevel": "warning",
+    }
+    assert web["plan"]["holdApplication"] is False and web["plan"]["shmSize"]
     text = run("explain", "-f", path, stdin="").stdout
     assert "  plan: port 8080 (web, http): socket /dev/shm/web-8080.sock, else TCP" in text
+    assert "  plan: proxy envoyproxy/envoy:v1.40.0, 2 worker(s), log level warning" in text
     shown = run("bootstrap", "-f", path, stdin="").stdout
     assert shown.startswith("# plan: port 8080 (web, http): socket /dev/shm/web-8080.sock")
 

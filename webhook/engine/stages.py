@@ -234,11 +234,11 @@ def envoy_bootstrap(ctx: Context) -> Findings:
     """The sidecar's whole Envoy config, as its one argument."""
     assert ctx.ports is not None and ctx.probes is not None
     sidecar_plan = bootstrap.SidecarPlan(
-        ctx.ports.ports,
-        tuple(ctx.probes.routes),
-        ctx.upstreams,
-        ctx.config.upstream_policy,
-        ctx.outbound_socket,
+        ports=ctx.ports.ports,
+        probes=tuple(ctx.probes.routes),
+        upstreams=ctx.upstreams,
+        policy=ctx.config.upstream_policy,
+        outbound_socket=ctx.outbound_socket,
         dual_stack=ctx.config.dual_stack,
         mtls=ctx.secured,
         drain_hook=lifecycle.drains(ctx.native, ctx.drain_seconds),

@@ -263,8 +263,13 @@ def plan_lines(summary: dict[str, Any]) -> list[str]:
     lines.append(
         f"interception {summary['interception']}; "
         f"{'native sidecar' if summary['nativeSidecar'] else 'regular container'}; "
-        f"/dev/shm from volume {summary['shmVolume']}; "
-        f"{summary['probesRewritten']} probe(s) moved to the proxy"
+        f"/dev/shm from volume {summary['shmVolume']}"
+        + (f" ({summary['shmSize']})" if summary["shmSize"] else "")
+        + f"; {summary['probesRewritten']} probe(s) moved to the proxy"
+    )
+    lines.append(
+        f"proxy {summary['image']}, {summary['workers']} worker(s), log level "
+        f"{summary['logLevel']}" + ("; the app waits for it" if summary["holdApplication"] else "")
     )
     lines.append(_mtls_line(summary["mtls"]))
     return lines

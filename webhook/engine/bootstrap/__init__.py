@@ -35,8 +35,10 @@ from webhook.engine.upstreams import Upstream
 ADMIN_SOCKET_MODE = 0o600
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SidecarPlan:
+    """Keyword-only: a field given by position was once lost on its way here (dualStack)."""
+
     ports: tuple[AppPort, ...]
     probes: tuple[ProbeRoute, ...]
     upstreams: tuple[Upstream, ...]
