@@ -165,7 +165,7 @@ def test_an_unforeseen_failure_is_a_500_denial_naming_the_field(monkeypatch) -> 
     def broken(*args, **kwargs):
         raise KeyError("containerPort")
 
-    monkeypatch.setattr(engine.probes, "plan", broken)
+    monkeypatch.setattr(engine.probes, "changes", broken)
     monkeypatch.setattr(admission.MEMO, "answers", type(admission.MEMO.answers)())
     response, reviewed = answer(hostile.pod([hostile.web()]))
     assert response["allowed"] is False

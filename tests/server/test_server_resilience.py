@@ -37,7 +37,7 @@ import sys
 from webhook import engine
 def broken(*args, **kwargs):
     raise KeyError("containerPort")
-engine.probes.plan = broken
+engine.probes.changes = broken
 from webhook.cli import main
 sys.exit(main(sys.argv[1:]))
 """

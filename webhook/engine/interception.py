@@ -178,7 +178,7 @@ def decide(
     settings: Settings,
     config: MeshConfig,
     resources: Resources,
-    secured: mtls.MtlsPlan | None,
+    secured: mtls.PodMtls | None,
 ) -> Interception | list[str]:
     """The pod's interception, or the problems that deny it (each an annotation's)."""
     flags = init_args(settings)

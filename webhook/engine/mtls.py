@@ -74,7 +74,7 @@ FILES = {
 
 
 @dataclass(frozen=True, slots=True)
-class MtlsPlan:
+class PodMtls:
     """What the sidecar's bootstrap needs; absent when mTLS is off."""
 
     mode: str
@@ -99,7 +99,8 @@ class MtlsPlan:
 
 @dataclass(frozen=True, slots=True)
 class Decided:
-    plan: MtlsPlan | None
+    pod: PodMtls | None
+    """What the pod's sidecar gets; None: mTLS is off for it."""
     upstreams: tuple[Upstream, ...]
     """The declared upstreams, each with the peer it must be (or None: plaintext)."""
     errors: tuple[str, ...] = ()
@@ -161,7 +162,7 @@ def decide(
     if errors or mode == "off":
         return Decided(None, upstreams, tuple(errors))
     td = settings.trust_domain
-    plan = MtlsPlan(
+    pod = PodMtls(
         mode=mode,
         trust_domain=td,
         identity=spiffe_id(td, namespace, account),
@@ -191,7 +192,7 @@ def decide(
         unpinned = (upstream.host, upstream.port) not in pinned
         fallback = who is not None and mode == "permissive" and unpinned
         resolved.append(replace(upstream, peer=who, plaintext_fallback=fallback))
-    return Decided(plan, tuple(resolved), tuple(errors), tuple(warnings))
+    return Decided(pod, tuple(resolved), tuple(errors), tuple(warnings))
 
 
 def _needs_mtls(overrides: Overrides, settings: Mtls, mode: str) -> list[str]:

@@ -44,7 +44,7 @@ class NodeAccess:
         return names + [NODE_SOCKETS_VOLUME.format(index=i) for i in range(len(self.socket_dirs))]
 
 
-def plan(overrides: Overrides, config: MeshConfig) -> NodeAccess:
+def decide(overrides: Overrides, config: MeshConfig) -> NodeAccess:
     host = overrides.shm == "host"
     return NodeAccess(
         host_shm=host,

@@ -15,7 +15,7 @@ from typing import Any
 
 from webhook.engine.names import READINESS_PORT
 from webhook.engine.pod import Container, objects, text
-from webhook.engine.sockets import AppPort, PortPlan
+from webhook.engine.sockets import AppPort, AppPorts
 
 KIND_PATHS = {"livenessProbe": "livez", "readinessProbe": "readyz", "startupProbe": "startupz"}
 _HANDLERS = ("httpGet", "tcpSocket", "grpc", "exec")
@@ -44,7 +44,7 @@ class Rewrite:
 
 
 @dataclass
-class ProbePlan:
+class ProbeChanges:
     routes: list[ProbeRoute] = field(default_factory=list)
     rewrites: list[Rewrite] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -84,12 +84,12 @@ def _rewrite(container: Container, kind: str, probe: dict[str, Any], path: str) 
     return Rewrite(container.index, kind, removed, target)
 
 
-def plan(
-    apps: Iterable[Container], ports: PortPlan, enabled: bool, refuses_plaintext: bool = False
-) -> ProbePlan:
+def changes(
+    apps: Iterable[Container], ports: AppPorts, enabled: bool, refuses_plaintext: bool = False
+) -> ProbeChanges:
     """``refuses_plaintext``: mTLS refuses the kubelet's own connections to every app
     port, so every probe of one goes through 15021, not only those of socket ports."""
-    result = ProbePlan()
+    result = ProbeChanges()
     for container in apps:
         for kind, probe in container.probes.items():
             handler = next((h for h in _HANDLERS if isinstance(probe.get(h), dict)), None)
@@ -111,7 +111,7 @@ def plan(
 
 
 def _add(
-    result: ProbePlan,
+    result: ProbeChanges,
     container: Container,
     kind: str,
     probe: dict[str, Any],

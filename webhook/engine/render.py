@@ -72,7 +72,7 @@ def _proxy(plan: Plan) -> dict[str, Any]:
 _EPHEMERAL_VOLUMES = {"name", "emptyDir", "configMap", "secret", "downwardAPI", "projected"}
 
 
-def _fs_group_op(spec: dict[str, Any], plan: sockets.PortPlan) -> list[jp.Op]:
+def _fs_group_op(spec: dict[str, Any], plan: sockets.AppPorts) -> list[jp.Op]:
     """Give the shared volume a group Envoy is in (fsGroup 1337), so an app whose umask is
     002 makes sockets Envoy can connect to. Only where the pod sets no fsGroup and has no
     volume whose files the kubelet would re-own for it (a PVC, hostPath, CSI...)."""
@@ -127,7 +127,7 @@ def _proxy_op(proxy: dict[str, Any], native: bool, hold: bool) -> jp.Op:
 def _app_container_ops(
     app: pods.Container,
     mounts: list[dict[str, Any]],
-    plan: sockets.PortPlan,
+    plan: sockets.AppPorts,
     outbound_socket: str | None,
 ) -> list[jp.Op]:
     """``mounts``: the pod volume's first; a container that already mounts a volume at

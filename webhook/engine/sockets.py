@@ -38,7 +38,7 @@ class AppPort:
 
 
 @dataclass(frozen=True, slots=True)
-class PortPlan:
+class AppPorts:
     ports: tuple[AppPort, ...]
     warnings: tuple[str, ...]
     annotation_errors: tuple[str, ...]
@@ -179,12 +179,12 @@ def least_ports(containers: Iterable[Container], settings: Settings) -> int:
     return len(numbers)
 
 
-def plan(
+def app_ports(
     containers: Iterable[Container],
     overrides: Overrides,
     settings: Settings,
     socket_root: str = SHM_MOUNT_PATH,
-) -> PortPlan:
+) -> AppPorts:
     """``overrides``: for the annotations only a pod sets (uds-ports, http-ports) and for
     naming where a socket path template came from."""
     planner = _Planner(overrides, settings, socket_root=socket_root)
@@ -198,7 +198,7 @@ def plan(
     for port in planner.ports:
         if port.socket:
             sockets.setdefault(port.container, []).append(port)
-    return PortPlan(
+    return AppPorts(
         tuple(planner.ports),
         tuple(planner.warnings),
         tuple(planner.annotation_errors),

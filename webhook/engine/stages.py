@@ -85,15 +85,15 @@ class Context:
     """Every "annotation, else mesh config" value, resolved once."""
     apps: tuple[pods.Container, ...] = ()
     access: node_access.NodeAccess | None = None
-    ports: sockets.PortPlan | None = None
+    ports: sockets.AppPorts | None = None
     mtls_mode: str = "off"
-    probes: probes.ProbePlan | None = None
+    probes: probes.ProbeChanges | None = None
     resources: sidecar.Resources | None = None
     existing_shm: str | None = None
     added_volumes: list[str] = field(default_factory=list)
     outbound_socket: str | None = None
     upstreams: tuple[upstreams.Upstream, ...] = ()
-    secured: mtls.MtlsPlan | None = None
+    secured: mtls.PodMtls | None = None
     interception: interception.Interception | None = None
     native: bool = True
     drain_seconds: float = 0.0
@@ -124,7 +124,7 @@ def containers(ctx: Context) -> Findings:
 
 def node_reach(ctx: Context) -> Findings:
     """What the pod may reach on its node, refused outside the namespaces allowed it."""
-    ctx.access = node_access.plan(ctx.overrides, ctx.config)
+    ctx.access = node_access.decide(ctx.overrides, ctx.config)
     refused = node_access.refusals(ctx.access, ctx.namespace, ctx.config)
     return Findings(
         Reason.NODE_ACCESS_NOT_ALLOWED, tuple(refused), node_access.warnings(ctx.access)
@@ -145,11 +145,11 @@ def ports_and_resources(ctx: Context) -> Findings:
     """Which ports get a socket, how probes reach them, and the proxy's resources; the
     problems of their annotations deny together."""
     assert ctx.access is not None
-    ctx.ports = sockets.plan(ctx.apps, ctx.overrides, ctx.settings, ctx.access.socket_root)
+    ctx.ports = sockets.app_ports(ctx.apps, ctx.overrides, ctx.settings, ctx.access.socket_root)
     ctx.mtls_mode = ctx.settings.mtls_mode
     refuses_plaintext = mtls.refuses_plaintext(ctx.overrides, ctx.mtls_mode)
     rewrite = ctx.settings.rewrite_probes
-    ctx.probes = probes.plan(ctx.apps, ctx.ports, rewrite, refuses_plaintext)
+    ctx.probes = probes.changes(ctx.apps, ctx.ports, rewrite, refuses_plaintext)
     sized = sidecar.resources(ctx.settings, ctx.overrides)
     ctx.resources = sized.resources
     problems = (*ctx.ports.annotation_errors, *sized.errors)
@@ -206,7 +206,7 @@ def upstreams_and_mtls(ctx: Context) -> Findings:
     secured = mtls.decide(
         ctx.overrides, ctx.config, ctx.mtls_mode, ctx.namespace, account, resolved
     )
-    ctx.upstreams, ctx.secured = secured.upstreams, secured.plan
+    ctx.upstreams, ctx.secured = secured.upstreams, secured.pod
     found = (*warned, *secured.warnings)
     return Findings(Reason.INVALID_ANNOTATION, secured.errors, found)
 
@@ -272,8 +272,8 @@ class Plan:
     """Every decision the engine made for one pod it injects: ``render`` only writes it."""
 
     apps: tuple[pods.Container, ...]
-    ports: sockets.PortPlan
-    probes: probes.ProbePlan
+    ports: sockets.AppPorts
+    probes: probes.ProbeChanges
     access: node_access.NodeAccess
     resources: sidecar.Resources
     existing_shm: str | None
@@ -297,7 +297,7 @@ class Plan:
     status: Json
     """proxy.io/status, as it is written."""
     warnings: tuple[str, ...]
-    mtls: mtls.MtlsPlan | None = None
+    mtls: mtls.PodMtls | None = None
 
     @property
     def shm_volume_name(self) -> str:
@@ -347,14 +347,14 @@ def run(ctx: Context) -> Plan | tuple[Reason, tuple[str, ...]]:
             return findings.reason, findings.denials
         found += findings.warnings
     try:
-        return _plan(ctx, found)
+        return _the_plan(ctx, found)
     except pods.InvalidPod:
         raise
     except Exception as exc:
         raise InternalError("the plan") from exc
 
 
-def _plan(ctx: Context, found: list[str]) -> Plan:
+def _the_plan(ctx: Context, found: list[str]) -> Plan:
     assert ctx.ports is not None and ctx.probes is not None and ctx.access is not None
     assert ctx.resources is not None and ctx.interception is not None
     overrides, config = ctx.overrides, ctx.config
@@ -416,7 +416,7 @@ def _status(ctx: Context) -> Json:
     return status
 
 
-def _mtls_summary(plan: mtls.MtlsPlan | None) -> dict[str, Any]:
+def _mtls_summary(plan: mtls.PodMtls | None) -> dict[str, Any]:
     if plan is None:
         return {"mode": "off"}
     return {

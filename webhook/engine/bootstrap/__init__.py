@@ -26,7 +26,7 @@ from webhook.engine.bootstrap.objects import (
 )
 from webhook.engine.bootstrap.stats import stats_config
 from webhook.engine.config import UpstreamPolicy
-from webhook.engine.mtls import MtlsPlan
+from webhook.engine.mtls import PodMtls
 from webhook.engine.names import ADMIN_SOCKET
 from webhook.engine.probes import ProbeRoute
 from webhook.engine.sockets import AppPort
@@ -47,7 +47,7 @@ class SidecarPlan:
     """Egress Unix socket path, when proxy.io/outbound-uds is on."""
     dual_stack: bool = True
     """Mesh config dualStack: each listener also on [::]."""
-    mtls: MtlsPlan | None = None
+    mtls: PodMtls | None = None
     drain_hook: bool = False
     """A regular proxy container's preStop hook drains it through :15021/drain."""
 

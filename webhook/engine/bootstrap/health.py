@@ -21,7 +21,7 @@ from webhook.engine.bootstrap.objects import (
     typed,
     virtual_host,
 )
-from webhook.engine.mtls import MtlsPlan
+from webhook.engine.mtls import PodMtls
 from webhook.engine.names import (
     APP_HEALTH_PATH,
     APP_TRANSPORT_PATH,
@@ -171,7 +171,7 @@ end
 """
 
 
-def _identity_report(plan: MtlsPlan) -> Json:
+def _identity_report(plan: PodMtls) -> Json:
     """``GET /identity``: the pod's SPIFFE ID and the certificate's notAfter, or why
     there is none; in strict mode ``/healthz/app`` fails the same way."""
     files = plan.files
@@ -220,7 +220,7 @@ end
 """
 
 
-def _mtls_report(plan: MtlsPlan, ports: Iterable[AppPort]) -> Json:
+def _mtls_report(plan: PodMtls, ports: Iterable[AppPort]) -> Json:
     """``GET /mtls``: per inbound port, ``8080 permissive mtls=12 plaintext=3 denied=0``,
     and ``other ...`` for the ports the pod does not declare: when plaintext stays at 0,
     the port can go strict."""
@@ -307,7 +307,7 @@ def readiness_listener(
     ports: tuple[AppPort, ...],
     socket_ports: tuple[AppPort, ...],
     probes: Iterable[ProbeRoute],
-    mtls: MtlsPlan | None = None,
+    mtls: PodMtls | None = None,
     upstreams: tuple[Upstream, ...] = (),
     drain_hook: bool = False,
 ) -> Json:

@@ -26,7 +26,7 @@ from webhook.engine.bootstrap.objects import (
     typed,
     virtual_host,
 )
-from webhook.engine.mtls import MtlsPlan
+from webhook.engine.mtls import PodMtls
 from webhook.engine.names import INBOUND_PORT, MTLS_ALPN, PROXY_PORTS
 from webhook.engine.sockets import HTTP2, AppPort
 
@@ -182,7 +182,7 @@ def _plaintext_chain(port: AppPort, refused: bool) -> Json:
     return chain(tcp_proxy(name, name), match=match)
 
 
-def _mtls_chain(port: AppPort, plan: MtlsPlan) -> Json:
+def _mtls_chain(port: AppPort, plan: PodMtls) -> Json:
     """Our ALPN: TLS with a client certificate of the trust domain, then the port exactly
     as in plaintext. Stats under <http|tcp>.inbound_<port>_mtls."""
     prefix = f"inbound_{port.number}_mtls"
@@ -202,13 +202,13 @@ def _mtls_chain(port: AppPort, plan: MtlsPlan) -> Json:
     return result
 
 
-def _chains(port: AppPort, plan: MtlsPlan | None) -> list[Json]:
+def _chains(port: AppPort, plan: PodMtls | None) -> list[Json]:
     if plan is None:
         return [_plaintext_chain(port, refused=False)]
     return [_mtls_chain(port, plan), _plaintext_chain(port, refused=plan.refuses_plaintext)]
 
 
-def passthrough_chain(plan: MtlsPlan | None = None) -> Json:
+def passthrough_chain(plan: PodMtls | None = None) -> Json:
     """Traffic to a port the pod did not declare goes to the address it was sent to (the
     pod's IP), never to loopback: a service the app binds to 127.0.0.1 only stays out of
     reach from outside the pod, as without a sidecar. Envoy's own connections are never
@@ -219,7 +219,7 @@ def passthrough_chain(plan: MtlsPlan | None = None) -> Json:
     return chain(tcp_proxy(PASSTHROUGH, PASSTHROUGH))
 
 
-def _passthrough_mtls_chain(plan: MtlsPlan) -> Json:
+def _passthrough_mtls_chain(plan: PodMtls) -> Json:
     """Our ALPN to a port the pod did not declare: the same checks as a declared TCP port
     (a client certificate, ``allow-from``), then on to the address it was sent to."""
     filters = [
@@ -249,7 +249,7 @@ def passthrough_cluster() -> Json:
     )
 
 
-def inbound_listener(ports: tuple[AppPort, ...], plan: MtlsPlan | None = None) -> Json:
+def inbound_listener(ports: tuple[AppPort, ...], plan: PodMtls | None = None) -> Json:
     """With mTLS, the TLS inspector tells our ALPN (the mTLS chain) from anything else
     (plaintext, or the app's own TLS, which passes as it would without a sidecar), on
     every port: ``strict`` and ``allow-from`` hold for the ports the pod does not declare

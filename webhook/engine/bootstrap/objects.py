@@ -113,6 +113,9 @@ def http_connection_manager(
     http_filters: list[Json] | None = None,
     **extra: Any,
 ) -> Json:
+    """Every HTTP connection manager of the bootstrap (inbound, outbound, the egress
+    socket, 15021, 15090) is built here: what all of them get (tracing, a common access
+    log) is added in this one place."""
     return typed(
         "envoy.filters.network.http_connection_manager",
         "filters.network.http_connection_manager.v3.HttpConnectionManager",

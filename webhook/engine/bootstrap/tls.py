@@ -12,8 +12,8 @@ from webhook.engine.mtls import (
     CERTIFICATE_SECRET,
     SDS_FILES,
     TRUST_BUNDLE_SECRET,
-    MtlsPlan,
     Peer,
+    PodMtls,
 )
 from webhook.engine.names import MTLS_ALPN, SDS_DIR
 
@@ -48,7 +48,7 @@ def _common(peers: Iterable[Peer]) -> Json:
     }
 
 
-def downstream_tls(plan: MtlsPlan) -> Json:
+def downstream_tls(plan: PodMtls) -> Json:
     """Inbound: a client certificate of the trust domain is required; who among those
     may call is the RBAC filter's (``peer_rbac``), which can answer with a reason.
 
@@ -102,7 +102,7 @@ def _action(name: str, action: str) -> Json:
     }
 
 
-def _peer_matcher(plan: MtlsPlan) -> Json:
+def _peer_matcher(plan: PodMtls) -> Json:
     """Allow a caller whose certificate has exactly one URI SAN (SPIFFE: one ID per
     certificate) and that one in ``allow-from``, or in the trust domain without it.
     DNS SANs and the subject are never read as an identity."""
@@ -124,7 +124,7 @@ def _peer_matcher(plan: MtlsPlan) -> Json:
     }
 
 
-def http_rbac(plan: MtlsPlan) -> list[Json]:
+def http_rbac(plan: PodMtls) -> list[Json]:
     """HTTP ports with ``allow-from``: a caller refused by ``_peer_matcher`` gets 403
     "RBAC: access denied", counted in http.<stat prefix>.rbac.denied. Without it the
     check is the connection's (``http_connection_rbac``), not every request's."""
@@ -135,13 +135,13 @@ def http_rbac(plan: MtlsPlan) -> list[Json]:
     ]
 
 
-def http_connection_rbac(plan: MtlsPlan, stat_prefix: str) -> list[Json]:
+def http_connection_rbac(plan: PodMtls, stat_prefix: str) -> list[Json]:
     """HTTP ports without ``allow-from``: the one-URI-SAN check once per connection (a
     caller refused has its connection closed), so requests pay nothing for it."""
     return [] if plan.allow_from else network_rbac(plan, stat_prefix)
 
 
-def network_rbac(plan: MtlsPlan, stat_prefix: str) -> list[Json]:
+def network_rbac(plan: PodMtls, stat_prefix: str) -> list[Json]:
     """TCP ports: a caller refused by ``_peer_matcher`` has its connection closed, counted
     in <stat_prefix>.rbac.denied."""
     return [
