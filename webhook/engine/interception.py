@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -52,9 +53,11 @@ def _listed(items: tuple[int, ...] | tuple[str, ...] | str) -> str:
     return items if isinstance(items, str) else ",".join(map(str, items))
 
 
-def init_args(settings: Settings) -> list[str]:
+@lru_cache(maxsize=256)
+def init_args(settings: Settings) -> tuple[str, ...]:
     """Flags of ``proxy-injector init-iptables``: exactly what the init container runs, or
-    what the CNI plugin applies (the same renderer either way)."""
+    what the CNI plugin applies (the same renderer either way). Pods of one Deployment
+    share their settings: made once."""
     exclude_inbound = sorted({*PROXY_PORTS, *settings.exclude_inbound_ports})
     flags = {
         "--proxy-uid": str(PROXY_UID),
@@ -71,7 +74,7 @@ def init_args(settings: Settings) -> list[str]:
     for flag, value in flags.items():
         if value:
             args += [flag, value]
-    return args
+    return tuple(args)
 
 
 def init_container(
@@ -212,7 +215,7 @@ def decide(
     return Interception(True, init, spec)
 
 
-def _interception_spec(init_args: list[str]) -> str:
+def _interception_spec(init_args: tuple[str, ...]) -> str:
     """What the CNI agent applies: the init-iptables flags, versioned."""
     spec = {"version": INTERCEPTION_SPEC_VERSION, "initIptables": init_args[1:]}
     return orjson.dumps(spec).decode()
