@@ -29,7 +29,7 @@ from tests.kubelet import StandInKubelet
 from tests.processes import stop, wait_for
 from tests.signers import SignerProcess
 from webhook.engine.config import from_mapping
-from webhook.signer import authority, issue, policy
+from webhook.signer import authority, issue, review
 from webhook.signer.requests import parse
 
 SIGNER_CPU, API_CPU = 0, 1
@@ -87,7 +87,7 @@ def burst(
 
 
 def signing_alone(count: int) -> float:
-    """Certificates per second from policy.review + issue.issued, no API, on CPU 0."""
+    """Certificates per second from review.review + issue.issued, no API, on CPU 0."""
     os.sched_setaffinity(0, {SIGNER_CPU})
     config = from_mapping({"mtls": {"identity": "pod-certificate"}})
     fake = type("NoApi", (), {"put_pod": staticmethod(lambda pod: pod)})()
@@ -108,7 +108,7 @@ def signing_alone(count: int) -> float:
         requests.append((parse(obj), pod))
     start = time.perf_counter()
     for request, pod in requests:
-        verdict = policy.review(request, pod, config)
+        verdict = review.review(request, pod, config)
         assert verdict.public_key is not None
         issue.issued(request, verdict.public_key, ca, config, dt.datetime.now(dt.UTC))
     return count / (time.perf_counter() - start)

@@ -12,7 +12,7 @@ import pytest
 from tests.support import apply, bootstrap_of, container, envoy_validate, object_errors
 from webhook.engine import Outcome, inject
 from webhook.engine.config import MeshConfig, from_mapping
-from webhook.engine.policy import Reason
+from webhook.engine.reasons import Reason
 
 AGENTS = "telemetry"
 ALLOWED = from_mapping(

@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clock, no globals written. The webhook, the offline CLI and the tests all
 call ``inject`` (or ``plan``, for the decisions without the patch) and nothing below it:
-``policy`` decides whether to inject, ``stages`` decides everything else, ``render``
+``selection`` decides whether to inject, ``stages`` decides everything else, ``render``
 writes the ops.
 """
 
@@ -18,7 +18,8 @@ from webhook.engine import limits, render, stages
 from webhook.engine import patch as jp
 from webhook.engine import pod as pods
 from webhook.engine.config import MeshConfig
-from webhook.engine.policy import InvalidInjectValue, Reason, decide
+from webhook.engine.reasons import Reason
+from webhook.engine.selection import InvalidInjectValue, decide
 from webhook.engine.settings import resolve
 from webhook.engine.stages import InternalError, Plan
 
@@ -47,7 +48,7 @@ class InjectionResult:
     patch: tuple[jp.Op, ...] = ()
     warnings: tuple[str, ...] = ()
     rule: str = ""
-    """Which input decided whether to inject (see ``policy.Decision``)."""
+    """Which input decided whether to inject (see ``selection.Decision``)."""
 
 
 def skip(reason: Reason) -> InjectionResult:

@@ -46,7 +46,7 @@ from webhook.engine.names import (
     SHM_VOLUME,
     VALIDATE_CONTAINER,
 )
-from webhook.engine.policy import Reason
+from webhook.engine.reasons import Reason
 from webhook.engine.settings import Settings
 
 

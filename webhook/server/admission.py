@@ -18,7 +18,7 @@ import orjson
 from webhook import engine
 from webhook.engine.config import MeshConfig
 from webhook.engine.limits import PROBLEM_CHARS, clip
-from webhook.engine.policy import Reason
+from webhook.engine.reasons import Reason
 from webhook.server.memo import Memo
 
 VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")

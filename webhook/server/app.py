@@ -26,7 +26,7 @@ from fastapi.responses import Response
 
 from webhook import __version__
 from webhook.engine.config import MeshConfig
-from webhook.engine.policy import Reason
+from webhook.engine.reasons import Reason
 from webhook.server.admission import BadRequest, Reviewed, review
 from webhook.server.events import EventSender, event, subject
 from webhook.server.live_config import LiveConfig

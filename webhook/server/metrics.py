@@ -1,6 +1,6 @@
 """The webhook's Prometheus metrics, in a registry of its own.
 
-Admissions are counted by decision and reason code (the codes of ``policy.Reason``). The
+Admissions are counted by decision and reason code (the codes of ``reasons.Reason``). The
 counter's children are made once per pair, so the admission path pays a dict lookup and
 two increments.
 """

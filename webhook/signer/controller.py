@@ -32,7 +32,7 @@ from webhook.engine.mtls import trust_bundle_name
 from webhook.kube.api import Api, ApiError
 from webhook.kube.informer import Informer
 from webhook.kube.lease import Lease
-from webhook.signer import authority, issue, policy
+from webhook.signer import authority, issue, review
 from webhook.signer.metrics import SignerMetrics
 from webhook.signer.requests import BadRequest, Request, answer_of, parse
 
@@ -189,7 +189,7 @@ class Signer:
     async def _answer(self, request: Request) -> tuple[str, dict[str, Any], str, str]:
         """(result, status, reason, message) for one request."""
         now = self.clock()
-        verdict = policy.review(request, await self._pod(request), self.config)
+        verdict = review.review(request, await self._pod(request), self.config)
         if verdict.action == "deny":
             status = issue.denied(verdict.reason, verdict.message, now)
             return "denied", status, verdict.reason, verdict.message

@@ -22,8 +22,8 @@ from webhook.engine.config import MeshConfig
 from webhook.engine.mtls import spiffe_id
 from webhook.signer import authority
 from webhook.signer.authority import Ca
-from webhook.signer.policy import PublicKey
 from webhook.signer.requests import Request
+from webhook.signer.review import PublicKey
 
 MIN_LIFETIME = dt.timedelta(hours=1)
 
