@@ -86,7 +86,6 @@ class Context:
     apps: tuple[pods.Container, ...] = ()
     access: node_access.NodeAccess | None = None
     ports: sockets.AppPorts | None = None
-    mtls_mode: str = "off"
     probes: probes.ProbeChanges | None = None
     resources: sidecar.Resources | None = None
     existing_shm: str | None = None
@@ -95,8 +94,6 @@ class Context:
     upstreams: tuple[upstreams.Upstream, ...] = ()
     secured: mtls.PodMtls | None = None
     interception: interception.Interception | None = None
-    native: bool = True
-    drain_seconds: float = 0.0
     grace_seconds: int = pods.DEFAULT_GRACE_SECONDS
     bootstrap: str = ""
 
@@ -146,8 +143,7 @@ def ports_and_resources(ctx: Context) -> Findings:
     problems of their annotations deny together."""
     assert ctx.access is not None
     ctx.ports = sockets.app_ports(ctx.apps, ctx.overrides, ctx.settings, ctx.access.socket_root)
-    ctx.mtls_mode = ctx.settings.mtls_mode
-    refuses_plaintext = mtls.refuses_plaintext(ctx.overrides, ctx.mtls_mode)
+    refuses_plaintext = mtls.refuses_plaintext(ctx.overrides, ctx.settings.mtls_mode)
     rewrite = ctx.settings.rewrite_probes
     ctx.probes = probes.changes(ctx.apps, ctx.ports, rewrite, refuses_plaintext)
     sized = sidecar.resources(ctx.settings, ctx.overrides)
@@ -175,7 +171,7 @@ def pod_shape(ctx: Context) -> Findings:
         *([] if ctx.existing_shm else [SHM_VOLUME]),
         ADMIN_VOLUME,
         *ctx.access.volume_names,
-        *([IDENTITY_VOLUME, SDS_VOLUME] if ctx.mtls_mode != "off" else []),
+        *([IDENTITY_VOLUME, SDS_VOLUME] if ctx.settings.mtls_mode != "off" else []),
     ]
     problems = [
         *ctx.ports.pod_errors,
@@ -202,10 +198,9 @@ def upstreams_and_mtls(ctx: Context) -> Findings:
     if ctx.overrides.outbound_uds:
         ctx.outbound_socket = ctx.access.socket_path(OUTBOUND_UDS_PATH)
     resolved, warned = upstreams.resolve(ctx.declared, ctx.namespace, ctx.config.cluster_domain)
-    account = pods.service_account(ctx.spec) if ctx.mtls_mode != "off" else ""
-    secured = mtls.decide(
-        ctx.overrides, ctx.config, ctx.mtls_mode, ctx.namespace, account, resolved
-    )
+    mode = ctx.settings.mtls_mode
+    account = pods.service_account(ctx.spec) if mode != "off" else ""
+    secured = mtls.decide(ctx.overrides, ctx.config, mode, ctx.namespace, account, resolved)
     ctx.upstreams, ctx.secured = secured.upstreams, secured.pod
     found = (*warned, *secured.warnings)
     return Findings(Reason.INVALID_ANNOTATION, secured.errors, found)
@@ -222,11 +217,12 @@ def intercept(ctx: Context) -> Findings:
 
 
 def start_and_stop(ctx: Context) -> Findings:
-    """Native sidecar or not, and how long the proxy drains."""
-    ctx.native = ctx.settings.native_sidecar
-    ctx.drain_seconds = ctx.settings.drain_seconds
+    """The pod's grace period, against how long the proxy drains (settings)."""
     ctx.grace_seconds = pods.termination_grace_seconds(ctx.spec)
-    found = lifecycle.grace_warnings(ctx.native, ctx.drain_seconds, ctx.grace_seconds)
+    settings = ctx.settings
+    found = lifecycle.grace_warnings(
+        settings.native_sidecar, settings.drain_seconds, ctx.grace_seconds
+    )
     return Findings(warnings=found)
 
 
@@ -241,7 +237,7 @@ def envoy_bootstrap(ctx: Context) -> Findings:
         outbound_socket=ctx.outbound_socket,
         dual_stack=ctx.config.dual_stack,
         mtls=ctx.secured,
-        drain_hook=lifecycle.drains(ctx.native, ctx.drain_seconds),
+        drain_hook=lifecycle.drains(ctx.settings.native_sidecar, ctx.settings.drain_seconds),
     )
     ctx.bootstrap = bootstrap.encoded(sidecar_plan)
     size = len(ctx.bootstrap) if ctx.bootstrap.isascii() else len(ctx.bootstrap.encode())
@@ -380,7 +376,7 @@ def _the_plan(ctx: Context, found: list[str]) -> Plan:
         new_volumes=tuple(new_volumes),
         outbound_socket=ctx.outbound_socket,
         interception=ctx.interception,
-        native=ctx.native,
+        native=ctx.settings.native_sidecar,
         hold_application=bool(overrides.hold_application),
         bootstrap=ctx.bootstrap,
         image=ctx.settings.image,
@@ -388,7 +384,7 @@ def _the_plan(ctx: Context, found: list[str]) -> Plan:
         log_level=ctx.settings.log_level,
         pull_policy=config.image_pull_policy,
         pull_secrets=config.image_pull_secrets,
-        drain_seconds=ctx.drain_seconds,
+        drain_seconds=ctx.settings.drain_seconds,
         grace_seconds=ctx.grace_seconds,
         status=_status(ctx),
         warnings=_bounded_warnings(found, ctx.parsed.unknown),

@@ -311,6 +311,7 @@ class Signer:
             self.queued.discard(key)
             obj = self.requests.items.get(key) if self.requests else None
             if obj is None or not self._ours(obj) or not self.lease.leading:
+                self.failures.pop(key, None)  # gone, answered, or another replica's now
                 continue
             if self.authorities is None:
                 await asyncio.sleep(0.2)  # the new leader is loading its CA

@@ -1,6 +1,7 @@
 """mTLS pieces of the bootstrap: the certificate and trust bundle from file-based SDS
 (reloaded when the kubelet swaps the volume's ``..data`` symlink), the TLS contexts that
-check SPIFFE IDs, and the RBAC filters of ``proxy.io/allow-from``."""
+check SPIFFE IDs, and the RBAC filters that read a caller's one URI SAN (against
+``proxy.io/allow-from``, or the trust domain)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _common(peers: Iterable[Peer]) -> Json:
 
 def downstream_tls(plan: PodMtls) -> Json:
     """Inbound: a client certificate of the trust domain is required; who among those
-    may call is the RBAC filter's (``peer_rbac``), which can answer with a reason.
+    may call is the RBAC filter's (``_peer_matcher``), which can answer with a reason.
 
     No session resumption (tickets or a session cache): a resumed session skips the
     certificate check, so a client whose certificate has expired would go on calling."""
