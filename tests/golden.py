@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import apply, corpus
+from tests.support import apply, corpus, orders_pod
 from webhook.engine import Outcome, inject
 from webhook.engine.config import MeshConfig, from_mapping
 
@@ -26,33 +26,16 @@ FOLDER = Path(__file__).parent / "golden"
 
 
 def _mtls_pod() -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "orders-0",
-            "annotations": {
-                "proxy.io/upstreams": "ratings:9080,payments.pay:8443",
-                "proxy.io/upstream-identities": "payments.pay:8443=ns/pay/sa/payments",
-                "proxy.io/allow-from": "ns/front,ns/ops/sa/deployer",
-            },
-        },
-        "spec": {
-            "serviceAccountName": "orders",
-            "containers": [
-                {
-                    "name": "orders",
-                    "image": "orders:1",
-                    "ports": [
-                        {"name": "http", "containerPort": 8080},
-                        {"containerPort": 9000},
-                    ],
-                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
-                    "livenessProbe": {"tcpSocket": {"port": 9000}},
-                }
-            ],
-        },
+    annotations = {
+        "proxy.io/upstreams": "ratings:9080,payments.pay:8443",
+        "proxy.io/upstream-identities": "payments.pay:8443=ns/pay/sa/payments",
+        "proxy.io/allow-from": "ns/front,ns/ops/sa/deployer",
     }
+    return orders_pod(
+        annotations,
+        readinessProbe={"httpGet": {"path": "/ready", "port": 8080}},
+        livenessProbe={"tcpSocket": {"port": 9000}},
+    )
 
 
 EXTRA = [

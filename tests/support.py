@@ -153,6 +153,31 @@ def bootstrap_of(pod: dict[str, Any]) -> str:
     return args[args.index("--config-yaml") + 1]
 
 
+def orders_pod(annotations: dict[str, str] | None = None, **container_fields: Any) -> dict:
+    """A pod of service account orders in namespace shop, serving HTTP (8080), gRPC
+    (9090) and a TCP port (9000): the mTLS tests' and golden files' meshed server."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "orders-0", "namespace": "shop", "annotations": annotations or {}},
+        "spec": {
+            "serviceAccountName": "orders",
+            "containers": [
+                {
+                    "name": "orders",
+                    "image": "orders:1",
+                    "ports": [
+                        {"name": "http", "containerPort": 8080},
+                        {"name": "grpc-api", "containerPort": 9090},
+                        {"containerPort": 9000},
+                    ],
+                    **container_fields,
+                }
+            ],
+        },
+    }
+
+
 def load_case(path: Path) -> dict[str, Any]:
     case = yaml.safe_load(path.read_text())
     case["id"] = path.stem

@@ -23,6 +23,9 @@ from tests.support import (
     container,
     schema_errors,
 )
+from tests.support import (
+    orders_pod as pod,
+)
 from webhook.engine import Outcome, inject
 from webhook.engine.config import ConfigError, from_mapping
 from webhook.engine.names import SDS_IDENTITY_KEY, SDS_TRUST_BUNDLE_KEY
@@ -30,29 +33,6 @@ from webhook.node import sds
 
 POD_CERTIFICATE = from_mapping({"mtls": {"identity": "pod-certificate"}})
 CSI = from_mapping({"mtls": {"identity": "csi-spiffe", "trustDomain": "prod.example"}})
-
-
-def pod(annotations: dict[str, str] | None = None, **container_fields) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "orders-0", "namespace": "shop", "annotations": annotations or {}},
-        "spec": {
-            "serviceAccountName": "orders",
-            "containers": [
-                {
-                    "name": "orders",
-                    "image": "orders:1",
-                    "ports": [
-                        {"name": "http", "containerPort": 8080},
-                        {"name": "grpc-api", "containerPort": 9090},
-                        {"containerPort": 9000},
-                    ],
-                    **container_fields,
-                }
-            ],
-        },
-    }
 
 
 def injected(document: dict, config=POD_CERTIFICATE) -> dict:
