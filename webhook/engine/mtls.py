@@ -25,6 +25,7 @@ from webhook.engine.names import (
     SDS_DIR,
     SDS_VOLUME,
 )
+from webhook.engine.sidecar import SMALL_VOLUME, memory_volume
 from webhook.engine.upstreams import Upstream
 
 CERTIFICATE_SECRET = "identity"
@@ -261,12 +262,9 @@ def identity_volume(settings: Mtls) -> Json:
     return {"name": IDENTITY_VOLUME, "projected": {"sources": sources}}
 
 
-SDS_VOLUME_SIZE = "1Mi"
-
-
 def sds_volume() -> Json:
     """Filled by the init container (``sds_args``); read-only in the proxy, in nothing else."""
-    return {"name": SDS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SDS_VOLUME_SIZE}}
+    return memory_volume(SDS_VOLUME, SMALL_VOLUME)
 
 
 def proxy_mounts() -> list[Json]:

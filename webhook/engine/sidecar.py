@@ -127,16 +127,22 @@ def shm_size(apps: Iterable[Container], overrides: Overrides, config: MeshConfig
     return values.format_bytes(max(share - share % 1024, Decimal(1024)))
 
 
+def memory_volume(name: str, size: str) -> Json:
+    """An emptyDir in memory (tmpfs), counted against the pod's memory up to ``size``."""
+    return {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+
+
 def shm_volume(size: str) -> Json:
-    return {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+    return memory_volume(SHM_VOLUME, size)
 
 
-ADMIN_VOLUME_SIZE = "1Mi"
+SMALL_VOLUME = "1Mi"
+"""The proxy's own volumes (the admin socket, the SDS files) hold a few KiB at most."""
 
 
 def admin_volume() -> Json:
     """Where Envoy's admin socket lives: mounted in the proxy only (``admin_mount``)."""
-    return {"name": ADMIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": ADMIN_VOLUME_SIZE}}
+    return memory_volume(ADMIN_VOLUME, SMALL_VOLUME)
 
 
 def admin_mount() -> Json:
