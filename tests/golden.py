@@ -38,6 +38,17 @@ def _mtls_pod() -> dict[str, Any]:
     )
 
 
+def _tcp_pod() -> dict[str, Any]:
+    """A database client and server at once: TCP upstreams, a TCP-hinted port."""
+    annotations = {
+        "proxy.io/upstreams": "db.data:5432/tcp,ratings:9080,inventory:9090/grpc",
+        "proxy.io/upstream-identities": "db.data:5432=ns/data/sa/postgres",
+        "proxy.io/upstream-retries": "ratings:9080=0",
+        "proxy.io/tcp-ports": "9000",
+    }
+    return orders_pod(annotations)
+
+
 EXTRA = [
     ("mtls-permissive", {"mtls": {"identity": "pod-certificate"}}),
     ("mtls-strict-csi", {"mtls": {"identity": "csi-spiffe", "mode": "strict"}}),
@@ -62,6 +73,15 @@ def cases() -> list[tuple[str, dict[str, Any], str, MeshConfig]]:
         if case["expect"] == "inject"
     ]
     found += [(name, _mtls_pod(), "shop", from_mapping(mesh)) for name, mesh in EXTRA]
+    found += [
+        (
+            f"tcp-{mode}",
+            _tcp_pod(),
+            "shop",
+            from_mapping({"mtls": {"identity": "pod-certificate", "mode": mode}}),
+        )
+        for mode in ("permissive", "strict")
+    ]
     return found
 
 

@@ -1,3 +1,3 @@
 """Kubernetes sidecar injector: an Envoy sidecar that reaches the app over a Unix socket."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

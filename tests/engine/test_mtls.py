@@ -225,9 +225,12 @@ def _validate(out: dict, folder: Path) -> subprocess.CompletedProcess[str]:
 def test_every_bootstrap_passes_envoy_validate(config, mode, tmp_path) -> None:
     annotations = {
         "proxy.io/mtls": mode,
-        "proxy.io/upstreams": "ratings:9080,reviews.books.svc:9080",
+        "proxy.io/upstreams": "ratings:9080,reviews.books.svc:9080/grpc,db.data:5432/tcp",
+        "proxy.io/upstream-retries": "ratings:9080=0",
         "proxy.io/allow-from": "ns/front",
         "proxy.io/outbound-uds": "true",
+        "proxy.io/outbound-policy": "declared-only",
+        "proxy.io/tcp-ports": "9000",
     }
     done = _validate(
         injected(pod(annotations, readinessProbe={"tcpSocket": {"port": 9000}}), config), tmp_path

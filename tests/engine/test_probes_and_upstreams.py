@@ -8,7 +8,8 @@ import pytest
 
 from tests.support import CORPUS, apply, bootstrap_of, container, envoy_validate, load_case
 from webhook.engine import Outcome, inject
-from webhook.engine.config import MeshConfig
+from webhook.engine.annotations import Overrides
+from webhook.engine.config import MeshConfig, UpstreamPolicy
 from webhook.engine.upstreams import resolve
 
 DEFAULTS = MeshConfig()
@@ -88,17 +89,21 @@ def test_rewrite_probes_false_warns_about_each_probe_that_will_fail() -> None:
 
 
 def test_upstream_names_cover_the_ways_the_app_may_call_them() -> None:
-    upstreams, warnings = resolve(
-        (
-            ("ratings", 9080),
-            ("reviews.shop", 9080),
-            ("payments.billing.svc", 443),
-            ("api.example.com", 80),
+    resolved = resolve(
+        Overrides(
+            upstreams=(
+                ("ratings", 9080, None),
+                ("reviews.shop", 9080, None),
+                ("payments.billing.svc", 443, None),
+                ("api.example.com", 80, None),
+            )
         ),
         "shop",
         "cluster.local",
+        UpstreamPolicy(),
     )
-    assert warnings == ()
+    upstreams = resolved.upstreams
+    assert resolved.warnings == resolved.errors == ()
     domains = {u.host: u.domains for u in upstreams}
     assert domains["ratings"] == (
         "ratings:9080",
@@ -116,11 +121,14 @@ def test_upstream_names_cover_the_ways_the_app_may_call_them() -> None:
 
 
 def test_the_same_service_declared_twice_is_kept_once_with_a_warning() -> None:
-    upstreams, warnings = resolve(
-        (("ratings", 9080), ("ratings.shop", 9080)), "shop", "cluster.local"
+    resolved = resolve(
+        Overrides(upstreams=(("ratings", 9080, None), ("ratings.shop", 9080, None))),
+        "shop",
+        "cluster.local",
+        UpstreamPolicy(),
     )
-    assert [u.host for u in upstreams] == ["ratings"]
-    assert warnings == (
+    assert [u.host for u in resolved.upstreams] == ["ratings"]
+    assert resolved.warnings == (
         "proxy.io/upstreams: ratings.shop:9080 is the same service as ratings:9080",
     )
 

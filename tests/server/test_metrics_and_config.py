@@ -70,7 +70,7 @@ def test_metrics_count_a_known_mix_of_admissions_exactly(tmp_path) -> None:
         ("deny", "invalid_annotation"): 1,
     }
     assert scraped["proxy_injector_admission_duration_seconds_count", ()] == 6
-    assert scraped["proxy_injector_build_info", (("version", "0.2.0"),)] == 1
+    assert scraped["proxy_injector_build_info", (("version", "0.3.0"),)] == 1
     cert = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
     expiry = scraped["proxy_injector_certificate_expiry_timestamp_seconds", ()]
     assert expiry == cert.not_valid_after_utc.timestamp()

@@ -203,12 +203,85 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         "App ports Envoy proxies as HTTP (per-request stats, access log) instead of TCP.",
     ),
     Annotation(
+        "proxy.io/tcp-ports",
+        "tcp_ports",
+        values.port_refs,
+        "comma-separated container port numbers or names",
+        "ports named tcp or tcp-*",
+        "App ports whose clients may wait for the server to speak first (MySQL, SMTP): "
+        "never held for sniffing with mTLS strict, and at most 0.2 s in permissive.",
+    ),
+    Annotation(
         "proxy.io/upstreams",
         "upstreams",
         values.upstreams,
-        "comma-separated service:port, the service a DNS name",
+        "comma-separated service:port, each optionally followed by /http, /grpc or /tcp; "
+        "the service a DNS name",
         "none",
-        "Services the app calls; each gets its own cluster, stats, retries and ejection.",
+        "Services the app calls; each gets its own cluster, stats, retries and ejection, and "
+        "is balanced per request across every address its name resolves to. `/tcp`: opaque "
+        "bytes, never sniffed (databases, server-first protocols); `/grpc`: HTTP/2; "
+        "`/http`: HTTP/1.1 or h2c; none: sniffed for at most 0.1 s, else TCP.",
+    ),
+    Annotation(
+        "proxy.io/upstream-timeouts",
+        "upstream_timeouts",
+        values.per_upstream(values.duration, "service:port=2s"),
+        "comma-separated `service:port=duration` (`0s`: none), each service:port one of "
+        "proxy.io/upstreams",
+        "mesh config `upstreamPolicy.requestTimeout`",
+        "How long a request to an HTTP upstream may take, retries included (504 after).",
+    ),
+    Annotation(
+        "proxy.io/upstream-per-try-timeouts",
+        "upstream_per_try_timeouts",
+        values.per_upstream(values.duration, "service:port=500ms"),
+        "comma-separated `service:port=duration` (`0s`: none), each one of proxy.io/upstreams",
+        "mesh config `upstreamPolicy.perTryTimeout`",
+        "How long each try of a request to an HTTP upstream may take before it is retried.",
+    ),
+    Annotation(
+        "proxy.io/upstream-retries",
+        "upstream_retries",
+        values.per_upstream(values.int_range(0, 10), "service:port=3"),
+        "comma-separated `service:port=count` (0 to 10), each one of proxy.io/upstreams",
+        "mesh config `upstreamPolicy.retries`",
+        "How many times a request to an HTTP upstream is retried (on mesh config "
+        "`upstreamPolicy.retryOn`).",
+    ),
+    Annotation(
+        "proxy.io/upstream-max-connections",
+        "upstream_max_connections",
+        values.per_upstream(values.int_range(1, 1_000_000), "service:port=100"),
+        "comma-separated `service:port=count`, each one of proxy.io/upstreams",
+        "mesh config `upstreamPolicy.maxConnections`",
+        "Circuit breaker: connections to the upstream at once (TCP and HTTP/1.1).",
+    ),
+    Annotation(
+        "proxy.io/upstream-max-pending-requests",
+        "upstream_max_pending_requests",
+        values.per_upstream(values.int_range(1, 1_000_000), "service:port=100"),
+        "comma-separated `service:port=count`, each one of proxy.io/upstreams",
+        "mesh config `upstreamPolicy.maxPendingRequests`",
+        "Circuit breaker: requests waiting for a connection to the upstream (503 beyond).",
+    ),
+    Annotation(
+        "proxy.io/upstream-max-requests",
+        "upstream_max_requests",
+        values.per_upstream(values.int_range(1, 1_000_000), "service:port=100"),
+        "comma-separated `service:port=count`, each one of proxy.io/upstreams",
+        "mesh config `upstreamPolicy.maxRequests`",
+        "Circuit breaker: requests in flight to the upstream at once.",
+    ),
+    Annotation(
+        "proxy.io/outbound-policy",
+        "outbound_policy",
+        values.one_of("allow-any", "declared-only"),
+        '"allow-any" or "declared-only"',
+        "mesh config `outbound.policy`",
+        "`declared-only`: connections to destinations not in proxy.io/upstreams are refused "
+        "(HTTP 502 with `x-proxy-refused`, TCP closed), counted in the proxy's "
+        "`envoy_outbound_refused{port}`; excluded ports and CIDRs still bypass the proxy.",
     ),
     Annotation(
         "proxy.io/outbound-uds",
@@ -314,7 +387,15 @@ class Overrides:
     include_outbound_ip_ranges: tuple[str, ...] | str | None = None
     exclude_outbound_ip_ranges: tuple[str, ...] | None = None
     http_ports: tuple[int | str, ...] | None = None
-    upstreams: tuple[tuple[str, int], ...] | None = None
+    tcp_ports: tuple[int | str, ...] | None = None
+    upstreams: tuple[tuple[str, int, str | None], ...] | None = None
+    upstream_timeouts: tuple[tuple[tuple[str, int], float], ...] | None = None
+    upstream_per_try_timeouts: tuple[tuple[tuple[str, int], float], ...] | None = None
+    upstream_retries: tuple[tuple[tuple[str, int], int], ...] | None = None
+    upstream_max_connections: tuple[tuple[tuple[str, int], int], ...] | None = None
+    upstream_max_pending_requests: tuple[tuple[tuple[str, int], int], ...] | None = None
+    upstream_max_requests: tuple[tuple[tuple[str, int], int], ...] | None = None
+    outbound_policy: str | None = None
     outbound_uds: bool | None = None
     mtls: str | None = None
     allow_from: tuple[str, ...] | None = None

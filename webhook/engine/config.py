@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import orjson
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -82,13 +83,32 @@ class NodeShm(_Section):
 
 
 class UpstreamPolicy(_Section):
-    """How the sidecar talks to each dependency declared in proxy.io/upstreams."""
+    """How the sidecar talks to each dependency declared in proxy.io/upstreams; each
+    field but the ejection ones can be set per upstream by a proxy.io/upstream-* annotation."""
 
     connect_timeout: Duration = 1.0
+    request_timeout: Duration = 60.0
+    """How long a request to a declared HTTP upstream may take, retries included (0: none).
+    Streams (gRPC streaming, server-sent events, long polls) need 0s on their upstream."""
+    per_try_timeout: Duration = 0.0
+    """How long each try may take (0: only the request timeout bounds it)."""
+    retries: int = Field(2, ge=0, le=10)
+    """The retry count: how many times one request is retried (per request)."""
+    retry_on: str = Field(
+        "connect-failure,refused-stream,unavailable,cancelled,reset",
+        pattern=r"^[a-z0-9-]+(,[a-z0-9-]+)*$",
+    )
     max_connections: int = Field(1024, ge=1)
     max_pending_requests: int = Field(1024, ge=1)
     max_requests: int = Field(1024, ge=1)
-    max_retries: int = Field(3, ge=0)
+    max_active_retries: int = Field(
+        3,
+        ge=0,
+        validation_alias=AliasChoices("maxActiveRetries", "max_active_retries", "maxRetries"),
+    )
+    """The circuit breaker's cap: retries in flight at once to the upstream, across all
+    requests (not the per-request count, ``retries``). ``maxRetries``, its name before
+    0.3.0, is still read."""
     consecutive_5xx: int = Field(5, ge=1, alias="consecutive5xx")
     outlier_interval: Duration = 10.0
     base_ejection_time: Duration = 30.0
@@ -96,11 +116,16 @@ class UpstreamPolicy(_Section):
     lb_policy: Literal["RANDOM", "ROUND_ROBIN", "LEAST_REQUEST"] = "RANDOM"
     """RANDOM by default: as good as round robin for a Service's few endpoints, and 1.7 KiB
     less per declared upstream (bench/envoy_memory.py)."""
-    retries: int = Field(2, ge=0, le=10)
-    retry_on: str = Field(
-        "connect-failure,refused-stream,unavailable,cancelled,reset",
-        pattern=r"^[a-z0-9-]+(,[a-z0-9-]+)*$",
-    )
+    dns_refresh: Annotated[float, _checked(values.duration), Field(gt=0)] = 5.0
+    """How often each upstream's name is resolved again when its DNS answer has no TTL
+    (with a TTL, as often as it says: CoreDNS gives 5 s): a headless Service's pods as
+    they come and go."""
+
+
+class Outbound(_Section):
+    policy: Literal["allow-any", "declared-only"] = "allow-any"
+    """declared-only: the app reaches only what proxy.io/upstreams declares (and the
+    excluded ports and CIDRs, which bypass the proxy)."""
 
 
 class Cni(_Section):
@@ -152,7 +177,7 @@ class Mtls(_Section):
 
 class MeshConfig(_Section):
     proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
-    init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.2.0"
+    init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.3.0"
     image_pull_secrets: SecretNames = ()
     """Merged into each injected pod's spec.imagePullSecrets (a private registry)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
@@ -197,6 +222,7 @@ class MeshConfig(_Section):
     events: bool = True
     """A Kubernetes Event for each injection, skip and denial (on the pod's controller)."""
     upstream_policy: UpstreamPolicy = UpstreamPolicy()
+    outbound: Outbound = Outbound()
     cni: Cni = Cni()
     mtls: Mtls = Mtls()
 

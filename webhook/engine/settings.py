@@ -40,6 +40,8 @@ class Settings:
     exclude_outbound_ports: tuple[int, ...]
     include_outbound_ip_ranges: tuple[str, ...] | str
     exclude_outbound_ip_ranges: tuple[str, ...]
+    outbound_policy: str
+    """allow-any or declared-only."""
 
     @property
     def cni(self) -> bool:
@@ -82,4 +84,5 @@ def resolve(overrides: Overrides, config: MeshConfig) -> Settings:
         exclude_outbound_ip_ranges=config.exclude_outbound_ip_ranges
         if o.exclude_outbound_ip_ranges is None
         else o.exclude_outbound_ip_ranges,
+        outbound_policy=config.outbound.policy if o.outbound_policy is None else o.outbound_policy,
     )

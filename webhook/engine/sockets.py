@@ -31,6 +31,10 @@ class AppPort:
     protocol: str = TCP
     tcp_fallback: bool = False
     """Auto mode: 127.0.0.1:number whenever nothing listens on the socket."""
+    opaque: bool = False
+    """Hinted as TCP (proxy.io/tcp-ports, or named tcp or tcp-*): its clients may wait
+    for the server to speak first, so its connections are never held to sniff them
+    where the mTLS mode does not need it."""
 
     @property
     def is_http(self) -> bool:
@@ -76,6 +80,7 @@ class _Planner:
     """None: every port."""
     exclude: frozenset[int] = frozenset()
     http_refs: frozenset[int | str] = frozenset()
+    tcp_refs: frozenset[int | str] = frozenset()
     uds_refs: frozenset[int | str] | None = None
     """None: every port."""
     mode: str = "auto"
@@ -85,6 +90,7 @@ class _Planner:
     def __post_init__(self) -> None:
         self.include, self.exclude = _inbound(self.settings)
         self.http_refs = frozenset(self.overrides.http_ports or ())
+        self.tcp_refs = frozenset(self.overrides.tcp_ports or ())
         refs = self.overrides.uds_ports
         self.uds_refs = None if refs is None else frozenset(refs)
         self.mode = self.settings.upstream
@@ -100,6 +106,18 @@ class _Planner:
         if port.name.startswith("http") or named:
             return HTTP
         return TCP
+
+    def opaque(self, port: Port, protocol: str) -> bool:
+        named = {port.number, port.name} & self.tcp_refs
+        self.matched.update(named)
+        if named and protocol != TCP:
+            self.annotation_errors.append(
+                f"annotation proxy.io/tcp-ports: port {port.number} ({port.name or 'unnamed'}) "
+                "is HTTP (proxy.io/http-ports, or its name); a port is either"
+            )
+        return protocol == TCP and (
+            bool(named) or port.name == "tcp" or port.name.startswith("tcp-")
+        )
 
     def socket(self, container: Container, port: Port) -> str | None:
         named = {port.number, port.name} & (self.uds_refs or frozenset())
@@ -142,13 +160,15 @@ class _Planner:
         if not self.intercepted(port.number):
             return
         socket = self.socket(container, port)
+        protocol = self.protocol(port)
         app_port = AppPort(
             container.name,
             port.number,
             port.name,
             socket,
-            self.protocol(port),
+            protocol,
             tcp_fallback=bool(socket) and self.mode == "auto",
+            opaque=self.opaque(port, protocol),
         )
         if app_port.socket:
             self.by_path[app_port.socket] = app_port
@@ -193,6 +213,7 @@ def app_ports(
             planner.add(container, port)
     planner.unmatched("proxy.io/uds-ports", overrides.uds_ports)
     planner.unmatched("proxy.io/http-ports", overrides.http_ports)
+    planner.unmatched("proxy.io/tcp-ports", overrides.tcp_ports)
     by_key = {(p.container, p.number): p for p in planner.ports}
     sockets: dict[str, list[AppPort]] = {}
     for port in planner.ports:

@@ -102,7 +102,7 @@ class Context:
         return self.parsed.overrides
 
     @property
-    def declared(self) -> tuple[tuple[str, int], ...]:
+    def declared(self) -> tuple[tuple[str, int, str | None], ...]:
         return self.overrides.upstreams or ()
 
 
@@ -193,17 +193,22 @@ def size_with_probes(ctx: Context) -> Findings:
 
 
 def upstreams_and_mtls(ctx: Context) -> Findings:
-    """The declared upstreams, and with mTLS who each must be and who may call."""
+    """The declared upstreams with their protocols and policies, and with mTLS who each
+    must be and who may call."""
     assert ctx.access is not None
     if ctx.overrides.outbound_uds:
         ctx.outbound_socket = ctx.access.socket_path(OUTBOUND_UDS_PATH)
-    resolved, warned = upstreams.resolve(ctx.declared, ctx.namespace, ctx.config.cluster_domain)
+    config = ctx.config
+    resolved = upstreams.resolve(
+        ctx.overrides, ctx.namespace, config.cluster_domain, config.upstream_policy
+    )
     mode = ctx.settings.mtls_mode
     account = pods.service_account(ctx.spec) if mode != "off" else ""
-    secured = mtls.decide(ctx.overrides, ctx.config, mode, ctx.namespace, account, resolved)
+    secured = mtls.decide(ctx.overrides, config, mode, ctx.namespace, account, resolved.upstreams)
     ctx.upstreams, ctx.secured = secured.upstreams, secured.pod
-    found = (*warned, *secured.warnings)
-    return Findings(Reason.INVALID_ANNOTATION, secured.errors, found)
+    errors = (*resolved.errors, *secured.errors)
+    found = (*resolved.warnings, *secured.warnings)
+    return Findings(Reason.INVALID_ANNOTATION, errors, found)
 
 
 def intercept(ctx: Context) -> Findings:
@@ -235,6 +240,7 @@ def envoy_bootstrap(ctx: Context) -> Findings:
         upstreams=ctx.upstreams,
         policy=ctx.config.upstream_policy,
         outbound_socket=ctx.outbound_socket,
+        declared_only=ctx.settings.outbound_policy == "declared-only",
         dual_stack=ctx.config.dual_stack,
         mtls=ctx.secured,
         drain_hook=lifecycle.drains(ctx.settings.native_sidecar, ctx.settings.drain_seconds),

@@ -1,13 +1,51 @@
-"""Declared dependencies (``proxy.io/upstreams``): the names the app may use for each, so
-Envoy can tell their traffic apart without a control plane."""
+"""Declared dependencies (``proxy.io/upstreams``): the names the app may use for each, its
+protocol, and the policy each is called with (the mesh config's ``upstreamPolicy``, each
+field overridden per upstream by a ``proxy.io/upstream-*`` annotation), so Envoy can tell
+their traffic apart and treat each its own way without a control plane."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+from webhook.engine.annotations import Overrides
+from webhook.engine.config import UpstreamPolicy
 
 if TYPE_CHECKING:
     from webhook.engine.mtls import Peer
+
+HTTP, GRPC, TCP = "http", "grpc", "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What can differ from one upstream to the next (the rest is the mesh config's)."""
+
+    request_timeout: float
+    """Seconds a request may take, retries included; 0: no limit."""
+    per_try_timeout: float
+    retries: int
+    """Per request: how many times it is retried."""
+    max_connections: int
+    max_pending_requests: int
+    max_requests: int
+
+
+# Each per-upstream annotation, the Overrides field it is read into, and the Policy field
+# it overrides: one row each, so parsing, checking and the plan stay in step.
+PER_UPSTREAM: tuple[tuple[str, str, str], ...] = (
+    ("proxy.io/upstream-timeouts", "upstream_timeouts", "request_timeout"),
+    ("proxy.io/upstream-per-try-timeouts", "upstream_per_try_timeouts", "per_try_timeout"),
+    ("proxy.io/upstream-retries", "upstream_retries", "retries"),
+    ("proxy.io/upstream-max-connections", "upstream_max_connections", "max_connections"),
+    (
+        "proxy.io/upstream-max-pending-requests",
+        "upstream_max_pending_requests",
+        "max_pending_requests",
+    ),
+    ("proxy.io/upstream-max-requests", "upstream_max_requests", "max_requests"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +54,9 @@ class Upstream:
     port: int
     domains: tuple[str, ...]
     """Host headers (with and without namespace, svc and cluster domain) that mean it."""
+    protocol: str | None = None
+    """http, grpc, tcp, or None: sniffed (HTTP if it looks like it, else TCP)."""
+    policy: Policy | None = None
     peer: Peer | None = None
     """mTLS: who the upstream must prove to be; None calls it in plaintext."""
     plaintext_fallback: bool = False
@@ -25,6 +66,21 @@ class Upstream:
     @property
     def cluster(self) -> str:
         return f"outbound|{self.port}||{self.host}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.protocol == TCP
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    upstreams: tuple[Upstream, ...]
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def _names(host: str, namespace: str, cluster_domain: str) -> list[str]:
@@ -39,15 +95,70 @@ def _names(host: str, namespace: str, cluster_domain: str) -> list[str]:
     return [host]
 
 
+def mesh_policy(policy: UpstreamPolicy) -> Policy:
+    return Policy(
+        request_timeout=policy.request_timeout,
+        per_try_timeout=policy.per_try_timeout,
+        retries=policy.retries,
+        max_connections=policy.max_connections,
+        max_pending_requests=policy.max_pending_requests,
+        max_requests=policy.max_requests,
+    )
+
+
+def _policies(
+    overrides: Overrides, declared: set[tuple[str, int]], default: Policy
+) -> tuple[dict[tuple[str, int], Policy], list[str]]:
+    """Each upstream's policy where an annotation changes it; errors for entries that name
+    no declared upstream."""
+    changed: dict[tuple[str, int], dict[str, object]] = {}
+    errors = []
+    for key, attr, policy_field in PER_UPSTREAM:
+        for target, value in getattr(overrides, attr) or ():
+            if target not in declared:
+                errors.append(
+                    f"annotation {key}: {target[0]}:{target[1]} is not in proxy.io/upstreams"
+                )
+                continue
+            changed.setdefault(target, {})[policy_field] = value
+    policies = {target: replace(default, **fields) for target, fields in changed.items()}
+    return policies, errors
+
+
+def _port_clashes(upstreams: Iterable[Upstream]) -> list[str]:
+    """A TCP upstream is known only by the port the app connects to: it must have the port
+    to itself (the address, a ClusterIP, is not known at admission)."""
+    by_port: dict[int, list[Upstream]] = {}
+    for upstream in upstreams:
+        by_port.setdefault(upstream.port, []).append(upstream)
+    errors = []
+    for port, sharing in by_port.items():
+        tcp = [u for u in sharing if u.is_tcp]
+        if tcp and len(sharing) > 1:
+            others = ", ".join(u.name for u in sharing if u is not tcp[0])
+            errors.append(
+                f"annotation proxy.io/upstreams: {tcp[0].name}/tcp shares port {port} with "
+                f"{others}: a TCP upstream is told apart only by its port, so it needs the port "
+                "to itself (leave the others out, or call them on another port)"
+            )
+    return errors
+
+
 def resolve(
-    declared: tuple[tuple[str, int], ...], namespace: str, cluster_domain: str
-) -> tuple[tuple[Upstream, ...], tuple[str, ...]]:
-    """Upstreams with their Host-header domains; a name that means the same service as an
-    earlier one (``ratings`` and ``ratings.shop`` in namespace shop) is dropped with a warning."""
+    overrides: Overrides, namespace: str, cluster_domain: str, policy: UpstreamPolicy
+) -> Resolved:
+    """Upstreams with their Host-header domains and policies; a name that means the same
+    service as an earlier one (``ratings`` and ``ratings.shop`` in namespace shop) is
+    dropped with a warning."""
+    declared = overrides.upstreams or ()
+    if not declared:
+        return Resolved(())
+    default = mesh_policy(policy)
+    policies, errors = _policies(overrides, {(h, p) for h, p, _ in declared}, default)
     taken: dict[str, str] = {}
     result: list[Upstream] = []
     warnings: list[str] = []
-    for host, port in declared:
+    for host, port, protocol in declared:
         domains = []
         for name in _names(host, namespace, cluster_domain):
             domains.append(f"{name}:{port}")
@@ -58,5 +169,7 @@ def resolve(
             warnings.append(f"proxy.io/upstreams: {host}:{port} is the same service as {clash}")
             continue
         taken.update((d, f"{host}:{port}") for d in domains)
-        result.append(Upstream(host, port, tuple(domains)))
-    return tuple(result), tuple(warnings)
+        chosen = policies.get((host, port), default)
+        result.append(Upstream(host, port, tuple(domains), protocol, chosen))
+    errors += _port_clashes(result)
+    return Resolved(tuple(result), tuple(errors), tuple(warnings))

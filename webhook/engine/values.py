@@ -307,16 +307,55 @@ def dns_names(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(dns_name(item) for item in _items(text)))
 
 
+UPSTREAM_PROTOCOLS = ("http", "grpc", "tcp")
+"""What may follow a declared upstream's port: ``/http`` (HTTP/1.1 or h2c), ``/grpc``
+(HTTP/2), ``/tcp`` (opaque bytes, never sniffed); nothing: sniffed."""
+
+
 @cached(maxsize=256)
-def upstreams(text: str) -> tuple[tuple[str, int], ...]:
-    """Comma-separated ``service:port`` dependencies, e.g. "reviews.shop:9080,ratings:9080"."""
-    found: dict[tuple[str, int], None] = {}
+def upstreams(text: str) -> tuple[tuple[str, int, str | None], ...]:
+    """Comma-separated ``service:port[/protocol]`` dependencies, e.g.
+    "reviews.shop:9080,db.shop:5432/tcp"; the protocol None where none is given."""
+    found: dict[tuple[str, int], str | None] = {}
     for item in _items(text):
-        host, sep, port = item.rpartition(":")
+        target, slash, protocol = item.partition("/")
+        host, sep, port = target.rpartition(":")
         if not sep:
             raise ValueError(f"{item!r} has no port")
-        found[(dns_name(host), _port(port))] = None
-    return tuple(found)
+        if slash and protocol not in UPSTREAM_PROTOCOLS:
+            raise ValueError(f"{item!r}: the protocol after / is one of http, grpc, tcp")
+        key = (dns_name(host), _port(port))
+        given = protocol if slash else None
+        if key in found and found[key] != given:
+            raise ValueError(f"{target!r} is given twice, with different protocols")
+        found[key] = given
+    return tuple((host, port, protocol) for (host, port), protocol in found.items())
+
+
+def per_upstream(
+    parse: Callable[[str], T], shape: str
+) -> Callable[[str], tuple[tuple[tuple[str, int], T], ...]]:
+    """Comma-separated ``service:port=value``, each value read by ``parse``: a setting per
+    declared upstream (``orders.shop:8080=2s``); ``shape`` shows one, for errors."""
+
+    @cached(maxsize=256)
+    def parse_all(text: str) -> tuple[tuple[tuple[str, int], T], ...]:
+        found: dict[tuple[str, int], T] = {}
+        for item in _items(text):
+            target, sep, value = item.partition("=")
+            host, colon, port = target.strip().rpartition(":")
+            if not sep or not colon:
+                raise ValueError(f"{item!r} is not {shape}")
+            key = (dns_name(host), _port(port))
+            if key in found:
+                raise ValueError(f"{target.strip()!r} is given twice")
+            try:
+                found[key] = parse(value.strip())
+            except ValueError as exc:
+                raise ValueError(f"{target.strip()}: {exc}") from None
+        return tuple(found.items())
+
+    return parse_all
 
 
 _SPIFFE = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)+)(/\*)?$")
@@ -359,17 +398,5 @@ def peers(text: str) -> tuple[str, ...]:
     return found
 
 
-@cached(maxsize=256)
-def upstream_peers(text: str) -> tuple[tuple[tuple[str, int], str], ...]:
-    """Comma-separated ``service:port=peer``: who each declared upstream must be."""
-    found: dict[tuple[str, int], str] = {}
-    for item in _items(text):
-        target, sep, who = item.partition("=")
-        host, colon, port = target.strip().rpartition(":")
-        if not sep or not colon:
-            raise ValueError(f"{item!r} is not service:port=spiffe://...")
-        key = (dns_name(host), _port(port))
-        if key in found:
-            raise ValueError(f"{target.strip()!r} is given twice")
-        found[key] = peer(who)
-    return tuple(found.items())
+upstream_peers = per_upstream(peer, "service:port=spiffe://...")
+"""Comma-separated ``service:port=peer``: who each declared upstream must be."""

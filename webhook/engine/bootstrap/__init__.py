@@ -50,6 +50,8 @@ class SidecarPlan:
     mtls: PodMtls | None = None
     drain_hook: bool = False
     """A regular proxy container's preStop hook drains it through :15021/drain."""
+    declared_only: bool = False
+    """Outbound policy declared-only: what proxy.io/upstreams does not declare is refused."""
 
 
 def build(plan: SidecarPlan) -> Json:
@@ -62,13 +64,15 @@ def build(plan: SidecarPlan) -> Json:
         ),
         health.prometheus_listener(),
         inbound.inbound_listener(plan.ports, plan.mtls),
-        outbound.outbound_listener(plan.upstreams, plan.policy),
+        outbound.outbound_listener(plan.upstreams, plan.policy, plan.declared_only),
     ]
     if plan.dual_stack:
         listeners = [also_ipv6(item) for item in listeners]
     if plan.outbound_socket:
         listeners.append(
-            outbound.outbound_uds_listener(plan.outbound_socket, plan.upstreams, plan.policy)
+            outbound.outbound_uds_listener(
+                plan.outbound_socket, plan.upstreams, plan.policy, plan.declared_only
+            )
         )
     return {
         # Only the proxy's UID may open the socket; its volume is mounted in the proxy only.
@@ -80,7 +84,9 @@ def build(plan: SidecarPlan) -> Json:
             "clusters": [
                 static_cluster(ADMIN_CLUSTER, pipe_address(ADMIN_SOCKET)),
                 *inbound.clusters(plan.ports, tls_ports.values(), checked),
-                *outbound.clusters(plan.upstreams, plan.policy, bool(plan.outbound_socket)),
+                *outbound.clusters(
+                    plan.upstreams, plan.policy, bool(plan.outbound_socket), plan.declared_only
+                ),
             ],
         },
     }

@@ -182,9 +182,10 @@ def _plaintext_chain(port: AppPort, refused: bool) -> Json:
     return chain(tcp_proxy(name, name), match=match)
 
 
-def _mtls_chain(port: AppPort, plan: PodMtls) -> Json:
+def _mtls_chain(port: AppPort, plan: PodMtls, sniffed: bool = True) -> Json:
     """Our ALPN: TLS with a client certificate of the trust domain, then the port exactly
-    as in plaintext. Stats under <http|tcp>.inbound_<port>_mtls."""
+    as in plaintext. Stats under <http|tcp>.inbound_<port>_mtls. Not ``sniffed`` (a TCP
+    port where plaintext is refused): every connection to the port, as TLS."""
     prefix = f"inbound_{port.number}_mtls"
     if port.is_http:
         filters = [
@@ -194,17 +195,27 @@ def _mtls_chain(port: AppPort, plan: PodMtls) -> Json:
     else:
         name = cluster_name(port.number)
         filters = [*tls.network_rbac(plan, f"tcp.{prefix}."), tcp_proxy(prefix, name)]
-    result = chain(
-        *filters,
-        match={"destination_port": port.number, "application_protocols": [MTLS_ALPN]},
-    )
+    match: Json = {"destination_port": port.number}
+    if sniffed:
+        match["application_protocols"] = [MTLS_ALPN]
+    result = chain(*filters, match=match)
     result["transport_socket"] = tls.downstream_tls(plan)
     return result
+
+
+def unsniffed(ports: Iterable[AppPort], plan: PodMtls | None) -> list[int]:
+    """The ports whose connections are never held for the TLS inspector: TCP-hinted ones
+    where plaintext is refused anyway (their one chain is TLS)."""
+    if plan is None or not plan.refuses_plaintext:
+        return []
+    return [p.number for p in ports if p.opaque]
 
 
 def _chains(port: AppPort, plan: PodMtls | None) -> list[Json]:
     if plan is None:
         return [_plaintext_chain(port, refused=False)]
+    if port.opaque and plan.refuses_plaintext:
+        return [_mtls_chain(port, plan, sniffed=False)]
     return [_mtls_chain(port, plan), _plaintext_chain(port, refused=plan.refuses_plaintext)]
 
 
@@ -252,14 +263,14 @@ def passthrough_cluster() -> Json:
 def inbound_listener(ports: tuple[AppPort, ...], plan: PodMtls | None = None) -> Json:
     """With mTLS, the TLS inspector tells our ALPN (the mTLS chain) from anything else
     (plaintext, or the app's own TLS, which passes as it would without a sidecar), on
-    every port: ``strict`` and ``allow-from`` hold for the ports the pod does not declare
-    too."""
+    every port but the TCP-hinted ones where plaintext is refused (``unsniffed``):
+    ``strict`` and ``allow-from`` hold for the ports the pod does not declare too."""
     chains = [c for port in ports for c in _chains(port, plan)]
     filters = [original_dst()]
     extra: Json = {}
     if plan is not None:
         chains.append(_passthrough_mtls_chain(plan))
-        filters.append(tls.tls_inspector(PROXY_PORTS))
+        filters.append(tls.tls_inspector((*PROXY_PORTS, *unsniffed(ports, plan))))
         extra = {
             "listener_filters_timeout": tls.TLS_INSPECTOR_TIMEOUT,
             "continue_on_listener_filters_timeout": True,

@@ -62,12 +62,26 @@ def http2_options() -> Json:
     }
 
 
-def tcp_proxy(stat_prefix: str, cluster: str) -> Json:
+def downstream_protocol_options() -> Json:
+    """Cluster option: speak to the upstream as the app spoke to us (HTTP/1.1, or h2c)."""
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _TYPES + "upstreams.http.v3.HttpProtocolOptions",
+            "use_downstream_protocol_config": {
+                "http_protocol_options": {},
+                "http2_protocol_options": {},
+            },
+        }
+    }
+
+
+def tcp_proxy(stat_prefix: str, cluster: str, **extra: Any) -> Json:
     return typed(
         "envoy.filters.network.tcp_proxy",
         "filters.network.tcp_proxy.v3.TcpProxy",
         stat_prefix=stat_prefix,
         cluster=cluster,
+        **extra,
     )
 
 
