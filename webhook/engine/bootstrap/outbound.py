@@ -121,18 +121,26 @@ def _protocol_options(upstream: Upstream) -> Json:
     return {"typed_extension_protocol_options": downstream_protocol_options()}
 
 
+def _dns_cluster(policy: UpstreamPolicy) -> Json:
+    """Envoy's DNS cluster (what STRICT_DNS was, without the deprecated Cluster fields)."""
+    return typed(
+        "envoy.cluster.dns",
+        "clusters.dns.v3.DnsCluster",
+        dns_lookup_family="V4_PREFERRED",
+        respect_dns_ttl=True,
+        dns_refresh_rate=duration(policy.dns_refresh),
+    )
+
+
 def upstream_cluster(upstream: Upstream, policy: UpstreamPolicy) -> Json:
-    """STRICT_DNS: every address the name resolves to is an endpoint of its own (a headless
+    """A DNS cluster: every address the name resolves to is an endpoint of its own (a headless
     Service: each ready pod), balanced per request and ejected on its own; resolved again
     as the answer's TTL says, so pods that come and go are followed."""
     return {
         **_circuit_breakers(upstream, policy),
         "name": upstream.cluster,
-        "type": "STRICT_DNS",
+        "cluster_type": _dns_cluster(policy),
         "lb_policy": policy.lb_policy,
-        "dns_lookup_family": "V4_PREFERRED",
-        "respect_dns_ttl": True,
-        "dns_refresh_rate": duration(policy.dns_refresh),
         "connect_timeout": duration(policy.connect_timeout),
         "load_assignment": {
             "cluster_name": upstream.cluster,
@@ -356,14 +364,11 @@ def forward_proxy_cluster() -> Json:
         "name": FORWARD_PROXY,
         "connect_timeout": CONNECT_TIMEOUT,
         "lb_policy": "CLUSTER_PROVIDED",
-        "cluster_type": {
-            "name": "envoy.clusters.dynamic_forward_proxy",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy"
-                ".v3.ClusterConfig",
-                "dns_cache_config": _DNS_CACHE,
-            },
-        },
+        "cluster_type": typed(
+            "envoy.clusters.dynamic_forward_proxy",
+            "clusters.dynamic_forward_proxy.v3.ClusterConfig",
+            dns_cache_config=_DNS_CACHE,
+        ),
     }
 
 

@@ -37,7 +37,9 @@ UNBOUNDED_PREFIXES = (
     "http.",
     "tcp.",
     "runtime.",
+    "outbound.",
 )
+"""outbound.: the refused-egress counters, at most one per port (outbound.REFUSED_PORTS_COUNTED)."""
 
 
 def stats_config() -> Json:
