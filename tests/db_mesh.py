@@ -23,7 +23,8 @@ from webhook.engine import Outcome, inject
 from webhook.engine.config import MeshConfig, from_mapping
 
 SERVER = netns.POD_V4
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+POSTGRES_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/nonexistent"))
+"""Debian's PostgreSQL server binaries (initdb, postgres): not on PATH."""
 CLIENT_USER = "nobody"
 """The client app's user: any UID but the proxy's is redirected to its sidecar."""
 UPSTREAMS = "redis.shop:6379/tcp,pg.shop:5432/tcp,maria.shop:3306/tcp"

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/?]+))?")
 EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
 ENDPOINTS = re.compile(r"^/api/v1/namespaces/([^/]+)/endpoints/([^/?]+)")
+SERVICE = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/?]+)$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:\?|$)")
 POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)$")
 ALL_PODS = re.compile(r"^/api/v1/pods(?:\?|$)")
@@ -113,6 +114,7 @@ class FakeKube:
         self.barrier = threading.Barrier(racers, timeout=10) if racers > 1 else None
         self.reads_held = 0
         self.endpoints: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, list[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
@@ -141,8 +143,9 @@ class FakeKube:
         self.served: dict[str, list[str]] = {}
         """API discovery: group/version -> the resources it serves."""
         self.csi_drivers: dict[str, dict[str, Any]] = {}
-        self.pod_ports: dict[tuple[str, str, int], dict[str, str]] = {}
-        """What a pod's port answers through the API server's pod proxy, by path."""
+        self.pod_ports: dict[tuple[str, str, int], dict[str, str | Callable[[], str]]] = {}
+        """What a pod's port answers through the API server's pod proxy, by path (a
+        callable: asked again on every request, for counters that move)."""
         self.hang_when: Callable[[str, str, str], bool] | None = None
         self.released = threading.Event()
         self.hung: list[tuple[str, str, str]] = []
@@ -211,6 +214,7 @@ class FakeKube:
                 if match := POD_PROXY.match(self.path):
                     key = (match.group(1), match.group(2), int(match.group(3)))
                     answer = fake.pod_ports.get(key, {}).get("/" + match.group(4))
+                    answer = answer() if callable(answer) else answer
                     self._text(*((200, answer) if answer is not None else (503, "no endpoint")))
                 elif (found := GENERIC.match(self.path)) and query.get("watch") == ["1"]:
                     convert = _as_version(found["plural"], found["group"], found["version"])
@@ -300,6 +304,11 @@ class FakeKube:
 
     def _get_listed(self, path: str) -> tuple[int, dict[str, Any]]:
         with self.lock:
+            if match := SERVICE.match(path):
+                found = self.services.get((match.group(1), match.group(2)))
+                if found is None:
+                    return 404, status(404, "NotFound", path)
+                return 200, found
             if match := ENDPOINTS.match(path):
                 found = self.endpoints.get((match.group(1), match.group(2)))
                 if found is None:

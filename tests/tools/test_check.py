@@ -107,7 +107,7 @@ def test_a_healthy_installation_passes(tmp_path, fake) -> None:
     result = check(fake)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("ok  ") == 6
+    assert result.stdout.count("ok  ") == 8
 
 
 def test_a_broken_installation_names_each_broken_part(tmp_path, fake) -> None:
@@ -298,3 +298,64 @@ def test_an_unhealthy_signer_is_named_with_each_problem(tmp_path, fake) -> None:
     assert "1 request(s) pending longer than 30 s" in out
     assert f"shop/web-0-1 pending since {old}" in out
     assert "hint: kubectl -n proxy-system logs deploy/proxy-injector-signer" in out
+
+
+def service(name: str, cluster_ip: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"clusterIP": cluster_ip, "ports": [{"port": 9080}]},
+    }
+
+
+def test_upstreams_that_resolve_to_one_address_are_named(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=False)
+    upstreams = {"proxy.io/upstreams": "reviews:9080,ratings.shop:9080,api.stripe.example:443"}
+    fake.pods["shop"] = [pod("web-7c9d8f-a", MeshConfig(), upstreams)]
+    fake.services[("shop", "reviews")] = service("reviews", "10.96.4.2")
+    fake.services[("shop", "ratings")] = service("ratings", "None")
+    result = check(fake)
+    assert result.returncode == 0, result.stdout
+    assert (
+        "ok   declared upstreams resolve to every pod (per-request balancing): "
+        "1 of 2 resolve to every pod"
+    ) in result.stdout
+    assert "shop/reviews:9080: a ClusterIP Service, one address" in result.stdout
+    assert "ratings:9080:" not in result.stdout  # headless: every pod
+    assert "stripe" not in result.stdout  # not a Service of the cluster
+
+
+def test_declared_only_pods_refusing_egress_are_listed(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=False)
+    locked = {"proxy.io/upstreams": "reviews:9080", "proxy.io/outbound-policy": "declared-only"}
+    fake.pods["shop"] = [
+        pod("web-7c9d8f-a", MeshConfig(), locked),
+        pod("web-7c9d8f-b", MeshConfig(), locked),
+    ]
+    refused = iter(range(3, 1000, 4))
+
+    def moving() -> str:
+        return (
+            "# TYPE envoy_outbound_refused counter\n"
+            f'envoy_outbound_refused{{port="5432"}} {next(refused)}\n'
+            'envoy_outbound_refused{port="8080"} 1\n'
+        )
+
+    still = 'envoy_outbound_refused{port="443"} 7\n'
+    fake.pod_ports[("shop", "web-7c9d8f-a", 15090)] = {"/stats/prometheus": moving}
+    fake.pod_ports[("shop", "web-7c9d8f-b", 15090)] = {"/stats/prometheus": still}
+    result = check(fake, "--egress-interval", "0.1")
+    assert result.returncode == 1
+    assert (
+        "FAIL no sidecar is refusing egress now (declared-only pods): 2 declared-only pod(s)"
+    ) in result.stdout
+    assert "shop/web-7c9d8f-a: port 5432: 4 refused in 0.1s" in result.stdout
+    assert "port 8080" not in result.stdout and "web-7c9d8f-b:" not in result.stdout
+    assert "hint: the app calls something its proxy.io/upstreams does not declare" in result.stdout
+    fake.pod_ports[("shop", "web-7c9d8f-a", 15090)] = {"/stats/prometheus": still}
+    result = check(fake, "--egress-interval", "0.1")
+    assert (
+        "ok   no sidecar is refusing egress now (declared-only pods): 2 declared-only pod(s), none refusing"
+        in result.stdout
+    )

@@ -480,7 +480,7 @@ def test_explain_and_bootstrap_show_the_engines_plan() -> None:
     web, db = reports
     assert web["plan"]["ports"] == [
         {"container": "web", "port": 8080, "protocol": "http",
-         "socket": "/dev/shm/web-8080.sock", "tcpFallback": True}
+         "socket": "/dev/shm/web-8080.sock", "tcpFallback": True, "tcpHint": False}
     ]  # fmt: skip
     assert (web["plan"]["interception"], web["plan"]["probesRewritten"]) == ("init-container", 1)
     assert db["plan"]["ports"][0]["protocol"] == "tcp"

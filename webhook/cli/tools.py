@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from webhook.cli.args import byte_count, count, labels
+from webhook.cli.args import byte_count, count, labels, seconds
 from webhook.common import mesh_config
 from webhook.engine import config
 
@@ -150,6 +150,13 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="a plain-HTTP API URL (kubectl proxy); default: kubeconfig, else in-cluster",
     )
+    check.add_argument(
+        "--egress-interval",
+        type=seconds,
+        default=5.0,
+        help="seconds between the two reads of declared-only pods' refused-egress counters "
+        "(default 5)",
+    )
     check.add_argument("-o", "--output", choices=["text", "json"], default="text")
     check.set_defaults(run=_check)
 
@@ -175,7 +182,9 @@ def _check(args: argparse.Namespace) -> int:
     try:
         mesh = mesh_config.load(args.config) if args.config else config.MeshConfig()
         results = check.run(
-            check.kube_reader(_kube_client(args.kube_api)), mesh, check.Target(args.namespace)
+            check.kube_reader(_kube_client(args.kube_api)),
+            mesh,
+            check.Target(args.namespace, egress_seconds=args.egress_interval),
         )
     except config.ConfigError as exc:
         print(f"proxy-injector check: {exc}", file=sys.stderr)

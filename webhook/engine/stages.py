@@ -300,6 +300,8 @@ class Plan:
     """proxy.io/status, as it is written."""
     warnings: tuple[str, ...]
     mtls: mtls.PodMtls | None = None
+    upstreams: tuple[upstreams.Upstream, ...] = ()
+    outbound_policy: str = "allow-any"
 
     @property
     def shm_volume_name(self) -> str:
@@ -315,9 +317,12 @@ class Plan:
                     "protocol": port.protocol,
                     "socket": port.socket,
                     "tcpFallback": port.tcp_fallback,
+                    "tcpHint": port.opaque,
                 }
                 for port in self.ports.ports
             ],
+            "upstreams": [upstreams.summary(u) for u in self.upstreams],
+            "outboundPolicy": self.outbound_policy,
             "interception": "cni" if self.interception.cni else "init-container",
             "nativeSidecar": self.native,
             "holdApplication": self.hold_application,
@@ -395,6 +400,8 @@ def _the_plan(ctx: Context, found: list[str]) -> Plan:
         status=_status(ctx),
         warnings=_bounded_warnings(found, ctx.parsed.unknown),
         mtls=ctx.secured,
+        upstreams=ctx.upstreams,
+        outbound_policy=ctx.settings.outbound_policy,
     )
 
 
@@ -411,6 +418,8 @@ def _status(ctx: Context) -> Json:
         "ignoredAnnotations": [limits.clip(u.key, limits.KEY_CHARS) for u in ignored],
         "mtls": ctx.secured.mode if ctx.secured else "off",
     }
+    if ctx.settings.outbound_policy != "allow-any":
+        status["outboundPolicy"] = ctx.settings.outbound_policy
     if ctx.secured is not None:
         status["identity"] = ctx.secured.identity
     if len(unknown) > len(ignored):

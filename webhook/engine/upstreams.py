@@ -173,3 +173,31 @@ def resolve(
         result.append(Upstream(host, port, tuple(domains), protocol, chosen))
     errors += _port_clashes(result)
     return Resolved(tuple(result), tuple(errors), tuple(warnings))
+
+
+def _transport(upstream: Upstream) -> str:
+    if upstream.peer is None:
+        return "plaintext"
+    return "mtls, else plaintext" if upstream.plaintext_fallback else "mtls"
+
+
+def summary(upstream: Upstream) -> dict[str, object]:
+    """One upstream's effective protocol, transport and policy, for ``explain`` and
+    ``bootstrap``; HTTP-only settings are left out for TCP upstreams."""
+    chosen = upstream.policy
+    assert chosen is not None
+    shown: dict[str, object] = {
+        "upstream": upstream.name,
+        "protocol": upstream.protocol or "sniffed",
+        "transport": _transport(upstream),
+        "maxConnections": chosen.max_connections,
+    }
+    if not upstream.is_tcp:
+        shown |= {
+            "timeout": chosen.request_timeout,
+            "perTryTimeout": chosen.per_try_timeout,
+            "retries": chosen.retries,
+            "maxPendingRequests": chosen.max_pending_requests,
+            "maxRequests": chosen.max_requests,
+        }
+    return shown

@@ -62,8 +62,10 @@ def _address(address: dict[str, Any]) -> str:
     return f"{socket.get('address')}:{socket.get('port_value')}"
 
 
-def _cluster_of(chain: dict[str, Any]) -> str:
-    """Where a filter chain sends its traffic: an HTTP route's cluster, or a TCP proxy's."""
+def _clusters_of(chain: dict[str, Any]) -> str:
+    """Where a filter chain sends its traffic: a TCP proxy's cluster, or each HTTP route's
+    (``refused`` for a 502 answered by the proxy, declared-only)."""
+    found = []
     for network_filter in chain.get("filters", []):
         config = network_filter.get("typed_config", {})
         if "cluster" in config:
@@ -71,8 +73,15 @@ def _cluster_of(chain: dict[str, Any]) -> str:
         for host in config.get("route_config", {}).get("virtual_hosts", []):
             for route in host.get("routes", []):
                 if "cluster" in route.get("route", {}):
-                    return f"{route['route']['cluster']} (http)"
-    return "?"
+                    found.append(f"{route['route']['cluster']} (http)")
+                elif "direct_response" in route and host.get("name") == "refused":
+                    found.append("refused (http 502)")
+    return ", ".join(found) or "?"
+
+
+def _sniffed(chain: dict[str, Any]) -> str:
+    protocols = chain.get("filter_chain_match", {}).get("application_protocols")
+    return " if sniffed as HTTP" if protocols and "h2c" in protocols else ""
 
 
 def summary(bootstrap: dict[str, Any]) -> list[str]:
@@ -84,7 +93,10 @@ def summary(bootstrap: dict[str, Any]) -> list[str]:
         for chain in listener.get("filter_chains", []):
             port = chain.get("filter_chain_match", {}).get("destination_port")
             if port is not None:
-                lines.append(f"    port {port} -> {_cluster_of(chain)}")
+                lines.append(f"    port {port}{_sniffed(chain)} -> {_clusters_of(chain)}")
+        default = listener.get("default_filter_chain")
+        if default:
+            lines.append(f"    any other -> {_clusters_of(default)}")
     lines.append("clusters:")
     for cluster in resources.get("clusters", []):
         endpoints = [

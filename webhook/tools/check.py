@@ -22,7 +22,7 @@ from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
-from webhook.tools import identity
+from webhook.tools import identity, traffic
 from webhook.tools.reading import Reader, Result, injection_status
 
 EXPECTED_ENTRY = {
@@ -69,6 +69,8 @@ class Target:
     service: str = "proxy-injector"
     secret: str = "proxy-injector-tls"
     webhook_configuration: str = "proxy-injector"
+    egress_seconds: float = 5.0
+    """How far apart the two reads of declared-only pods' refused-egress counters are."""
 
 
 def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[Result]:
@@ -81,7 +83,18 @@ def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[R
             _entries(webhook),
         ]
     namespaces = reader.namespaces(f"{INJECT_KEY}=enabled")
-    results += _pods(reader, config, namespaces)
+    listed = {ns["metadata"]["name"]: reader.pods(ns["metadata"]["name"]) for ns in namespaces}
+    results += _pods(config, namespaces, listed)
+    injected = [
+        (ns, pod)
+        for ns, pods in listed.items()
+        for pod in pods
+        if STATUS_KEY in ((pod.get("metadata") or {}).get("annotations") or {})
+    ]
+    results += [
+        traffic.balancing(reader, injected, config.cluster_domain),
+        traffic.refused_egress(reader, injected, target.egress_seconds),
+    ]
     if config.mtls.identity != "none":
         results += identity.checks(reader, config, namespaces, target.namespace)
     return results
@@ -203,13 +216,15 @@ def _stale(pod: dict[str, Any], status: dict[str, Any], config: MeshConfig) -> s
     return None
 
 
-def _pods(reader: Reader, config: MeshConfig, namespaces: list[dict[str, Any]]) -> list[Result]:
+def _pods(
+    config: MeshConfig, namespaces: list[dict[str, Any]], listed: dict[str, list[dict[str, Any]]]
+) -> list[Result]:
     missing: list[str] = []
     stale: dict[str, list[str]] = {}
     for namespace in namespaces:
         labels = (namespace.get("metadata") or {}).get("labels") or {}
         ns = namespace["metadata"]["name"]
-        for pod in reader.pods(ns):
+        for pod in listed[ns]:
             annotations = (pod.get("metadata") or {}).get("annotations") or {}
             name = f"{ns}/{(pod.get('metadata') or {}).get('name')}"
             raw = annotations.get(STATUS_KEY)
@@ -307,13 +322,11 @@ def kube_reader(api_client: Any) -> Reader:
         def pods(self, namespace: str) -> list[dict[str, Any]]:
             return plain(core.list_namespaced_pod(namespace))["items"]
 
-        def get(self, path: str) -> dict[str, Any] | None:
-            """Any object by its API path, or None when there is none."""
+        def _text(self, path: str, accept: str) -> str | None:
+            """The body at an API path as the server sends it (no parameter encoding, so
+            a pod proxy path keeps its slashes), or None for 404."""
             method, url, headers, _, _ = api_client.param_serialize(
-                "GET",
-                path,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
+                "GET", path, header_params={"Accept": accept}, auth_settings=["BearerToken"]
             )
             response = api_client.call_api(method, url, headers)
             response.read()
@@ -321,7 +334,12 @@ def kube_reader(api_client: Any) -> Reader:
                 return None
             if response.status != 200:
                 raise ApiException(status=response.status, reason=response.reason)
-            return json.loads(response.data)
+            return response.data.decode() if isinstance(response.data, bytes) else response.data
+
+        def get(self, path: str) -> dict[str, Any] | None:
+            """Any object by its API path, or None when there is none."""
+            text = self._text(path, "application/json")
+            return None if text is None else json.loads(text)
 
         def served(self, group_version: str) -> list[str] | None:
             """API discovery of one group version: the resources it serves, or None."""
@@ -332,9 +350,10 @@ def kube_reader(api_client: Any) -> Reader:
             return found(lambda: client.StorageV1Api(api_client).read_csi_driver(name))
 
         def pod_port(self, namespace: str, pod: str, port: int, path: str) -> str | None:
+            """What ``path`` on a pod's port answers through the API server's pod proxy."""
             try:
-                return core.connect_get_namespaced_pod_proxy_with_path(
-                    f"{pod}:{port}", namespace, path.lstrip("/")
+                return self._text(
+                    f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{path}", "*/*"
                 )
             except ApiException:
                 return None

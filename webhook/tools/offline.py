@@ -259,7 +259,8 @@ def plan_lines(summary: dict[str, Any]) -> list[str]:
             if port["socket"]
             else "TCP"
         )
-        lines.append(f"port {port['port']} ({port['container']}, {port['protocol']}): {way}")
+        hint = ", TCP-hinted" if port.get("tcpHint") else ""
+        lines.append(f"port {port['port']} ({port['container']}, {port['protocol']}{hint}): {way}")
     lines.append(
         f"interception {summary['interception']}; "
         f"{'native sidecar' if summary['nativeSidecar'] else 'regular container'}; "
@@ -272,7 +273,45 @@ def plan_lines(summary: dict[str, Any]) -> list[str]:
         f"{summary['logLevel']}" + ("; the app waits for it" if summary["holdApplication"] else "")
     )
     lines.append(_mtls_line(summary["mtls"]))
+    lines += [_upstream_line(u) for u in summary["upstreams"]]
+    if summary["upstreams"]:
+        lines.append(
+            "upstreams are balanced per request across the addresses their names resolve to: "
+            "a ClusterIP Service's name is one address (kube-proxy picks a pod per "
+            "connection), a headless one's is every ready pod; check tells which is which"
+        )
+    if summary["outboundPolicy"] == "declared-only":
+        lines.append(
+            "outbound declared-only: anything else is refused (HTTP 502, TCP closed), "
+            "counted in envoy_outbound_refused{port}"
+        )
     return lines
+
+
+SNIFFED = (
+    "sniffed for HTTP (at most 0.1 s); anything else goes to the address called, as "
+    "undeclared traffic does: give /tcp to mesh a database or a server-first protocol"
+)
+
+
+def _seconds(value: float) -> str:
+    return "none" if not value else f"{value:g}s"
+
+
+def _upstream_line(upstream: dict[str, Any]) -> str:
+    """One declared upstream: protocol, transport, policy; ``sniffed`` says what that costs."""
+    line = f"upstream {upstream['upstream']} ({upstream['protocol']}, {upstream['transport']})"
+    limits = f"max {upstream['maxConnections']} connections"
+    if upstream["protocol"] == "tcp":
+        return f"{line}: {limits}; its port's TCP connections all go to it"
+    policy = (
+        f"timeout {_seconds(upstream['timeout'])}, per try {_seconds(upstream['perTryTimeout'])}, "
+        f"{upstream['retries']} retries; {limits}, {upstream['maxPendingRequests']} pending, "
+        f"{upstream['maxRequests']} requests"
+    )
+    if upstream["protocol"] == "sniffed":
+        policy += f"; {SNIFFED}"
+    return f"{line}: {policy}"
 
 
 def _mtls_line(mtls: dict[str, Any]) -> str:
