@@ -78,29 +78,55 @@ def client_spec(mode: str, upstreams: str = UPSTREAMS) -> dict:
 class Databases:
     """The three servers, each as its Debian user, in the server pod's namespace."""
 
-    def __init__(self, net: netns.Network, root: Path) -> None:
-        self.net, self.root = net, root
+    def __init__(
+        self,
+        net: netns.Network,
+        root: Path,
+        prefix: tuple[str, ...] = (),
+        address: str = "127.0.0.1",
+    ) -> None:
+        """``prefix``: run before each server inside the namespace (a benchmark's taskset);
+        ``address``: where they listen (loopback, where their sidecar reaches them)."""
+        self.net, self.root, self.prefix, self.address = net, root, prefix, address
 
     def _as(self, user: str, *command: str, **popen) -> subprocess.Popen:
-        return self.net.start(self.net.pod, "runuser", "-u", user, "--", *command, **popen)
+        return self.net.start(
+            self.net.pod, *self.prefix, "runuser", "-u", user, "--", *command, **popen
+        )
 
-    def start(self) -> None:
+    def start(self, names: tuple[str, ...] = tuple(PORTS)) -> None:
+        """``names``: of PORTS, the servers to start (all three by default)."""
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        self._as(
-            "redis", "redis-server", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
-            "--appendonly", "no", "--protected-mode", "no", **quiet,
-        )  # fmt: skip
+        if "redis" in names:
+            self._as(
+                "redis", "redis-server", "--bind", self.address, "--port", "6379", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", **quiet,
+            )  # fmt: skip
+        if "postgres" in names:
+            self._postgres(quiet)
+        if "mysql" in names:
+            self._mariadb(quiet)
+        for name in names:
+            port = PORTS[name]
+            wait_for(lambda p=port: self._listening(p), 60, f"{name} on port {port}")
+
+    def _postgres(self, quiet: dict) -> None:
         data = self.root / "postgres"
         subprocess.run(
             ["runuser", "-u", "postgres", "--", str(POSTGRES_BIN / "initdb"), "-D", str(data),
              "-A", "trust", "-U", "postgres", "--no-sync"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
+        if self.address != "127.0.0.1":  # clients come from other pods' addresses
+            with (data / "pg_hba.conf").open("a") as rules:
+                rules.write("host all all 0.0.0.0/0 trust\n")
         self._as(
             "postgres", str(POSTGRES_BIN / "postgres"), "-D", str(data),
-            "-c", "listen_addresses=127.0.0.1", "-p", "5432",
+            "-c", f"listen_addresses={self.address}", "-p", "5432",
             "-c", f"unix_socket_directories={self.root}", "-c", "fsync=off", **quiet,
         )  # fmt: skip
+
+    def _mariadb(self, quiet: dict) -> None:
         maria = self.root / "mariadb"
         subprocess.run(
             ["runuser", "-u", "mysql", "--", "mariadb-install-db", "--no-defaults",
@@ -109,12 +135,10 @@ class Databases:
         )  # fmt: skip
         self._as(
             "mysql", "/usr/sbin/mariadbd", "--no-defaults", f"--datadir={maria}",
-            f"--socket={self.root}/mariadb.sock", "--port=3306", "--bind-address=127.0.0.1",
+            f"--socket={self.root}/mariadb.sock", "--port=3306", f"--bind-address={self.address}",
             "--skip-name-resolve", f"--pid-file={self.root}/mariadb.pid",
             f"--log-error={self.root}/mariadb.err", **quiet,
         )  # fmt: skip
-        for port in PORTS.values():
-            wait_for(lambda p=port: self._listening(p), 60, f"a database on port {port}")
 
     def _listening(self, port: int) -> bool:
         probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1).close()"

@@ -356,6 +356,6 @@ def test_declared_only_pods_refusing_egress_are_listed(tmp_path, fake) -> None:
     fake.pod_ports[("shop", "web-7c9d8f-a", 15090)] = {"/stats/prometheus": still}
     result = check(fake, "--egress-interval", "0.1")
     assert (
-        "ok   no sidecar is refusing egress now (declared-only pods): 2 declared-only pod(s), none refusing"
-        in result.stdout
-    )
+        "ok   no sidecar is refusing egress now (declared-only pods): "
+        "2 declared-only pod(s), none refusing"
+    ) in result.stdout
