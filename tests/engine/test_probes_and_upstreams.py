@@ -137,7 +137,8 @@ def test_declared_upstreams_get_clusters_with_the_mesh_policy() -> None:
     pod, _ = injected(case("31-declared-upstreams"))
     clusters = {c["name"]: c for c in json.loads(bootstrap_of(pod))["static_resources"]["clusters"]}
     reviews = clusters["outbound|9080||reviews.shop"]
-    assert reviews["type"] == "STRICT_DNS"
+    assert reviews["cluster_type"]["name"] == "envoy.cluster.dns"  # every address an endpoint
+    assert reviews["cluster_type"]["typed_config"]["respect_dns_ttl"] is True
     assert reviews["outlier_detection"]["consecutive_5xx"] == 5
     assert reviews["lb_policy"] == "RANDOM"
     assert "circuit_breakers" not in reviews  # the mesh defaults are Envoy's own

@@ -467,8 +467,8 @@ def _too_large(size: int, declared: int, at_least: bool = False) -> str:
     return (
         f"the sidecar's Envoy bootstrap for this pod {would_be} {size:,} bytes, more than the "
         f"{ARG_MAX_BYTES:,} bytes Linux allows in one container argument; it grows by about "
-        f"900 bytes per declared upstream and this pod declares {declared:,} in "
-        "proxy.io/upstreams"
+        f"1,200 bytes per declared upstream (1,900 for one on a port of its own) and this "
+        f"pod declares {declared:,} in proxy.io/upstreams"
     )
 
 

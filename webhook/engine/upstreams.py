@@ -54,9 +54,9 @@ class Upstream:
     port: int
     domains: tuple[str, ...]
     """Host headers (with and without namespace, svc and cluster domain) that mean it."""
-    protocol: str | None = None
+    protocol: str | None
     """http, grpc, tcp, or None: sniffed (HTTP if it looks like it, else TCP)."""
-    policy: Policy | None = None
+    policy: Policy
     peer: Peer | None = None
     """mTLS: who the upstream must prove to be; None calls it in plaintext."""
     plaintext_fallback: bool = False
@@ -185,7 +185,6 @@ def summary(upstream: Upstream) -> dict[str, object]:
     """One upstream's effective protocol, transport and policy, for ``explain`` and
     ``bootstrap``; HTTP-only settings are left out for TCP upstreams."""
     chosen = upstream.policy
-    assert chosen is not None
     shown: dict[str, object] = {
         "upstream": upstream.name,
         "protocol": upstream.protocol or "sniffed",

@@ -53,6 +53,8 @@ REFUSED_BODY = (
     "proxy.io: this destination is not in the pod's proxy.io/upstreams, and its outbound "
     "policy is declared-only\n"
 )
+ENVOY_DNS_REFRESH = 5.0
+"""Envoy's own dns_refresh_rate: left out of each cluster when it is the mesh config's."""
 REFUSED_PORTS_COUNTED = 1024
 """Distinct ports counted in outbound.refused (envoy_outbound_refused{port}); the app
 chooses the ports, so their number is bounded."""
@@ -62,7 +64,6 @@ def _circuit_breakers(upstream: Upstream, policy: UpstreamPolicy) -> Json:
     """Thresholds, unless they are Envoy's defaults: an explicit copy costs ~0.5 KiB of
     memory per cluster and changes nothing."""
     chosen = upstream.policy
-    assert chosen is not None
     thresholds = {
         "max_connections": chosen.max_connections,
         "max_pending_requests": chosen.max_pending_requests,
@@ -123,12 +124,17 @@ def _protocol_options(upstream: Upstream) -> Json:
 
 def _dns_cluster(policy: UpstreamPolicy) -> Json:
     """Envoy's DNS cluster (what STRICT_DNS was, without the deprecated Cluster fields)."""
+    refresh = (
+        {}
+        if policy.dns_refresh == ENVOY_DNS_REFRESH
+        else {"dns_refresh_rate": duration(policy.dns_refresh)}
+    )
     return typed(
         "envoy.cluster.dns",
         "clusters.dns.v3.DnsCluster",
         dns_lookup_family="V4_PREFERRED",
         respect_dns_ttl=True,
-        dns_refresh_rate=duration(policy.dns_refresh),
+        **refresh,
     )
 
 
@@ -162,7 +168,6 @@ def retry_policy(upstream: Upstream, policy: UpstreamPolicy) -> Json | None:
     connection is retried on the other priority (plaintext) whatever the count: with 0
     retries, that one retry and only on connect failure (the request never left)."""
     chosen = upstream.policy
-    assert chosen is not None
     retry_on, count = policy.retry_on, chosen.retries
     if upstream.plaintext_fallback:
         if count == 0:
@@ -181,7 +186,6 @@ def retry_policy(upstream: Upstream, policy: UpstreamPolicy) -> Json | None:
 
 def upstream_host(upstream: Upstream, policy: UpstreamPolicy) -> Json:
     chosen = upstream.policy
-    assert chosen is not None
     options: Json = {"timeout": duration(chosen.request_timeout)}
     retry = retry_policy(upstream, policy)
     if retry is not None:
