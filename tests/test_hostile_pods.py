@@ -242,15 +242,20 @@ def test_the_lower_bounds_on_the_bootstrap_size_hold() -> None:
     """least_size must never refuse a pod whose bootstrap would fit: each item, named as
     shortly as it can be, costs at least what it says."""
     from webhook.engine import probes, sockets, upstreams
+    from webhook.engine.annotations import Overrides
     from webhook.engine.bootstrap import SidecarPlan
 
-    def size(ports: int, routes: int, declared: int) -> int:
+    def size(ports: int, routes: int, declared: int, protocol: str | None = None) -> int:
         app = tuple(
             sockets.AppPort("a", i + 1, "", f"/dev/shm/a{i}", sockets.TCP) for i in range(ports)
         )
         app = app or (sockets.AppPort("a", 1, "", None),)
         probe_routes = tuple(probes.ProbeRoute(f"/{i}", app[0], True) for i in range(routes))
-        ups, _ = upstreams.resolve(tuple((f"a{i}", 1) for i in range(declared)), "n", "c")
+        # The smallest of each kind: HTTP ones sharing a port, TCP ones on ports of their own.
+        names = tuple((f"a{i}", i + 1 if protocol else 1, protocol) for i in range(declared))
+        ups = upstreams.resolve(
+            Overrides(upstreams=names), "n", "c", CONFIG.upstream_policy
+        ).upstreams
         plan = SidecarPlan(
             ports=app[:ports],
             probes=probe_routes,
@@ -264,6 +269,7 @@ def test_the_lower_bounds_on_the_bootstrap_size_hold() -> None:
     assert size(50, 0, 0) - size(0, 0, 0) >= 50 * bootstrap.LEAST_BYTES_PER_PORT
     assert size(1, 50, 0) - size(1, 0, 0) >= 50 * bootstrap.LEAST_BYTES_PER_PROBE
     assert size(0, 0, 50) - size(0, 0, 0) >= 50 * bootstrap.LEAST_BYTES_PER_UPSTREAM
+    assert size(0, 0, 50, "tcp") - size(0, 0, 0) >= 50 * bootstrap.LEAST_BYTES_PER_UPSTREAM
 
 
 @pytest.mark.parametrize(
