@@ -74,6 +74,19 @@ def test_an_upstream_that_is_not_meshed_works_in_permissive(mesh: Mesh) -> None:
     assert "plain.shop:7070 plaintext" in mesh.readiness(mesh.client, "/upstream-transport")[1]
 
 
+def test_upstreams_without_retries_keep_mtls_and_the_plaintext_fallback(mesh: Mesh) -> None:
+    no_retries = {"proxy.io/upstream-retries": "plain.shop:7070=0,orders.shop:8080=0"}
+    mesh.restart(mesh.client, client_spec(no_retries))
+    try:
+        assert mesh.call("http://plain.shop:7070/") == (200, "hello from nginx 7070")
+        assert mesh.call("http://orders.shop:8080/")[0] == 200
+        transport = mesh.readiness(mesh.client, "/upstream-transport")[1]
+        assert "plain.shop:7070 plaintext" in transport
+        assert "orders.shop:8080 mtls" in transport
+    finally:
+        mesh.restart(mesh.client, client_spec())
+
+
 def test_peers_from_another_ca_or_trust_domain_are_refused_and_counted(mesh: Mesh) -> None:
     assert mesh.peer(leaf(mesh.ca, spiffe("shop", "web"))).startswith("HTTP/1.1 200")
     stranger_ca = create_ca(common_name="another CA")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from webhook.engine.annotations import Overrides
@@ -95,15 +96,10 @@ def _names(host: str, namespace: str, cluster_domain: str) -> list[str]:
     return [host]
 
 
+@lru_cache(maxsize=8)
 def mesh_policy(policy: UpstreamPolicy) -> Policy:
-    return Policy(
-        request_timeout=policy.request_timeout,
-        per_try_timeout=policy.per_try_timeout,
-        retries=policy.retries,
-        max_connections=policy.max_connections,
-        max_pending_requests=policy.max_pending_requests,
-        max_requests=policy.max_requests,
-    )
+    """The mesh config's values of every field an annotation can override."""
+    return Policy(**{field: getattr(policy, field) for _, _, field in PER_UPSTREAM})
 
 
 def _policies(
