@@ -43,6 +43,8 @@ def test_engine_decision_and_reason(case: dict) -> None:
     result = inject(case["pod"], case["namespace"], MeshConfig())
     assert result.outcome == case["expect"], result.message
     assert result.reason.code == case.get("reason", "injected")
+    for text in case.get("warnings", []):
+        assert any(text in warning for warning in result.warnings), result.warnings
 
 
 def _mutated(webhook, case: dict) -> tuple[dict, dict]:
@@ -60,6 +62,9 @@ def test_skipped_pods_are_admitted_unchanged(webhook, case: dict) -> None:
     answer, _ = _mutated(webhook, case)
     assert answer["response"]["allowed"] is True
     assert "patch" not in answer["response"]
+    # A skip the pod's owner did not ask for says why, for kubectl to print.
+    for text in case.get("warnings", []):
+        assert any(text in warning for warning in answer["response"].get("warnings", []))
 
 
 @pytest.mark.parametrize(

@@ -45,3 +45,10 @@ def test_every_command_the_docs_show_exists_with_its_flags(page, command) -> Non
     flags = {w.strip("[]").split("=")[0] for w in words[2:] if w.strip("[]").startswith("-")}
     flags -= {"-"}  # stdin
     assert flags <= known, f"{page}: {command}: unknown {sorted(flags - known)}"
+
+
+def test_every_reason_code_is_in_the_operations_guide() -> None:
+    from webhook.engine.reasons import Reason
+
+    guide = (DOCS / "operations.md").read_text()
+    assert [r.code for r in Reason if f"| `{r.code}` | {r.sentence} |" not in guide] == []

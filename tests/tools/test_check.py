@@ -107,7 +107,7 @@ def test_a_healthy_installation_passes(tmp_path, fake) -> None:
     result = check(fake)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("ok  ") == 8
+    assert result.stdout.count("ok  ") == 9
 
 
 def test_a_broken_installation_names_each_broken_part(tmp_path, fake) -> None:
@@ -359,3 +359,15 @@ def test_declared_only_pods_refusing_egress_are_listed(tmp_path, fake) -> None:
         "ok   no sidecar is refusing egress now (declared-only pods): "
         "2 declared-only pod(s), none refusing"
     ) in result.stdout
+
+
+def test_pods_carrying_two_meshes_sidecars_are_listed(tmp_path, fake) -> None:
+    installation(tmp_path, fake, broken=False)
+    both = pod("web-7c9d8f-a", MeshConfig())
+    both["spec"]["containers"].append({"name": "istio-proxy", "image": "istio/proxyv2:1.24.0"})
+    fake.pods["shop"] = [both, pod("web-7c9d8f-b", MeshConfig())]
+    result = check(fake)
+    assert result.returncode == 1
+    assert "FAIL no pod carries two meshes' sidecars: 1 pod(s)" in result.stdout
+    assert "shop/web-7c9d8f-a: ours and Istio's istio-proxy" in result.stdout
+    assert "web-7c9d8f-b: ours" not in result.stdout

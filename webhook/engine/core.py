@@ -151,7 +151,8 @@ def _prepare(
     except InvalidInjectValue as exc:
         return deny(Reason.INVALID_ANNOTATION, [str(exc)])
     if decision.reason is not Reason.INJECTED:
-        return replace(skip(decision.reason), rule=decision.rule)
+        warned = (decision.warning,) if decision.warning else ()
+        return replace(skip(decision.reason), rule=decision.rule, warnings=warned)
     size = sum(len(key) + len(value) for key, value in annotations.items())
     if size > limits.ANNOTATIONS_BYTES:
         return deny(Reason.INVALID_POD, [_annotations_too_large(size)])

@@ -13,6 +13,14 @@ class Reason(Enum):
     HOST_NETWORK = ("host_network", "the pod uses the host's network namespace")
     WINDOWS = ("windows_pod", "the pod runs on Windows nodes, where Envoy and iptables do not")
     ALREADY_INJECTED = ("already_injected", "the pod already has the sidecar")
+    OTHER_MESH = (
+        "other_mesh_sidecar",
+        "the pod already carries another mesh's sidecar (Istio's or Linkerd's)",
+    )
+    PROXY_NAME_TAKEN = (
+        "proxy_name_taken",
+        "the pod has a container named proxy, the sidecar's name, that is not our sidecar",
+    )
     NAMESPACE_NEVER_INJECT = (
         "namespace_never_inject",
         "the namespace is in the mesh config's neverInjectNamespaces",

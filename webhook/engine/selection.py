@@ -38,14 +38,38 @@ def _windows(spec: dict[str, Any]) -> bool:
     )
 
 
-def _already_injected(annotations: Mapping[str, str], spec: dict[str, Any]) -> bool:
-    if STATUS_KEY in annotations:
-        return True
-    return any(
-        container.get("name") == PROXY_CONTAINER
+OTHER_MESHES: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
+    (
+        "Istio",
+        frozenset({"istio-proxy", "istio-init", "istio-validation"}),
+        frozenset({"sidecar.istio.io/status"}),
+    ),
+    (
+        "Linkerd",
+        frozenset({"linkerd-proxy", "linkerd-init", "linkerd-network-validator"}),
+        frozenset({"linkerd.io/proxy-version"}),
+    ),
+)
+"""What another mesh's injector leaves in a pod: its containers (app or init) and its
+status annotations. Such a pod is skipped: Istio's proxy holds the ports ours needs
+(15000-15090), and two init containers would rewrite the same iptables."""
+
+
+def _container_names(spec: dict[str, Any]) -> set[str]:
+    return {
+        str(container.get("name"))
         for key in ("containers", "initContainers")
         for container in objects(spec, key, "spec")
-    )
+    }
+
+
+def other_mesh(annotations: Mapping[str, str], names: set[str]) -> str | None:
+    """What of another mesh the pod carries, for people (``check`` and the warning)."""
+    for mesh, containers, keys in OTHER_MESHES:
+        found = sorted(names & containers) + sorted(k for k in keys if k in annotations)
+        if found:
+            return f"{mesh}'s {', '.join(found)}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +77,8 @@ class Decision:
     reason: Reason
     rule: str
     """Which input decided, for people: "annotation proxy.io/inject=false", ..."""
+    warning: str | None = None
+    """For a skip the pod's owner did not ask for: said back in the answer."""
 
 
 def decide(
@@ -75,9 +101,23 @@ def decide(
         return Decision(Reason.HOST_NETWORK, "spec.hostNetwork=true")
     if _windows(spec):
         return Decision(Reason.WINDOWS, "spec.os.name or nodeSelector kubernetes.io/os=windows")
-    if _already_injected(annotations, spec):
+    if STATUS_KEY in annotations:
+        return Decision(Reason.ALREADY_INJECTED, f"annotation {STATUS_KEY}")
+    names = _container_names(spec)
+    other = other_mesh(annotations, names)
+    if other is not None:
         return Decision(
-            Reason.ALREADY_INJECTED, f"annotation {STATUS_KEY} or a container named proxy"
+            Reason.OTHER_MESH,
+            other,
+            f"not injected: the pod carries {other}; two meshes' proxies cannot share a pod "
+            "(remove the other mesh's injection for this namespace, then restart the pod)",
+        )
+    if PROXY_CONTAINER in names:
+        return Decision(
+            Reason.PROXY_NAME_TAKEN,
+            f"a container named {PROXY_CONTAINER} without annotation {STATUS_KEY}",
+            f"not injected: the pod has a container named {PROXY_CONTAINER}, the name of the "
+            "sidecar; rename it to mesh the pod",
         )
     if namespace in config.never_inject_namespaces:
         return Decision(

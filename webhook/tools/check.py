@@ -22,6 +22,7 @@ from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+from webhook.engine.selection import other_mesh
 from webhook.tools import identity, traffic
 from webhook.tools.reading import Reader, Result, injection_status
 
@@ -92,6 +93,7 @@ def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[R
         if STATUS_KEY in ((pod.get("metadata") or {}).get("annotations") or {})
     ]
     results += [
+        _two_meshes(injected),
         traffic.balancing(reader, injected, config.cluster_domain),
         traffic.refused_egress(reader, injected, target.egress_seconds),
     ]
@@ -253,6 +255,32 @@ def _would_be(
     if result.outcome == Outcome.DENY:
         return f"{result.reason.code}: {result.message}"
     return None
+
+
+def _two_meshes(injected: list[tuple[str, dict[str, Any]]]) -> Result:
+    """Our sidecar beside another mesh's: one of the two proxies cannot hold its ports."""
+    name = "no pod carries two meshes' sidecars"
+    items = []
+    for ns, pod in injected:
+        metadata = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
+        names = {
+            str(c.get("name"))
+            for key in ("containers", "initContainers")
+            for c in spec.get(key) or []
+            if isinstance(c, dict)
+        }
+        other = other_mesh(metadata.get("annotations") or {}, names)
+        if other:
+            items.append(f"{ns}/{metadata.get('name')}: ours and {other}")
+    if items:
+        hint = (
+            "turn the other mesh's injection off for these namespaces (Istio: the "
+            "istio-injection label; Linkerd: the linkerd.io/inject annotation), then "
+            "kubectl rollout restart their workloads (docs/install.md)"
+        )
+        return Result(name, False, f"{len(items)} pod(s)", hint, items)
+    return Result(name, True)
 
 
 def _missing_result(missing: list[str]) -> Result:
