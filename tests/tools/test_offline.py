@@ -201,6 +201,19 @@ HOSTILE_FILES = {
         b"".join(b"  " * i + b"k:\n" for i in range(600)) + b"  " * 600 + b"v\n",
         "document 1: nested deeper than 100",
     ),
+    "deeper-than-libyaml.yaml": (
+        b"a: " + b"[" * 1000 + b"]" * 1000,
+        "document 1: not valid YAML or JSON: line 1, column 1003: exceeded maximum nesting depth",
+    ),
+    # As in public manifests: a Deployment's selector given twice (kubectl refuses it too).
+    "duplicate-key.yaml": (
+        b"apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n"
+        b"  selector:\n    matchLabels: {app: web}\n  selector:\n    matchLabels: {app: web}\n"
+        b"  template:\n    metadata: {labels: {app: web}}\n"
+        b"    spec: {containers: [{name: web, image: nginx}]}\n",
+        "document 1: not valid YAML or JSON: line 8, column 3: key 'selector' is given twice "
+        "in one mapping",
+    ),
     "many.yaml": (b"---\na: 1\n" * 200_000, "more than 10000 documents (--max-documents)"),
     "big-annotation.yaml": (
         b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: big\n  annotations:\n    note: "
@@ -212,7 +225,7 @@ HOSTILE_FILES = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
-@pytest.mark.parametrize("command", ["inject", "explain"])
+@pytest.mark.parametrize("command", ["inject", "explain", "bootstrap"])
 def test_a_hostile_file_gets_one_line_naming_it(tmp_path, name, command) -> None:
     data, message = HOSTILE_FILES[name]
     path = tmp_path / name
@@ -221,6 +234,8 @@ def test_a_hostile_file_gets_one_line_naming_it(tmp_path, name, command) -> None
     if command == "explain" and name == "big-annotation.yaml":
         assert done.returncode == 0 and "invalid_pod" in done.stdout  # explained, not refused
         return
+    if command == "bootstrap" and name == "big-annotation.yaml":
+        message = "not injected: invalid_pod: metadata.annotations: 52,428,804 characters"
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
@@ -459,7 +474,7 @@ def test_bootstrap_prints_the_pods_envoy_config_readably(webhook) -> None:
     skipped = {**pod, "metadata": {"name": "web-1", "annotations": {"proxy.io/inject": "false"}}}
     done = run("bootstrap", "-f", "-", stdin=yaml.safe_dump(skipped))
     assert done.returncode == 1
-    assert done.stderr.startswith("proxy-injector bootstrap: Pod web-1: not injected: opted_out")
+    assert done.stderr.startswith("proxy-injector bootstrap: -: Pod web-1: not injected: opted_out")
 
 
 def test_the_readme_tour_runs() -> None:

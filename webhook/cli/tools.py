@@ -73,7 +73,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
     try:
         chosen = bootstrap.of(template, mesh, args.namespace or template.namespace or "default")
     except bootstrap.NoBootstrap as exc:
-        print(f"proxy-injector bootstrap: {template.kind} {template.name}: {exc}", file=sys.stderr)
+        where = f"{args.filename}: {template.kind} {template.name}"
+        print(f"proxy-injector bootstrap: {where}: {exc}", file=sys.stderr)
         return 1
     planned = bootstrap.plan(template, mesh, args.namespace or template.namespace or "default")
     sys.stdout.write(bootstrap.text(chosen, planned))

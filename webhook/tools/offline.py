@@ -32,8 +32,33 @@ MAX_BYTES = 64 << 20
 MAX_DOCUMENTS = 10_000
 MAX_DEPTH = 100
 """Kubernetes objects nest a few dozen levels at most; deeper is not a manifest."""
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's: linear, fast on large scalars, and its own nesting limit, without recursion."""
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's parser (linear, fast on large scalars, its own nesting limit, without
+    recursion), refusing a key given twice in one mapping as kubectl does, where PyYAML
+    would keep the last one silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, str | int | float | bool):
+                continue  # not hashable as such: the constructor itself says what is wrong
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """A parser's message on one line: where, then what (its own is three lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def text_of(data: bytes, max_bytes: int = MAX_BYTES) -> str:
@@ -51,7 +76,7 @@ def load(text: str, max_documents: int = MAX_DOCUMENTS) -> list[Any]:
     documents: list[Any] = []
     read = 0
     try:
-        for document in yaml.load_all(text, Loader=_LOADER):
+        for document in yaml.load_all(text, Loader=_Loader):
             read += 1
             if read > max_documents:
                 raise DocumentError(f"more than {max_documents} documents (--max-documents)")
@@ -60,7 +85,9 @@ def load(text: str, max_documents: int = MAX_DOCUMENTS) -> list[Any]:
             if document is not None:
                 documents.append(document)
     except yaml.YAMLError as exc:
-        raise DocumentError(f"document {read + 1}: not valid YAML or JSON: {exc}") from None
+        raise DocumentError(
+            f"document {read + 1}: not valid YAML or JSON: {_one_line(exc)}"
+        ) from None
     except RecursionError:
         raise DocumentError(f"document {read + 1}: nested too deeply") from None
     return documents
