@@ -217,7 +217,8 @@ class MeshConfig(_Section):
     deny_proxy_uid_apps: bool = False
     """Deny, instead of warning about, app containers running as the proxy's UID or GID 1337."""
     drain_duration: Duration = 5.0
-    """How long the proxy keeps serving after the pod starts terminating."""
+    """Envoy's --drain-time-s; a regular proxy container's preStop hook drains at least
+    this long. A native sidecar stops only after the app has exited: nothing to drain."""
     cluster_domain: Annotated[str, _checked(values.dns_name)] = "cluster.local"
     events: bool = True
     """A Kubernetes Event for each injection, skip and denial (on the pod's controller)."""
