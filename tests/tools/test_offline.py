@@ -531,3 +531,45 @@ def test_all_kinds_warns_only_about_what_it_still_leaves_alone() -> None:
     )
     injected = yaml.safe_load(done.stdout)
     assert "proxy.io/status" in injected["spec"]["a"]["template"]["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    ("namespace_labels", "pod_labels", "pod_annotations", "decision", "said"),
+    [
+        ("proxy.io/inject=enabled", {}, {}, "inject", "namespace label proxy.io/inject=enabled"),
+        ("team=a", {"proxy.io/inject": "true"}, {}, "inject", "pod label proxy.io/inject=true"),
+        (
+            "team=a",
+            {},
+            {"proxy.io/inject": "true"},
+            "skip",
+            'warning: the annotation proxy.io/inject: "true" does not opt a pod in',
+        ),
+        (
+            "proxy.io/inject=true",
+            {"proxy.io/inject": "true"},
+            {},
+            "skip",
+            "warning: namespace label proxy.io/inject=true is neither enabled nor disabled",
+        ),
+        ("proxy.io/inject=disabled", {"proxy.io/inject": "true"}, {}, "skip", "=disabled"),
+    ],
+)
+def test_explain_says_what_the_shipped_webhook_selectors_do(
+    tmp_path, namespace_labels, pod_labels, pod_annotations, decision, said
+) -> None:
+    """As deploy/'s two webhook entries select: enabled namespaces, or pods labelled
+    "true" in namespaces with no label; an annotation or another label value is never
+    seen by the API server's selectors."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "labels": pod_labels, "annotations": pod_annotations},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+    }
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    done = proxy_injector("explain", "-f", str(path), "--namespace-labels", namespace_labels)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].endswith(f": {decision}"), done.stdout
+    assert said in done.stdout

@@ -33,7 +33,9 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         values.boolean,
         '"true" or "false"',
         "namespace label",
-        "Opt this pod in or out (also read as a pod label).",
+        'Opt this pod out (`"false"`, as an annotation or a label). To opt one pod in, in a '
+        'namespace with no `proxy.io/inject` label, label it `proxy.io/inject: "true"`: the '
+        "webhook's selectors read labels, so the annotation alone is never seen.",
     ),
     Annotation(
         "proxy.io/concurrency",

@@ -124,20 +124,45 @@ def decide(
             Reason.NAMESPACE_NEVER_INJECT, f"mesh config neverInjectNamespaces: {namespace}"
         )
     if namespace_labels is not None:
-        return _namespace_rule(namespace_labels, by_label or by_annotation, config)
+        return _namespace_rule(namespace_labels, labels.get(INJECT_KEY), by_annotation, config)
     return Decision(Reason.INJECTED, "the webhook's namespace and object selectors")
 
 
+NAMESPACE_VALUES = ("enabled", "disabled")
+"""The namespace label values the webhook configuration knows (deploy/base)."""
+
+
 def _namespace_rule(
-    namespace_labels: Mapping[str, str], pod_opted_in: bool | None, config: MeshConfig
+    namespace_labels: Mapping[str, str],
+    pod_label: str | None,
+    pod_annotation: bool | None,
+    config: MeshConfig,
 ) -> Decision:
+    """What the MutatingWebhookConfiguration that deploy/ ships does for these labels:
+    its namespace entry calls the webhook for namespaces labelled ``enabled``, its pod
+    entry for pods labelled ``"true"`` in namespaces with no label at all; for anything
+    else the API server never calls it."""
     state = namespace_labels.get(INJECT_KEY)
     if state == "enabled":
         return Decision(Reason.INJECTED, f"namespace label {INJECT_KEY}=enabled")
     if state == "disabled":
         return Decision(Reason.NAMESPACE_DISABLED, f"namespace label {INJECT_KEY}=disabled")
-    if pod_opted_in:
-        return Decision(Reason.INJECTED, f"pod label or annotation {INJECT_KEY}=true")
+    if state is not None:
+        return Decision(
+            Reason.NAMESPACE_NOT_ENABLED,
+            f"namespace label {INJECT_KEY}={state}, a value no webhook entry selects",
+            f"namespace label {INJECT_KEY}={state} is neither enabled nor disabled: the "
+            "webhook is never called for its pods (label it enabled)",
+        )
+    if pod_label == "true":
+        return Decision(Reason.INJECTED, f"pod label {INJECT_KEY}=true")
     if config.inject_by_default:
         return Decision(Reason.INJECTED, "mesh config injectByDefault=true")
+    if pod_annotation:
+        return Decision(
+            Reason.NAMESPACE_NOT_ENABLED,
+            f"pod annotation {INJECT_KEY}=true, which no webhook entry reads",
+            f'the annotation {INJECT_KEY}: "true" does not opt a pod in (the webhook\'s '
+            "selectors read labels): label the pod instead",
+        )
     return Decision(Reason.NAMESPACE_NOT_ENABLED, f"no namespace label {INJECT_KEY}=enabled")
