@@ -326,6 +326,10 @@ class FakeKube:
                 return (200, found) if found else (404, status(404, "NotFound", path))
             if match := PODS.match(path):
                 items = self.pods.get(match.group(1), [])
+                selector = parse_qs(urlsplit(path).query).get("labelSelector", [""])[0]
+                if "=" in selector:
+                    key, value = selector.split("=", 1)
+                    items = [p for p in items if p["metadata"].get("labels", {}).get(key) == value]
                 return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}
             if match := NAMESPACES.match(path):
                 wanted = dict(

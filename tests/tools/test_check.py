@@ -107,7 +107,7 @@ def test_a_healthy_installation_passes(tmp_path, fake) -> None:
     result = check(fake)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("ok  ") == 9
+    assert result.stdout.count("ok  ") == 10
 
 
 def test_a_broken_installation_names_each_broken_part(tmp_path, fake) -> None:
@@ -371,3 +371,34 @@ def test_pods_carrying_two_meshes_sidecars_are_listed(tmp_path, fake) -> None:
     assert "FAIL no pod carries two meshes' sidecars: 1 pod(s)" in result.stdout
     assert "shop/web-7c9d8f-a: ours and Istio's istio-proxy" in result.stdout
     assert "web-7c9d8f-b: ours" not in result.stdout
+
+
+def test_every_namespace_pods_can_be_injected_in_is_covered(tmp_path, fake) -> None:
+    """An unlabelled namespace's pods labelled proxy.io/inject=true are injected by the pod
+    entry, so check looks at them too; a label value no entry selects is named."""
+    installation(tmp_path, fake, broken=False)
+    fake.namespaces["tools"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "tools", "labels": {}},
+    }
+    fake.namespaces["legacy"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "legacy", "labels": {"proxy.io/inject": "true"}},
+    }
+    opted_in = pod("runner-0", None)
+    opted_in["metadata"].update(namespace="tools", labels={"proxy.io/inject": "true"})
+    opted_in["metadata"].pop("ownerReferences")
+    other = pod("other-0", None)
+    other["metadata"].update(namespace="tools", labels={})
+    fake.pods["tools"] = [opted_in, other]
+    fake.pods["legacy"] = [pod("old-0", None)]
+    result = check(fake)
+    assert result.returncode == 1
+    assert "tools/runner-0: would be injected now" in result.stdout
+    assert "tools/other-0" not in result.stdout  # not opted in: the webhook never sees it
+    assert (
+        "FAIL namespace labels proxy.io/inject are values the webhook selects: 1 namespace(s)"
+    ) in result.stdout
+    assert "namespace legacy: proxy.io/inject=true" in result.stdout

@@ -22,7 +22,7 @@ from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import MeshConfig
 from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
-from webhook.engine.selection import other_mesh
+from webhook.engine.selection import NAMESPACE_VALUES, other_mesh
 from webhook.tools import identity, traffic
 from webhook.tools.reading import Reader, Result, injection_status
 
@@ -83,9 +83,8 @@ def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[R
             _certificate(reader, webhook, target),
             _entries(webhook),
         ]
-    namespaces = reader.namespaces(f"{INJECT_KEY}=enabled")
-    listed = {ns["metadata"]["name"]: reader.pods(ns["metadata"]["name"]) for ns in namespaces}
-    results += _pods(config, namespaces, listed)
+    namespaces, listed, unknown = _meshed_namespaces(reader, config)
+    results += [*_pods(config, namespaces, listed), _namespace_values(unknown)]
     injected = [
         (ns, pod)
         for ns, pods in listed.items()
@@ -257,6 +256,39 @@ def _would_be(
     return None
 
 
+def _meshed_namespaces(
+    reader: Reader, config: MeshConfig
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], list[str]]:
+    """Every namespace where the webhook can inject, with the pods it can inject there:
+    all of a namespace labelled enabled, those labelled proxy.io/inject=true in one with
+    no label; and the namespaces whose label value no webhook entry selects."""
+    namespaces, listed, unknown = [], {}, []
+    for namespace in reader.namespaces(""):
+        name = namespace["metadata"]["name"]
+        state = ((namespace.get("metadata") or {}).get("labels") or {}).get(INJECT_KEY)
+        if name in config.never_inject_namespaces or state == "disabled":
+            continue
+        if state is not None and state not in NAMESPACE_VALUES:
+            unknown.append(f"namespace {name}: {INJECT_KEY}={state}")
+            continue
+        pods = reader.pods(name, "" if state == "enabled" else f"{INJECT_KEY}=true")
+        if state == "enabled" or pods:
+            namespaces.append(namespace)
+            listed[name] = pods
+    return namespaces, listed, unknown
+
+
+def _namespace_values(unknown: list[str]) -> Result:
+    name = f"namespace labels {INJECT_KEY} are values the webhook selects"
+    if unknown:
+        hint = (
+            f"label them {INJECT_KEY}=enabled (or disabled): no webhook entry selects other "
+            "values, so their pods are never injected"
+        )
+        return Result(name, False, f"{len(unknown)} namespace(s)", hint, unknown)
+    return Result(name, True)
+
+
 def _two_meshes(injected: list[tuple[str, dict[str, Any]]]) -> Result:
     """Our sidecar beside another mesh's: one of the two proxies cannot hold its ports."""
     name = "no pod carries two meshes' sidecars"
@@ -347,8 +379,9 @@ def kube_reader(api_client: Any) -> Reader:
         def namespaces(self, label_selector: str) -> list[dict[str, Any]]:
             return plain(core.list_namespace(label_selector=label_selector))["items"]
 
-        def pods(self, namespace: str) -> list[dict[str, Any]]:
-            return plain(core.list_namespaced_pod(namespace))["items"]
+        def pods(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+            listed = core.list_namespaced_pod(namespace, label_selector=label_selector)
+            return plain(listed)["items"]
 
         def _text(self, path: str, accept: str) -> str | None:
             """The body at an API path as the server sends it (no parameter encoding, so
