@@ -402,3 +402,13 @@ def test_every_namespace_pods_can_be_injected_in_is_covered(tmp_path, fake) -> N
         "FAIL namespace labels proxy.io/inject are values the webhook selects: 1 namespace(s)"
     ) in result.stdout
     assert "namespace legacy: proxy.io/inject=true" in result.stdout
+
+
+def test_an_unreachable_cluster_exits_3_and_yaml_output_reads_back(tmp_path, fake) -> None:
+    unreachable = proxy_injector("check", "--kube-api", "http://127.0.0.1:9")
+    assert unreachable.returncode == 3
+    assert unreachable.stderr.startswith("proxy-injector check: cannot read the cluster: ")
+    installation(tmp_path, fake, broken=False)
+    result = check(fake, "-o", "yaml")
+    assert result.returncode == 0, result.stdout
+    assert all(item["ok"] for item in yaml.safe_load(result.stdout))

@@ -76,8 +76,10 @@ def run(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
 
 def explained(document: dict, *flags: str) -> list[dict]:
     result = run("explain", "-f", "-", "-o", "json", *flags, stdin=yaml.safe_dump(document))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    reports = json.loads(result.stdout)
+    denied = any(report["decision"] == "deny" for report in reports)
+    assert result.returncode == (1 if denied else 0), result.stderr  # 1: would be denied
+    return reports
 
 
 def at(document: dict, path: tuple) -> dict:
@@ -184,7 +186,10 @@ def test_explain_shows_each_annotation_parsed_or_wrong() -> None:
         "proxy.io/concurency": "2",
     }
     result = run("explain", "-f", "-", stdin=yaml.safe_dump(pod))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the webhook would deny it
+    assert run("explain", "-f", "-", "--exit-zero", stdin=yaml.safe_dump(pod)).returncode == 0
+    yaml_report = run("explain", "-f", "-", "-o", "yaml", stdin=yaml.safe_dump(pod)).stdout
+    assert yaml.safe_load(yaml_report)[0]["decision"] == "deny"
     assert "proxy.io/concurrency: '4' -> 4" in result.stdout
     assert 'proxy.io/cpu: annotation proxy.io/cpu: "lots" is not valid' in result.stdout
     assert (
@@ -232,11 +237,13 @@ def test_a_hostile_file_gets_one_line_naming_it(tmp_path, name, command) -> None
     path.write_bytes(data)
     done = proxy_injector(command, "-f", str(path), timeout=60)
     if command == "explain" and name == "big-annotation.yaml":
-        assert done.returncode == 0 and "invalid_pod" in done.stdout  # explained, not refused
+        # Explained, not refused as input; exit 1: the webhook would deny it.
+        assert done.returncode == 1 and "invalid_pod" in done.stdout
         return
     if command == "bootstrap" and name == "big-annotation.yaml":
         message = "not injected: invalid_pod: metadata.annotations: 52,428,804 characters"
-    assert done.returncode == 1, done.stderr[-2000:]
+    # 2: the input is wrong; 1: a template the webhook would deny (bootstrap's finding).
+    assert done.returncode == (1 if name == "big-annotation.yaml" else 2), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"proxy-injector {command}: ") and message in line, line
@@ -246,7 +253,7 @@ def test_a_hostile_file_gets_one_line_naming_it(tmp_path, name, command) -> None
 
 def test_an_endless_input_is_cut_at_max_bytes() -> None:
     done = proxy_injector("inject", "-f", "/dev/zero", "--max-bytes", "1048576", timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert (
         done.stderr == "proxy-injector inject: /dev/zero: larger than 1048576 bytes (--max-bytes)\n"
     )
@@ -573,3 +580,34 @@ def test_explain_says_what_the_shipped_webhook_selectors_do(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].endswith(f": {decision}"), done.stdout
     assert said in done.stdout
+
+
+def test_bootstrap_picks_a_template_of_a_list_by_name_or_index(tmp_path) -> None:
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [
+                    {
+                        "name": name,
+                        "image": "nginx",
+                        "ports": [{"containerPort": port, "name": "http"}],
+                    }
+                ]
+            },
+        }
+        for name, port in (("a-0", 8080), ("b-0", 9090))
+    ]
+    path = tmp_path / "list.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods}))
+    for flags in (("--name", "b-0"), ("--index", "1")):
+        done = proxy_injector("bootstrap", "-f", str(path), *flags)
+        assert done.returncode == 0, done.stderr
+        assert "#     port 9090 -> inbound|9090 (http)" in done.stdout
+    done = proxy_injector("bootstrap", "-f", str(path), "--name", "c-0")
+    assert done.returncode == 2
+    assert done.stderr.endswith("no pod or template named c-0 (a-0, b-0)\n")
+    done = proxy_injector("bootstrap", "-f", str(path), "--index", "5")
+    assert (done.returncode, "--index 5: only 2 template(s)" in done.stderr) == (2, True)

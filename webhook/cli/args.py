@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import NoReturn
+
+OK, FINDING, INPUT_ERROR, UNREACHABLE = 0, 1, 2, 3
+"""Exit codes of every user-facing command: 0 all is well; 1 a finding (a template that
+would be denied, a failing check, a pod that is not injected); 2 a usage or input error
+(a flag, a file, a mesh config); 3 the cluster could not be read."""
+
+
+def fail(command: str, message: str, code: int = INPUT_ERROR) -> NoReturn:
+    """One line on stderr naming the command, then exit with ``code``."""
+    print(f"proxy-injector {command}: {message}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 def seconds(text: str) -> float:

@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from webhook.cli.args import byte_count, count, labels, seconds
+from webhook.cli.args import (
+    FINDING,
+    OK,
+    UNREACHABLE,
+    byte_count,
+    count,
+    fail,
+    labels,
+    seconds,
+)
 from webhook.common import mesh_config
 from webhook.engine import config
 
@@ -44,7 +53,16 @@ def _offline_parsers(commands: argparse._SubParsersAction) -> None:
             command.add_argument("--diff", action="store_true", help="print a unified diff")
             command.set_defaults(run=_inject)
         else:
-            command.add_argument("-o", "--output", choices=["text", "json"], default="text")
+            command.add_argument(
+                "-o", "--output", choices=["text", "json", "yaml"], default="text",
+                help="text (default), json or yaml",
+            )  # fmt: skip
+            command.add_argument(
+                "--exit-zero",
+                action="store_true",
+                help="exit 0 even when a template would be denied (default: exit 1, so a "
+                "CI step fails on a manifest the webhook would refuse)",
+            )
             command.set_defaults(run=_explain)
 
 
@@ -57,6 +75,15 @@ def _bootstrap_parser(commands: argparse._SubParsersAction) -> None:
     command.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or -")
     command.add_argument("--config", type=Path, help="mesh config YAML")
     command.add_argument("--namespace", help="default: the object's, else default")
+    command.add_argument(
+        "--name", help="the pod or workload of that name (default: the first in the file)"
+    )
+    command.add_argument(
+        "--index",
+        type=int,
+        default=0,
+        help="of the templates found (or named --name), which one, from 0 (default 0)",
+    )
     command.set_defaults(run=_bootstrap, max_bytes=64 << 20, max_documents=10_000)
 
 
@@ -67,15 +94,22 @@ def _bootstrap(args: argparse.Namespace) -> int:
     _, documents, mesh = _offline_input(args)
     found = [t for document in documents for t in templates(document)]
     if not found:
-        print(f"proxy-injector bootstrap: {args.filename}: no pod or pod template", file=sys.stderr)
-        return 1
-    template = found[0]
+        fail("bootstrap", f"{args.filename}: no pod or pod template")
+    if args.name is not None:
+        named = [t for t in found if t.name == args.name]
+        if not named:
+            listed = ", ".join(sorted({str(t.name) for t in found})[:20])
+            fail("bootstrap", f"{args.filename}: no pod or template named {args.name} ({listed})")
+        found = named
+    if args.index >= len(found):
+        fail("bootstrap", f"{args.filename}: --index {args.index}: only {len(found)} template(s)")
+    template = found[args.index]
     try:
         chosen = bootstrap.of(template, mesh, args.namespace or template.namespace or "default")
     except bootstrap.NoBootstrap as exc:
         where = f"{args.filename}: {template.kind} {template.name}"
         print(f"proxy-injector bootstrap: {where}: {exc}", file=sys.stderr)
-        return 1
+        return FINDING
     planned = bootstrap.plan(template, mesh, args.namespace or template.namespace or "default")
     sys.stdout.write(bootstrap.text(chosen, planned))
     return 0
@@ -87,7 +121,7 @@ def _offline_input(args: argparse.Namespace) -> tuple[str, list, config.MeshConf
     try:
         mesh = mesh_config.load(args.config) if args.config else config.MeshConfig()
     except config.ConfigError as exc:
-        raise SystemExit(f"proxy-injector {args.command}: {exc}") from None
+        fail(args.command, str(exc))
     try:
         if args.filename == "-":
             data = sys.stdin.buffer.read(args.max_bytes + 1)
@@ -97,11 +131,9 @@ def _offline_input(args: argparse.Namespace) -> tuple[str, list, config.MeshConf
         text = offline.text_of(data, args.max_bytes)
         return text, offline.load(text, args.max_documents), mesh
     except OSError as exc:
-        raise SystemExit(
-            f"proxy-injector {args.command}: {args.filename}: {exc.strerror}"
-        ) from None
+        fail(args.command, f"{args.filename}: {exc.strerror}")
     except offline.DocumentError as exc:
-        raise SystemExit(f"proxy-injector {args.command}: {args.filename}: {exc}") from None
+        fail(args.command, f"{args.filename}: {exc}")
 
 
 def _inject(args: argparse.Namespace) -> int:
@@ -114,7 +146,7 @@ def _inject(args: argparse.Namespace) -> int:
     if result.denials:
         for denial in result.denials:
             print(f"proxy-injector inject: {denial}", file=sys.stderr)
-        return 1
+        return FINDING
     written = roundtrip.write(text, result.documents, result.changes)
     sys.stdout.write(offline.diff(text, written) if args.diff else written)
     return 0
@@ -122,6 +154,8 @@ def _inject(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     import json
+
+    import yaml
 
     from webhook.tools import offline
 
@@ -133,9 +167,12 @@ def _explain(args: argparse.Namespace) -> int:
     )
     if args.output == "json":
         print(json.dumps(reports, indent=2))
+    elif args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(reports, sort_keys=False, width=100))
     else:
         sys.stdout.write(offline.explanation_text(reports))
-    return 0
+    denied = any(report["decision"] == "deny" for report in reports)
+    return FINDING if denied and not args.exit_zero else OK
 
 
 def _check_parser(commands: argparse._SubParsersAction) -> None:
@@ -158,7 +195,10 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
         help="seconds between the two reads of declared-only pods' refused-egress counters "
         "(default 5)",
     )
-    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    check.add_argument(
+        "-o", "--output", choices=["text", "json", "yaml"], default="text",
+        help="text (default), json or yaml",
+    )  # fmt: skip
     check.set_defaults(run=_check)
 
 
@@ -188,15 +228,16 @@ def _check(args: argparse.Namespace) -> int:
             check.Target(args.namespace, egress_seconds=args.egress_interval),
         )
     except config.ConfigError as exc:
-        print(f"proxy-injector check: {exc}", file=sys.stderr)
-        return 2
+        fail("check", str(exc))
     except Exception as exc:
-        print(f"proxy-injector check: cannot read the cluster: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(
-        check.as_json(results) + "\n" if args.output == "json" else check.text(results)
-    )
-    return 0 if all(r.ok for r in results) else 1
+        fail("check", f"cannot read the cluster: {exc}", UNREACHABLE)
+    if args.output == "json":
+        sys.stdout.write(check.as_json(results) + "\n")
+    elif args.output == "yaml":
+        sys.stdout.write(check.as_yaml(results))
+    else:
+        sys.stdout.write(check.text(results))
+    return OK if all(r.ok for r in results) else FINDING
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:

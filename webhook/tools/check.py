@@ -349,6 +349,12 @@ def as_json(results: list[Result]) -> str:
     return json.dumps([asdict(r) for r in results], indent=2)
 
 
+def as_yaml(results: list[Result]) -> str:
+    import yaml
+
+    return yaml.safe_dump([asdict(r) for r in results], sort_keys=False, width=100)
+
+
 def kube_reader(api_client: Any) -> Reader:
     """The Reader on the real API, objects as the API serves them (camelCase dicts)."""
     from kubernetes import client
