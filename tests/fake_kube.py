@@ -38,6 +38,7 @@ SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/?]+))?")
 EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
 ENDPOINTS = re.compile(r"^/api/v1/namespaces/([^/]+)/endpoints/([^/?]+)")
 SERVICE = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/?]+)$")
+CONFIG_MAP = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps/([^/?]+)$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:\?|$)")
 POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)$")
 ALL_PODS = re.compile(r"^/api/v1/pods(?:\?|$)")
@@ -115,6 +116,7 @@ class FakeKube:
         self.reads_held = 0
         self.endpoints: dict[tuple[str, str], dict[str, Any]] = {}
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, list[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
@@ -304,6 +306,11 @@ class FakeKube:
 
     def _get_listed(self, path: str) -> tuple[int, dict[str, Any]]:
         with self.lock:
+            if match := CONFIG_MAP.match(path):
+                found = self.config_maps.get((match.group(1), match.group(2)))
+                if found is None:
+                    return 404, status(404, "NotFound", path)
+                return 200, found
             if match := SERVICE.match(path):
                 found = self.services.get((match.group(1), match.group(2)))
                 if found is None:

@@ -73,3 +73,22 @@ def test_the_documented_mesh_config_is_the_default_config() -> None:
     block = re.search(r"```yaml\n(.*?)```", page, re.S)
     assert block, "docs/mesh-config.md has no mesh config block"
     assert from_mapping(yaml.safe_load(block.group(1))) == MeshConfig()
+
+
+def test_the_shipped_config_map_and_the_defaults_are_one_generation() -> None:
+    """Quantities read from text ("64Mi") and the defaults (64 MiB) are the same config:
+    a webhook running the shipped ConfigMap must not make pods look stale to a check
+    judging with the defaults, nor the other way round."""
+    from pathlib import Path
+
+    import yaml
+
+    from webhook.engine.config import MeshConfig, parse
+
+    shipped = yaml.safe_load(
+        (Path(__file__).parents[2] / "deploy/base/mesh-config.yaml").read_text()
+    )
+    config = parse(shipped["data"]["mesh.yaml"])
+    assert config.sidecar_generation == MeshConfig().sidecar_generation
+    assert config.generation == MeshConfig().generation
+    assert parse("resources:\n  cpu: 200m\n").sidecar_generation != MeshConfig().sidecar_generation

@@ -63,6 +63,8 @@ def installation(tmp_path: Path, fake: FakeKube, *, broken: bool) -> None:
     for entry in webhook["webhooks"]:
         entry["clientConfig"]["caBundle"] = b64(bundle)
     fake.webhooks["proxy-injector"] = webhook
+    shipped = yaml.safe_load((ROOT / "deploy/base/mesh-config.yaml").read_text())
+    fake.config_maps[("proxy-system", "proxy-injector-mesh")] = shipped
     fake.secrets[("proxy-system", "proxy-injector-tls")] = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -107,7 +109,11 @@ def test_a_healthy_installation_passes(tmp_path, fake) -> None:
     result = check(fake)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("ok  ") == 10
+    assert result.stdout.count("ok  ") == 11
+    assert (
+        "ok   the webhook's mesh config is readable: ConfigMap proxy-system/proxy-injector-mesh"
+        in result.stdout
+    )
 
 
 def test_a_broken_installation_names_each_broken_part(tmp_path, fake) -> None:
@@ -412,3 +418,22 @@ def test_an_unreachable_cluster_exits_3_and_yaml_output_reads_back(tmp_path, fak
     result = check(fake, "-o", "yaml")
     assert result.returncode == 0, result.stdout
     assert all(item["ok"] for item in yaml.safe_load(result.stdout))
+
+
+def test_without_config_the_clusters_own_mesh_config_is_judged_with(tmp_path, fake) -> None:
+    """An mTLS install checked with no --config: the mTLS checks run, pods are not all
+    stale, as they were when check assumed the defaults."""
+    mtls_installation(tmp_path, fake, POD_CERTIFICATES)
+    shipped = yaml.safe_load((ROOT / "deploy/overlays/mtls/mesh-config.yaml").read_text())
+    shipped["metadata"]["namespace"] = "proxy-system"
+    fake.config_maps[("proxy-system", "proxy-injector-mesh")] = shipped
+    result = check(fake)
+    assert "ok   the webhook's mesh config is readable" in result.stdout
+    assert "the API serves pod certificates (mtls.identity pod-certificate)" in result.stdout
+    del fake.config_maps[("proxy-system", "proxy-injector-mesh")]
+    result = check(fake)
+    assert result.returncode == 1
+    assert (
+        "FAIL the webhook's mesh config is readable: ConfigMap proxy-system/proxy-injector-mesh "
+        "not found: judged with the defaults"
+    ) in result.stdout

@@ -181,13 +181,21 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
         help="is the installation healthy? (like linkerd check)",
         description="Example: proxy-injector check --namespace proxy-system",
     )
-    check.add_argument("--config", type=Path, help="mesh config YAML the webhook runs with")
+    check.add_argument(
+        "--config",
+        type=Path,
+        help="mesh config YAML (default: the cluster's own, ConfigMap proxy-injector-mesh)",
+    )
     check.add_argument("--namespace", default="proxy-system", help="where the injector runs")
     check.add_argument(
         "--kube-api",
         default=None,
         help="a plain-HTTP API URL (kubectl proxy); default: kubeconfig, else in-cluster",
     )
+    check.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    check.add_argument("--context", help="kubeconfig context (default: its current one)")
     check.add_argument(
         "--egress-interval",
         type=seconds,
@@ -202,18 +210,28 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(run=_check)
 
 
-def _kube_client(kube_api: str | None) -> Any:
+def _kube_client(args: argparse.Namespace) -> Any:
+    """kubectl's order: --kube-api, else the kubeconfig (--kubeconfig, $KUBECONFIG,
+    ~/.kube/config; --context), else in-cluster. Without any, the error says which were
+    tried, not only the last."""
     from kubernetes import client
     from kubernetes import config as kube_config
 
-    if kube_api:
+    if args.kube_api:
         configuration = client.Configuration()
-        configuration.host = kube_api
+        configuration.host = args.kube_api
         return client.ApiClient(configuration)
     try:
-        kube_config.load_kube_config()
-    except kube_config.ConfigException:
-        kube_config.load_incluster_config()
+        kube_config.load_kube_config(config_file=args.kubeconfig, context=args.context)
+    except (kube_config.ConfigException, OSError) as kubeconfig_error:
+        if args.kubeconfig or args.context:
+            raise ConnectionError(f"kubeconfig: {kubeconfig_error}") from None
+        try:
+            kube_config.load_incluster_config()
+        except kube_config.ConfigException as incluster_error:
+            raise ConnectionError(
+                f"no kubeconfig ({kubeconfig_error}) and not in a cluster ({incluster_error})"
+            ) from None
     return client.ApiClient()
 
 
@@ -221,9 +239,9 @@ def _check(args: argparse.Namespace) -> int:
     from webhook.tools import check
 
     try:
-        mesh = mesh_config.load(args.config) if args.config else config.MeshConfig()
+        mesh = mesh_config.load(args.config) if args.config else None
         results = check.run(
-            check.kube_reader(_kube_client(args.kube_api)),
+            check.kube_reader(_kube_client(args)),
             mesh,
             check.Target(args.namespace, egress_seconds=args.egress_interval),
         )

@@ -230,14 +230,14 @@ class MeshConfig(_Section):
     @cached_property
     def generation(self) -> str:
         """A short hash of every field: which config is in force (the metrics say it)."""
-        return _digest(self.model_dump(mode="json", by_alias=True))
+        return _digest(self.model_dump(by_alias=True))
 
     @cached_property
     def sidecar_generation(self) -> str:
         """A short hash of the fields that shape an injected pod, recorded in its
         proxy.io/status: pods injected under other values are stale (``check``), and a
         change to which pods are injected or to Events makes none stale."""
-        return _digest(self.model_dump(mode="json", by_alias=True, exclude=_NOT_IN_THE_POD))
+        return _digest(self.model_dump(by_alias=True, exclude=_NOT_IN_THE_POD))
 
 
 _NOT_IN_THE_POD = {
@@ -251,8 +251,21 @@ _NOT_IN_THE_POD = {
 }
 
 
+def _canonical(value: Any) -> Any:
+    """Quantities by their value: "64Mi" read from a file and the default 64 MiB are the
+    same config (their Decimals differ in exponent, so their JSON text differed)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value.normalize())
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    return value
+
+
 def _digest(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    canonical = orjson.dumps(_canonical(fields), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:12]
 
 
 class ConfigError(ValueError):

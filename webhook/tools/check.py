@@ -20,7 +20,7 @@ from cryptography import x509
 from certs.check import due_for_renewal, names_of, signed_by_any
 from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
-from webhook.engine.config import MeshConfig
+from webhook.engine.config import ConfigError, MeshConfig, parse
 from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
 from webhook.engine.selection import NAMESPACE_VALUES, other_mesh
 from webhook.tools import identity, traffic
@@ -72,11 +72,18 @@ class Target:
     webhook_configuration: str = "proxy-injector"
     egress_seconds: float = 5.0
     """How far apart the two reads of declared-only pods' refused-egress counters are."""
+    mesh_config: str = "proxy-injector-mesh"
+    """The ConfigMap the Deployment mounts (key mesh.yaml), read when --config is not given."""
 
 
-def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[Result]:
+def run(reader: Reader, config: MeshConfig | None, target: Target = Target()) -> list[Result]:
+    """``config`` None: the cluster's own mesh config, as the webhook reads it."""
+    results = []
+    if config is None:
+        config, read = _cluster_mesh_config(reader, target)
+        results.append(read)
     webhook = reader.webhook_configuration(target.webhook_configuration)
-    results = [_exists(webhook, target)]
+    results.append(_exists(webhook, target))
     if webhook is not None:
         results += [
             _endpoints(reader, webhook),
@@ -99,6 +106,26 @@ def run(reader: Reader, config: MeshConfig, target: Target = Target()) -> list[R
     if config.mtls.identity != "none":
         results += identity.checks(reader, config, namespaces, target.namespace)
     return results
+
+
+def _cluster_mesh_config(reader: Reader, target: Target) -> tuple[MeshConfig, Result]:
+    """The mesh config in the ConfigMap the webhook mounts; its defaults when there is
+    none or it does not parse (said, since every verdict after depends on it)."""
+    name = "the webhook's mesh config is readable"
+    where = f"ConfigMap {target.namespace}/{target.mesh_config}"
+    found = reader.get(f"/api/v1/namespaces/{target.namespace}/configmaps/{target.mesh_config}")
+    text = ((found or {}).get("data") or {}).get("mesh.yaml")
+    hint = "kubectl apply -k deploy/, or pass the mesh config the webhook runs with as --config"
+    if text is None:
+        missing = "not found" if found is None else "has no mesh.yaml"
+        return MeshConfig(), Result(
+            name, False, f"{where} {missing}: judged with the defaults", hint
+        )
+    try:
+        config = parse(text, where)
+    except ConfigError as exc:
+        return MeshConfig(), Result(name, False, f"{exc}; judged with the defaults", hint)
+    return config, Result(name, True, f"{where}, generation {config.sidecar_generation}")
 
 
 def _exists(webhook: dict[str, Any] | None, target: Target) -> Result:
