@@ -117,6 +117,8 @@ class FakeKube:
         self.endpoints: dict[tuple[str, str], dict[str, Any]] = {}
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.by_path: dict[str, dict[str, Any]] = {}
+        """Any other object, by its API path (apps/v1 workloads, for ``version``)."""
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, list[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
@@ -267,6 +269,8 @@ class FakeKube:
         return str(self.version)
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        if path in self.by_path:
+            return 200, self.by_path[path]
         if (match := SECRET.match(path)) and match.group(2):
             with self.lock:
                 hold = bool(self.barrier) and self.reads_held < self.barrier.parties

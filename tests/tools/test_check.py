@@ -437,3 +437,28 @@ def test_without_config_the_clusters_own_mesh_config_is_judged_with(tmp_path, fa
         "FAIL the webhook's mesh config is readable: ConfigMap proxy-system/proxy-injector-mesh "
         "not found: judged with the defaults"
     ) in result.stdout
+
+
+def test_version_shows_the_clusters_parts_and_the_sidecars_in_use(tmp_path, fake) -> None:
+    from webhook import __version__ as ours
+
+    installation(tmp_path, fake, broken=True)  # one pod injected by defaults, one by another
+    deployment = yaml.safe_load((ROOT / "deploy/base/deployment.yaml").read_text())
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = f"reg.example/pi:{ours}"
+    fake.by_path["/apis/apps/v1/namespaces/proxy-system/deployments/proxy-injector"] = deployment
+    stale = pod("web-7c9d8f-c", None, {"proxy.io/status": '{"version": "0.2.0"}'})
+    fake.pods["shop"].append(stale)
+    result = proxy_injector("version", "--kube-api", fake.url, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "client": ours,
+        "webhook": ours,
+        "cniAgent": None,
+        "signer": None,
+        "sidecars": {"0.2.0": 1, ours: 2},
+    }
+    text = proxy_injector("version", "--kube-api", fake.url).stdout
+    assert "cniAgent: not installed (no proxy-injector-cni)" in text
+    assert f"sidecars: 0.2.0 (1 pods), {ours} (2 pods)" in text
+    unreachable = proxy_injector("version", "--kube-api", "http://127.0.0.1:9")
+    assert (unreachable.returncode, unreachable.stdout) == (3, f"client: {ours}\n")

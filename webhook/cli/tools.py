@@ -186,16 +186,7 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
         type=Path,
         help="mesh config YAML (default: the cluster's own, ConfigMap proxy-injector-mesh)",
     )
-    check.add_argument("--namespace", default="proxy-system", help="where the injector runs")
-    check.add_argument(
-        "--kube-api",
-        default=None,
-        help="a plain-HTTP API URL (kubectl proxy); default: kubeconfig, else in-cluster",
-    )
-    check.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
-    )
-    check.add_argument("--context", help="kubeconfig context (default: its current one)")
+    _cluster_flags(check)
     check.add_argument(
         "--egress-interval",
         type=seconds,
@@ -258,7 +249,53 @@ def _check(args: argparse.Namespace) -> int:
     return OK if all(r.ok for r in results) else FINDING
 
 
+def _cluster_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--namespace", default="proxy-system", help="where the injector runs")
+    command.add_argument(
+        "--kube-api",
+        default=None,
+        help="a plain-HTTP API URL (kubectl proxy); default: kubeconfig, else in-cluster",
+    )
+    command.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    command.add_argument("--context", help="kubeconfig context (default: its current one)")
+
+
+def _version_parser(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "version",
+        help="this client's version, and the cluster's parts and sidecars (like istioctl)",
+        description="Example: proxy-injector version -o json",
+    )
+    command.add_argument(
+        "--client", action="store_true", help="only this client's version (no cluster)"
+    )
+    _cluster_flags(command)
+    command.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="text (default) or json"
+    )
+    command.set_defaults(run=_version)
+
+
+def _version(args: argparse.Namespace) -> int:
+    from webhook import __version__
+    from webhook.tools import check, versions
+
+    found: dict[str, Any] = {"client": __version__}
+    code = OK
+    if not args.client:
+        try:
+            found = versions.report(check.kube_reader(_kube_client(args)), args.namespace)
+        except Exception as exc:
+            print(f"proxy-injector version: cannot read the cluster: {exc}", file=sys.stderr)
+            code = UNREACHABLE
+    sys.stdout.write(versions.as_json(found) if args.output == "json" else versions.text(found))
+    return code
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     _offline_parsers(commands)
     _bootstrap_parser(commands)
     _check_parser(commands)
+    _version_parser(commands)
