@@ -12,6 +12,17 @@ would be denied, a failing check, a pod that is not injected); 2 a usage or inpu
 (a flag, a file, a mesh config); 3 the cluster could not be read."""
 
 
+class Help(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help line ends with its default, unless it says its default already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default in (None, False, [], argparse.SUPPRESS) or action.required
+        if quiet or not action.option_strings or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def fail(command: str, message: str, code: int = INPUT_ERROR) -> NoReturn:
     """One line on stderr naming the command, then exit with ``code``."""
     print(f"proxy-injector {command}: {message}", file=sys.stderr)

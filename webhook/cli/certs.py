@@ -14,17 +14,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Example: proxy-injector certs check --cert tls.crt --ca ca.crt "
         "--name proxy-injector.proxy-system.svc",
     )
-    actions = certs.add_subparsers(dest="action", required=True)
+    actions = certs.add_subparsers(dest="action", required=True, help="create or check")
     create = actions.add_parser("create", help="a CA and a serving certificate for a Service")
-    create.add_argument("--service", required=True)
-    create.add_argument("--namespace", required=True)
-    create.add_argument("--out", type=Path, required=True)
-    create.add_argument("--days", type=int, default=365)
-    create.add_argument("--cluster-domain", default="cluster.local")
+    create.add_argument("--service", required=True, help="the webhook's Service name")
+    create.add_argument("--namespace", required=True, help="the Service's namespace")
+    create.add_argument(
+        "--out", type=Path, required=True, help="folder for ca.crt, tls.crt and tls.key"
+    )
+    create.add_argument("--days", type=int, default=365, help="the certificate's lifetime")
+    create.add_argument(
+        "--cluster-domain", default="cluster.local", help="for the certificate's DNS names"
+    )
     create.set_defaults(run=_certs_create)
     check = actions.add_parser("check", help="is this serving certificate good to use?")
-    check.add_argument("--cert", type=Path, required=True)
-    check.add_argument("--ca", type=Path, required=True)
+    check.add_argument("--cert", type=Path, required=True, help="the serving certificate (PEM)")
+    check.add_argument("--ca", type=Path, required=True, help="the CA bundle that must verify it")
     check.add_argument("--name", help="a name the certificate must be valid for")
     check.set_defaults(run=_certs_check)
 

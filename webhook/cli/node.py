@@ -92,8 +92,15 @@ def _validate_parser(commands: argparse._SubParsersAction) -> None:
         "(exit code 95: not redirected)",
     )
     validate.add_argument("--connect", required=True, help="ADDRESS:PORT the rules redirect")
-    validate.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
-    validate.add_argument("--timeout", type=seconds, default=5.0)
+    validate.add_argument(
+        "--outbound-capture-port",
+        type=int,
+        default=OUTBOUND_PORT,
+        help="where the rules should send the connection (Envoy's outbound listener)",
+    )
+    validate.add_argument(
+        "--timeout", type=seconds, default=5.0, help="seconds to wait for the redirected connection"
+    )
     _add_sds_flags(validate)
     validate.set_defaults(run=_validate_interception)
 
@@ -122,8 +129,15 @@ def _cni_parser(commands: argparse._SubParsersAction) -> None:
     plugin.add_argument(
         "action", choices=["agent", "install"], help="install: the same as agent (older manifests)"
     )
-    plugin.add_argument("--cni-bin-dir", type=Path, default=Path("/opt/cni/bin"))
-    plugin.add_argument("--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"))
+    plugin.add_argument(
+        "--cni-bin-dir", type=Path, default=Path("/opt/cni/bin"), help="the node's CNI plugins"
+    )
+    plugin.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        default=Path("/etc/cni/net.d"),
+        help="the node's CNI network configurations, whose first conflist is chained",
+    )
     plugin.add_argument(
         "--relay",
         type=Path,
@@ -150,11 +164,19 @@ def _cni_parser(commands: argparse._SubParsersAction) -> None:
     )
     plugin.add_argument("--kube-api", help="a plain-HTTP API URL instead of in-cluster config")
     plugin.add_argument("--interval", type=seconds, default=5.0, help="conflist check period")
-    plugin.add_argument("--iptables-backend", choices=["auto", "nft", "legacy"], default="auto")
-    plugin.add_argument("--http-host", default="0.0.0.0")
+    plugin.add_argument(
+        "--iptables-backend",
+        choices=["auto", "nft", "legacy"],
+        default="auto",
+        help="which iptables the node uses (auto: detect)",
+    )
+    plugin.add_argument("--http-host", default="0.0.0.0", help="address of the HTTP port")
     plugin.add_argument("--http-port", type=int, default=9964, help="/healthz, /readyz, /metrics")
     plugin.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least level logged",
     )
     plugin.set_defaults(run=_cni)
 

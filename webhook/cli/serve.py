@@ -35,24 +35,43 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--cert", type=Path, help="serving certificate (PEM)")
     serve.add_argument("--key", type=Path, help="serving key (PEM)")
     serve.add_argument("--config", type=Path, help="mesh config YAML (default: built-in defaults)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8443, help="HTTPS port")
     managed = serve.add_argument_group(
         "--manage-certs",
         "keep the serving certificate in a Secret and its CA in the "
         "MutatingWebhookConfiguration (in-cluster)",
     )
-    managed.add_argument("--manage-certs", action="store_true")
-    managed.add_argument("--service", default="proxy-injector")
+    managed.add_argument(
+        "--manage-certs",
+        action="store_true",
+        help="keep the serving certificate in a Secret and the webhook's caBundle current",
+    )
+    managed.add_argument(
+        "--service", default="proxy-injector", help="the webhook's Service (the certificate's name)"
+    )
     managed.add_argument(
         "--namespace",
         default=None,
         help="default: POD_NAMESPACE, else the service account's namespace",
     )
-    managed.add_argument("--secret", default="proxy-injector-tls")
-    managed.add_argument("--webhook-configuration", default="proxy-injector")
-    managed.add_argument("--cluster-domain", default="cluster.local")
-    managed.add_argument("--renew-check-seconds", type=float, default=3600.0)
+    managed.add_argument(
+        "--secret", default="proxy-injector-tls", help="the Secret holding the certificate"
+    )
+    managed.add_argument(
+        "--webhook-configuration",
+        default="proxy-injector",
+        help="the MutatingWebhookConfiguration whose caBundle is kept current",
+    )
+    managed.add_argument(
+        "--cluster-domain", default="cluster.local", help="for the certificate's DNS names"
+    )
+    managed.add_argument(
+        "--renew-check-seconds",
+        type=float,
+        default=3600.0,
+        help="how often the certificate's renewal window is checked",
+    )
     managed.add_argument(
         "--kube-api",
         default=None,
@@ -76,7 +95,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=0,
         help="also serve /metrics over plain HTTP on this port (default: only on the HTTPS port)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least level logged",
+    )
     defaults = Limits()
     serve.add_argument(
         "--drain-seconds",

@@ -44,14 +44,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=os.environ.get("POD_NAME") or socket.gethostname(),
         help="this replica's name in the Lease (default: POD_NAME, else the host name)",
     )
-    signer.add_argument("--lease-seconds", type=seconds, default=15.0)
-    signer.add_argument("--http-host", default="0.0.0.0")
+    signer.add_argument(
+        "--lease-seconds",
+        type=seconds,
+        default=15.0,
+        help="the leader Lease's duration: how soon another replica takes over",
+    )
+    signer.add_argument("--http-host", default="0.0.0.0", help="address of the HTTP port")
     signer.add_argument("--http-port", type=int, default=9966, help="/healthz, /readyz, /metrics")
     signer.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least level logged",
     )
     signer.set_defaults(run=_run)
-    actions = signer.add_subparsers(dest="action")
+    actions = signer.add_subparsers(dest="action", help="rotate-ca; none: run the signer")
     rotate = actions.add_parser(
         "rotate-ca",
         help="add a new CA to the trust bundle now, issuing from it after --after",

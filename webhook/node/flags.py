@@ -10,15 +10,40 @@ from webhook.node.interception import Interception
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--proxy-uid", type=int, default=PROXY_UID)
-    parser.add_argument("--proxy-gid", type=int, default=PROXY_GID)
-    parser.add_argument("--inbound-capture-port", type=int, default=INBOUND_PORT)
-    parser.add_argument("--outbound-capture-port", type=int, default=OUTBOUND_PORT)
-    parser.add_argument("--include-inbound-ports", default="*")
-    parser.add_argument("--exclude-inbound-ports", default="")
-    parser.add_argument("--exclude-outbound-ports", default="")
-    parser.add_argument("--include-outbound-ip-ranges", default="*")
-    parser.add_argument("--exclude-outbound-ip-ranges", default="")
+    parser.add_argument(
+        "--proxy-uid", type=int, default=PROXY_UID, help="the proxy's UID, whose traffic passes"
+    )
+    parser.add_argument(
+        "--proxy-gid", type=int, default=PROXY_GID, help="the proxy's GID, whose traffic passes"
+    )
+    parser.add_argument(
+        "--inbound-capture-port", type=int, default=INBOUND_PORT, help="Envoy's inbound listener"
+    )
+    parser.add_argument(
+        "--outbound-capture-port",
+        type=int,
+        default=OUTBOUND_PORT,
+        help="Envoy's outbound listener",
+    )
+    parser.add_argument(
+        "--include-inbound-ports",
+        default="*",
+        help="inbound ports redirected (comma-separated, or *)",
+    )
+    parser.add_argument(
+        "--exclude-inbound-ports", default="", help="inbound ports that bypass Envoy"
+    )
+    parser.add_argument(
+        "--exclude-outbound-ports", default="", help="outbound destination ports that bypass Envoy"
+    )
+    parser.add_argument(
+        "--include-outbound-ip-ranges",
+        default="*",
+        help="outbound destinations redirected (CIDRs, or *)",
+    )
+    parser.add_argument(
+        "--exclude-outbound-ip-ranges", default="", help="outbound CIDRs that bypass Envoy"
+    )
 
 
 def from_args(args: argparse.Namespace) -> Interception:
