@@ -3,8 +3,10 @@ checkov clean, and the settings `failurePolicy: Fail` depends on pinned by asser
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from itertools import combinations
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import yaml
 from tests.support import apply, container, object_errors
 from webhook.cli import parser
 from webhook.engine import Outcome, inject
-from webhook.engine.config import MeshConfig, from_mapping
+from webhook.engine.config import MeshConfig, from_mapping, layer_order, parse_layers
 from webhook.server.settings import Limits
 
 ROOT = Path(__file__).parent.parent
@@ -32,6 +34,13 @@ def render(path: Path) -> list[dict]:
 
 BASE = render(DEPLOY)
 CERT_MANAGER = render(DEPLOY / "overlays" / "cert-manager")
+
+
+def mesh_config_of(objects: list[dict]) -> MeshConfig:
+    """The mesh config the rendered ConfigMap gives the webhook: mesh.yaml, then each
+    component's layer, as ``--config=<the mounted directory>`` reads them."""
+    data = one(objects, "ConfigMap")["data"]
+    return parse_layers([(key, data[key]) for key in layer_order(list(data))], "ConfigMap")
 
 
 def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
@@ -117,7 +126,7 @@ def test_the_deployment_runs_a_command_line_that_exists(objects) -> None:
     needed = pre_stop + args.drain_seconds + limits.settle_seconds + limits.shutdown_timeout
     assert needed < pod["terminationGracePeriodSeconds"]
     mounts = {m["mountPath"] for m in webhook["volumeMounts"]}
-    assert Path(args.config).parent.as_posix() in mounts
+    assert Path(args.config).as_posix() in mounts  # the ConfigMap, every layer of it
     if args.manage_certs:
         assert args.certs_dir.as_posix() in mounts
     else:
@@ -314,7 +323,9 @@ def test_the_cni_overlay_adds_one_privileged_daemonset_that_always_starts() -> N
     # Its mesh config is the injector's.
     config = next(v for v in pod["volumes"] if v["name"] == "mesh-config")
     assert config["configMap"]["name"] == "proxy-injector-mesh"
-    assert args.config.as_posix() == f"{mounts['mesh-config']}/mesh.yaml"
+    assert args.config.as_posix() == mounts["mesh-config"]
+    # The component turns CNI interception on: that is what it is for.
+    assert mesh_config_of(objects).interception == "cni"
     role = one(objects, "ClusterRole", "proxy-injector-cni")
     assert role["rules"] == [
         {
@@ -336,13 +347,13 @@ def test_the_cni_overlay_adds_one_privileged_daemonset_that_always_starts() -> N
 
 
 def test_checkov_passes_on_the_cni_overlay_with_every_skip_justified(tmp_path) -> None:
-    settings = (CNI_OVERLAY / "checkov.yaml").read_text()
+    settings = (DEPLOY / "components" / "cni" / "checkov.yaml").read_text()
     for check in yaml.safe_load(settings)["skip-check"]:
         # Each skip sits under a comment that names why.
         above = settings.split(f"  - {check}\n")[0].rstrip().splitlines()
         assert any(line.lstrip().startswith("#") for line in above[-8:]), check
     (tmp_path / "cni.yaml").write_text(yaml.safe_dump_all(render(CNI_OVERLAY)))
-    assert_checkov_passes(CNI_OVERLAY / "checkov.yaml", tmp_path)
+    assert_checkov_passes(DEPLOY / "components" / "cni" / "checkov.yaml", tmp_path)
 
 
 MTLS_OVERLAY = DEPLOY / "overlays" / "mtls"
@@ -354,10 +365,11 @@ def test_the_mtls_overlay_adds_the_signer_locked_down_with_least_privilege() -> 
     objects = render(MTLS_OVERLAY)
     for obj in objects:
         assert object_errors(obj) == []
-    mesh = yaml.safe_load(one(objects, "ConfigMap")["data"]["mesh.yaml"])
-    base = yaml.safe_load(one(BASE, "ConfigMap")["data"]["mesh.yaml"])
-    assert mesh["mtls"]["identity"] == "pod-certificate"
-    assert {**mesh, "mtls": {**mesh["mtls"], "identity": "none"}} == base  # nothing else drifts
+    data = one(objects, "ConfigMap")["data"]
+    assert data["mesh.yaml"] == one(BASE, "ConfigMap")["data"]["mesh.yaml"]  # one base copy
+    mesh = mesh_config_of(objects)
+    assert mesh.mtls.identity == "pod-certificate"
+    assert mesh.model_copy(update={"mtls": MeshConfig().mtls}) == MeshConfig()
     signer = one(objects, "Deployment", "proxy-injector-signer")
     assert signer["spec"]["replicas"] == 2
     pod = signer["spec"]["template"]
@@ -366,7 +378,7 @@ def test_the_mtls_overlay_adds_the_signer_locked_down_with_least_privilege() -> 
     args = parser().parse_args(container_["args"])
     assert (args.command, args.create_ca, args.http_port) == ("signer", True, 9966)
     assert container_["securityContext"]["readOnlyRootFilesystem"] is True
-    assert from_mapping(mesh).mtls.signer_name == "proxy.io/spiffe"
+    assert mesh.mtls.signer_name == "proxy.io/spiffe"
     cluster_role = one(objects, "ClusterRole", "proxy-injector-signer")
     signers = next(r for r in cluster_role["rules"] if r["resources"] == ["signers"])
     assert signers == {
@@ -399,3 +411,51 @@ def test_the_mtls_overlay_adds_the_signer_locked_down_with_least_privilege() -> 
 def test_checkov_passes_on_the_mtls_overlay(tmp_path) -> None:
     (tmp_path / "mtls.yaml").write_text(yaml.safe_dump_all(render(MTLS_OVERLAY)))
     assert_checkov_passes(DEPLOY / "checkov.yaml", tmp_path)
+
+
+COMPONENTS = ("cni", "mtls", "cert-manager")
+COMBINATIONS = [
+    combo for size in range(1, len(COMPONENTS) + 1) for combo in combinations(COMPONENTS, size)
+]
+
+
+def render_with(components: tuple[str, ...], folder: Path) -> list[dict]:
+    """The base with ``components``, as a kustomization of the user's own lists them."""
+    rel = Path(os.path.relpath(DEPLOY, folder))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [str(rel / "base")],
+        "components": [str(rel / "components" / name) for name in components],
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return render(folder)
+
+
+@pytest.mark.parametrize("components", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
+def test_components_combine_in_any_mix_over_one_base(components, tmp_path) -> None:
+    """Each component adds its objects and its layer of the one mesh config; none copies
+    the base or clashes with another (the Namespace once, one ConfigMap)."""
+    objects = render_with(components, tmp_path)
+    for obj in objects:
+        if obj["kind"] not in CERT_MANAGER_KINDS:
+            assert object_errors(obj) == [], (obj["kind"], obj["metadata"]["name"])
+    assert [o["kind"] for o in objects].count("Namespace") == 1
+    mesh = mesh_config_of(objects)
+    assert (mesh.interception == "cni") == ("cni" in components)
+    assert (mesh.mtls.identity == "pod-certificate") == ("mtls" in components)
+    assert any(o["kind"] == "DaemonSet" for o in objects) == ("cni" in components)
+    if "cert-manager" in components:
+        assert one(objects, "Certificate", "proxy-injector-tls")
+    # The webhook and every part that reads the mesh config read the whole directory.
+    for workload in (o for o in objects if o["kind"] in ("Deployment", "DaemonSet")):
+        (main_container,) = workload["spec"]["template"]["spec"]["containers"]
+        assert "--config=/etc/proxy-injector" in main_container["args"], workload["metadata"]
+
+
+def test_checkov_passes_on_every_component_together(tmp_path) -> None:
+    rendered = tmp_path / "rendered"
+    rendered.mkdir()
+    objects = render_with(COMPONENTS, tmp_path)
+    (rendered / "all.yaml").write_text(yaml.safe_dump_all(objects))
+    assert_checkov_passes(DEPLOY / "components" / "cni" / "checkov.yaml", rendered)

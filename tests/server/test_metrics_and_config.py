@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -240,3 +241,39 @@ def test_hostile_configs_are_errors_the_server_lives_through_and_a_valid_one_sti
     assert "not UTF-8 text: byte 0xe9" in reasons[2]
     assert "nested deeper than 32 levels" in reasons[3]
     assert "larger than 1024 KiB" in reasons[4]
+
+
+def test_a_mounted_config_map_is_read_as_the_base_and_each_components_layer(
+    tmp_path, caplog
+) -> None:
+    """--config=<the mounted ConfigMap>: mesh.yaml, then every other *.yaml by name, laid
+    over it; the kubelet swaps the whole set at once (``..data``) and the webhook follows,
+    keeping the old config when a layer is wrong and naming it."""
+    from tests.identity import ProjectedVolume
+    from webhook.common import mesh_config
+    from webhook.server.live_config import LiveConfig
+    from webhook.server.metrics import Metrics
+
+    base = (Path(__file__).parents[2] / "deploy/base/mesh-config.yaml").read_text()
+    base_text = yaml.safe_load(base)["data"]["mesh.yaml"]
+    volume = ProjectedVolume(tmp_path / "mesh")
+    volume.write({"mesh.yaml": base_text.encode(), "cni.yaml": b"interception: cni\n"})
+    loaded = mesh_config.load(volume.root)
+    assert loaded.interception == "cni" and loaded.log_level == "warning"
+    live = LiveConfig(volume.root, loaded, Metrics())
+    volume.write(
+        {
+            "mesh.yaml": base_text.encode(),
+            "cni.yaml": b"interception: cni\n",
+            "mtls.yaml": b"mtls:\n  identity: pod-certificate\n",
+        }
+    )
+    assert live.check() is True
+    assert (live.current.interception, live.current.mtls.identity) == ("cni", "pod-certificate")
+    assert live.current.mtls.trust_domain == "cluster.local"  # merged, not replaced
+    volume.write({"mesh.yaml": base_text.encode(), "mtls.yaml": b"mtls:\n  identty: x\n"})
+    assert live.check() is False
+    assert live.current.interception == "cni"  # the old config stays in force
+    (record,) = [r for r in caplog.records if r.name == "proxy_injector.config"]
+    assert "mtls.identty: unknown field" in record.error
+    assert "mesh.yaml, mtls.yaml" in record.error

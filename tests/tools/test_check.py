@@ -424,8 +424,9 @@ def test_without_config_the_clusters_own_mesh_config_is_judged_with(tmp_path, fa
     """An mTLS install checked with no --config: the mTLS checks run, pods are not all
     stale, as they were when check assumed the defaults."""
     mtls_installation(tmp_path, fake, POD_CERTIFICATES)
-    shipped = yaml.safe_load((ROOT / "deploy/overlays/mtls/mesh-config.yaml").read_text())
-    shipped["metadata"]["namespace"] = "proxy-system"
+    # As deploy/components/mtls renders it: the base's mesh.yaml and the component's layer.
+    shipped = yaml.safe_load((ROOT / "deploy/base/mesh-config.yaml").read_text())
+    shipped["data"]["mtls.yaml"] = "mtls:\n  identity: pod-certificate\n"
     fake.config_maps[("proxy-system", "proxy-injector-mesh")] = shipped
     result = check(fake)
     assert "ok   the webhook's mesh config is readable" in result.stdout

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from webhook.common.inputs import utf8
-from webhook.engine.config import MAX_BYTES, ConfigError, MeshConfig, parse
+from webhook.engine.config import (
+    MAX_BYTES,
+    ConfigError,
+    MeshConfig,
+    layer_order,
+    parse,
+    parse_layers,
+)
 
 
 def _read(path: str | Path) -> str:
@@ -22,5 +29,22 @@ def _read(path: str | Path) -> str:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def files(path: str | Path) -> list[Path]:
+    """The files a mesh config path stands for: itself, or for a directory (a mounted
+    ConfigMap) its mesh.yaml and then each other ``*.yaml``, in the order they apply."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [folder]
+    names = layer_order([item.name for item in folder.iterdir() if item.is_file()])
+    if not names:
+        raise ConfigError(f"{folder}: no *.yaml file: not a mesh config directory")
+    return [folder / name for name in names]
+
+
 def load(path: str | Path) -> MeshConfig:
-    return parse(_read(path), str(path))
+    """A file, or a directory of layers: mesh.yaml, then each component's fragment."""
+    found = files(path)
+    if found == [Path(path)]:
+        return parse(_read(path), str(path))
+    source = f"{path} ({', '.join(f.name for f in found)})"
+    return parse_layers([(f.name, _read(f)) for f in found], source)

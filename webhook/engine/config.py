@@ -327,10 +327,49 @@ class _PlainYaml(yaml.SafeLoader):
             self.depth -= 1
 
 
-def parse(text: str, source: str = "mesh config") -> MeshConfig:
-    """A mesh config from its YAML text; ConfigError naming ``source`` and the field."""
+def _yaml(text: str, source: str) -> object:
     try:
-        data = yaml.load(text, Loader=_PlainYaml)
+        return yaml.load(text, Loader=_PlainYaml)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+
+
+def parse(text: str, source: str = "mesh config") -> MeshConfig:
+    """A mesh config from its YAML text; ConfigError naming ``source`` and the field."""
+    return from_mapping(_yaml(text, source), source)
+
+
+def _merged(into: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``into``: mappings merged key by key, anything else replaced."""
+    result = dict(into)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def parse_layers(texts: list[tuple[str, str]], source: str) -> MeshConfig:
+    """A mesh config from several YAML texts, (name, text) in order, each laid over the
+    ones before (the base, then each kustomize component's fragment): the fields a
+    fragment sets replace the base's, mappings merged key by key."""
+    data: dict[str, Any] = {}
+    for name, text in texts:
+        layer = _yaml(text, f"{source}: {name}")
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{source}: {name}: expected a mapping at the top level")
+        data = _merged(data, layer)
     return from_mapping(data, source)
+
+
+def layer_order(names: list[str]) -> list[str]:
+    """The files of a mesh config directory in the order they apply: mesh.yaml, the base,
+    first, then every other ``*.yaml`` by name."""
+    found = [n for n in names if n.endswith(".yaml") and not n.startswith(".")]
+    return sorted(found, key=lambda name: (name != BASE_FILE, name))
+
+
+BASE_FILE = "mesh.yaml"

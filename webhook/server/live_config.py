@@ -21,12 +21,20 @@ from webhook.server.metrics import Metrics
 log = logging.getLogger("proxy_injector.config")
 
 
-def _fingerprint(path: Path) -> tuple[str, int, int]:
+def _file_fingerprint(path: Path) -> tuple[str, int, int]:
     try:
         info = os.stat(path)
         return os.path.realpath(path), info.st_mtime_ns, info.st_size
     except OSError:
         return str(path), -1, -1
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Of the file, or of every layer file of a directory (files added or removed too)."""
+    try:
+        return tuple(_file_fingerprint(item) for item in mesh_config.files(path))
+    except (OSError, config.ConfigError):
+        return ((str(path), -1, -1),)
 
 
 class LiveConfig:

@@ -20,7 +20,7 @@ from cryptography import x509
 from certs.check import due_for_renewal, names_of, signed_by_any
 from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
-from webhook.engine.config import ConfigError, MeshConfig, parse
+from webhook.engine.config import BASE_FILE, ConfigError, MeshConfig, layer_order, parse_layers
 from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
 from webhook.engine.selection import NAMESPACE_VALUES, other_mesh
 from webhook.tools import identity, traffic
@@ -114,17 +114,19 @@ def _cluster_mesh_config(reader: Reader, target: Target) -> tuple[MeshConfig, Re
     name = "the webhook's mesh config is readable"
     where = f"ConfigMap {target.namespace}/{target.mesh_config}"
     found = reader.get(f"/api/v1/namespaces/{target.namespace}/configmaps/{target.mesh_config}")
-    text = ((found or {}).get("data") or {}).get("mesh.yaml")
+    data = (found or {}).get("data") or {}
     hint = "kubectl apply -k deploy/, or pass the mesh config the webhook runs with as --config"
-    if text is None:
-        missing = "not found" if found is None else "has no mesh.yaml"
+    if BASE_FILE not in data:
+        missing = "not found" if found is None else f"has no {BASE_FILE}"
         return MeshConfig(), Result(
             name, False, f"{where} {missing}: judged with the defaults", hint
         )
+    layers = [(key, data[key]) for key in layer_order(list(data))]
     try:
-        config = parse(text, where)
+        config = parse_layers(layers, where)
     except ConfigError as exc:
         return MeshConfig(), Result(name, False, f"{exc}; judged with the defaults", hint)
+    where += f" ({', '.join(key for key, _ in layers)})"
     return config, Result(name, True, f"{where}, generation {config.sidecar_generation}")
 
 
