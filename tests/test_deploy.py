@@ -71,6 +71,7 @@ def test_base_installs_everything_in_proxy_system() -> None:
             "ClusterRole",  # Events
             "ClusterRoleBinding",
             "ConfigMap",
+            "ResourceQuota",
             "Deployment",
             "PodDisruptionBudget",
             "Service",
@@ -95,7 +96,15 @@ def test_the_webhook_pod_is_locked_down_and_highly_available() -> None:
     assert spec["template"]["metadata"]["labels"]["proxy.io/inject"] == "false"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    # Spread across zones and nodes; scheduled (and kept) before ordinary workloads, in a
+    # namespace whose quota admits the critical class where a cluster reserves it.
+    assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    ]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    quota = one(BASE, "ResourceQuota")["spec"]["scopeSelector"]["matchExpressions"][0]
+    assert "system-cluster-critical" in quota["values"]
     (webhook,) = pod["containers"]
     assert webhook["securityContext"] == {
         "allowPrivilegeEscalation": False,
@@ -413,7 +422,7 @@ def test_checkov_passes_on_the_mtls_overlay(tmp_path) -> None:
     assert_checkov_passes(DEPLOY / "checkov.yaml", tmp_path)
 
 
-COMPONENTS = ("cni", "mtls", "cert-manager")
+COMPONENTS = ("cni", "mtls", "cert-manager", "autoscaling")
 COMBINATIONS = [
     combo for size in range(1, len(COMPONENTS) + 1) for combo in combinations(COMPONENTS, size)
 ]
@@ -447,6 +456,11 @@ def test_components_combine_in_any_mix_over_one_base(components, tmp_path) -> No
     assert any(o["kind"] == "DaemonSet" for o in objects) == ("cni" in components)
     if "cert-manager" in components:
         assert one(objects, "Certificate", "proxy-injector-tls")
+    webhook = one(objects, "Deployment", "proxy-injector")["spec"]
+    assert ("replicas" in webhook) == ("autoscaling" not in components)
+    if "autoscaling" in components:
+        hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
+        assert (hpa["minReplicas"], hpa["scaleTargetRef"]["name"]) == (2, "proxy-injector")
     # The webhook and every part that reads the mesh config read the whole directory.
     for workload in (o for o in objects if o["kind"] in ("Deployment", "DaemonSet")):
         (main_container,) = workload["spec"]["template"]["spec"]["containers"]
