@@ -310,21 +310,15 @@ class FakeKube:
 
     def _get_listed(self, path: str) -> tuple[int, dict[str, Any]]:
         with self.lock:
-            if match := CONFIG_MAP.match(path):
-                found = self.config_maps.get((match.group(1), match.group(2)))
-                if found is None:
-                    return 404, status(404, "NotFound", path)
-                return 200, found
-            if match := SERVICE.match(path):
-                found = self.services.get((match.group(1), match.group(2)))
-                if found is None:
-                    return 404, status(404, "NotFound", path)
-                return 200, found
-            if match := ENDPOINTS.match(path):
-                found = self.endpoints.get((match.group(1), match.group(2)))
-                if found is None:
-                    return 404, status(404, "NotFound", path)
-                return 200, found
+            # Namespaced objects kept by (namespace, name): one lookup each.
+            for pattern, kept in (
+                (CONFIG_MAP, self.config_maps),
+                (SERVICE, self.services),
+                (ENDPOINTS, self.endpoints),
+            ):
+                if match := pattern.match(path):
+                    found = kept.get((match.group(1), match.group(2)))
+                    return (200, found) if found else (404, status(404, "NotFound", path))
             if match := POD.match(path):
                 named = [p for p in self.pods.get(match.group(1), []) if _name(p) == match.group(2)]
                 if not named:
