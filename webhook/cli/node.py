@@ -156,7 +156,9 @@ def _cni_parser(commands: argparse._SubParsersAction) -> None:
         default=Path("/var/log/proxy-injector-cni.log"),
         help="where the relay says it passed a pod through because the agent was away",
     )
-    plugin.add_argument("--config", type=Path, help="mesh config YAML (its cni section)")
+    plugin.add_argument(
+        "--config", type=Path, help="mesh config YAML, or a directory of layers (its cni section)"
+    )
     plugin.add_argument(
         "--node-name",
         default=os.environ.get("NODE_NAME"),

@@ -34,7 +34,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--cert", type=Path, help="serving certificate (PEM)")
     serve.add_argument("--key", type=Path, help="serving key (PEM)")
-    serve.add_argument("--config", type=Path, help="mesh config YAML (default: built-in defaults)")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        help="mesh config YAML, or a directory of layers: mesh.yaml, then every other "
+        "*.yaml (default: built-in defaults)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8443, help="HTTPS port")
     managed = serve.add_argument_group(

@@ -16,7 +16,9 @@ from webhook.engine import config
 
 
 def _common(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--config", type=Path, help="mesh config YAML (its mtls section)")
+    command.add_argument(
+        "--config", type=Path, help="mesh config YAML, or a directory of layers (its mtls section)"
+    )
     command.add_argument("--kube-api", help="a plain-HTTP API URL instead of in-cluster config")
     command.add_argument(
         "--namespace",

@@ -30,7 +30,9 @@ def _offline_parsers(commands: argparse._SubParsersAction) -> None:
             name, help=help_text, description=f"Example: proxy-injector {name} -f deploy.yaml"
         )
         command.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or -")
-        command.add_argument("--config", type=Path, help="mesh config YAML")
+        command.add_argument(
+            "--config", type=Path, help="mesh config YAML, or a directory of layers"
+        )
         command.add_argument("--namespace", help="default: each object's, else default")
         command.add_argument(
             "--all-kinds",
@@ -73,7 +75,7 @@ def _bootstrap_parser(commands: argparse._SubParsersAction) -> None:
         description="Example: kubectl get pod web-0 -o yaml | proxy-injector bootstrap -f -",
     )
     command.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or -")
-    command.add_argument("--config", type=Path, help="mesh config YAML")
+    command.add_argument("--config", type=Path, help="mesh config YAML, or a directory of layers")
     command.add_argument("--namespace", help="default: the object's, else default")
     command.add_argument(
         "--name", help="the pod or workload of that name (default: the first in the file)"

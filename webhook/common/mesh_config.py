@@ -43,8 +43,8 @@ def files(path: str | Path) -> list[Path]:
 
 def load(path: str | Path) -> MeshConfig:
     """A file, or a directory of layers: mesh.yaml, then each component's fragment."""
-    found = files(path)
-    if found == [Path(path)]:
+    if not Path(path).is_dir():
         return parse(_read(path), str(path))
+    found = files(path)
     source = f"{path} ({', '.join(f.name for f in found)})"
     return parse_layers([(f.name, _read(f)) for f in found], source)

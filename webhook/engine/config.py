@@ -83,8 +83,9 @@ class NodeShm(_Section):
 
 
 class UpstreamPolicy(_Section):
-    """How the sidecar talks to each dependency declared in proxy.io/upstreams; each
-    field but the ejection ones can be set per upstream by a proxy.io/upstream-* annotation."""
+    """How the sidecar talks to each dependency declared in proxy.io/upstreams. The request
+    timeout, per-try timeout, retry count and the three connection and request limits can
+    be set per upstream by a proxy.io/upstream-* annotation; the rest is mesh-wide."""
 
     connect_timeout: Duration = 1.0
     request_timeout: Duration = 60.0

@@ -55,7 +55,7 @@ status annotations. Such a pod is skipped: Istio's proxy holds the ports ours ne
 (15000-15090), and two init containers would rewrite the same iptables."""
 
 
-def _container_names(spec: dict[str, Any]) -> set[str]:
+def container_names(spec: dict[str, Any]) -> set[str]:
     return {
         str(container.get("name"))
         for key in ("containers", "initContainers")
@@ -103,7 +103,7 @@ def decide(
         return Decision(Reason.WINDOWS, "spec.os.name or nodeSelector kubernetes.io/os=windows")
     if STATUS_KEY in annotations:
         return Decision(Reason.ALREADY_INJECTED, f"annotation {STATUS_KEY}")
-    names = _container_names(spec)
+    names = container_names(spec)
     other = other_mesh(annotations, names)
     if other is not None:
         return Decision(

@@ -31,7 +31,7 @@ class AppPort:
     protocol: str = TCP
     tcp_fallback: bool = False
     """Auto mode: 127.0.0.1:number whenever nothing listens on the socket."""
-    opaque: bool = False
+    tcp_hinted: bool = False
     """Hinted as TCP (proxy.io/tcp-ports, or named tcp or tcp-*): its clients may wait
     for the server to speak first, so its connections are never held to sniff them
     where the mTLS mode does not need it."""
@@ -107,7 +107,7 @@ class _Planner:
             return HTTP
         return TCP
 
-    def opaque(self, port: Port, protocol: str) -> bool:
+    def tcp_hinted(self, port: Port, protocol: str) -> bool:
         named = {port.number, port.name} & self.tcp_refs
         self.matched.update(named)
         if named and protocol != TCP:
@@ -168,7 +168,7 @@ class _Planner:
             socket,
             protocol,
             tcp_fallback=bool(socket) and self.mode == "auto",
-            opaque=self.opaque(port, protocol),
+            tcp_hinted=self.tcp_hinted(port, protocol),
         )
         if app_port.socket:
             self.by_path[app_port.socket] = app_port

@@ -317,7 +317,7 @@ class Plan:
                     "protocol": port.protocol,
                     "socket": port.socket,
                     "tcpFallback": port.tcp_fallback,
-                    "tcpHint": port.opaque,
+                    "tcpHint": port.tcp_hinted,
                 }
                 for port in self.ports.ports
             ],

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from webhook.engine.annotations import Overrides
+from webhook.engine.annotations import ANNOTATIONS, Overrides
 from webhook.engine.config import UpstreamPolicy
 
 if TYPE_CHECKING:
@@ -33,20 +33,17 @@ class Policy:
     max_requests: int
 
 
-# Each per-upstream annotation, the Overrides field it is read into, and the Policy field
-# it overrides: one row each, so parsing, checking and the plan stay in step.
-PER_UPSTREAM: tuple[tuple[str, str, str], ...] = (
-    ("proxy.io/upstream-timeouts", "upstream_timeouts", "request_timeout"),
-    ("proxy.io/upstream-per-try-timeouts", "upstream_per_try_timeouts", "per_try_timeout"),
-    ("proxy.io/upstream-retries", "upstream_retries", "retries"),
-    ("proxy.io/upstream-max-connections", "upstream_max_connections", "max_connections"),
-    (
-        "proxy.io/upstream-max-pending-requests",
-        "upstream_max_pending_requests",
-        "max_pending_requests",
-    ),
-    ("proxy.io/upstream-max-requests", "upstream_max_requests", "max_requests"),
+PER_UPSTREAM: tuple[tuple[str, str], ...] = (
+    ("upstream_timeouts", "request_timeout"),
+    ("upstream_per_try_timeouts", "per_try_timeout"),
+    ("upstream_retries", "retries"),
+    ("upstream_max_connections", "max_connections"),
+    ("upstream_max_pending_requests", "max_pending_requests"),
+    ("upstream_max_requests", "max_requests"),
 )
+"""Each per-upstream annotation (its Overrides field; its key is the annotation table's)
+and the Policy field it overrides."""
+_KEYS = {annotation.attr: annotation.key for annotation in ANNOTATIONS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +96,7 @@ def _names(host: str, namespace: str, cluster_domain: str) -> list[str]:
 @lru_cache(maxsize=8)
 def mesh_policy(policy: UpstreamPolicy) -> Policy:
     """The mesh config's values of every field an annotation can override."""
-    return Policy(**{field: getattr(policy, field) for _, _, field in PER_UPSTREAM})
+    return Policy(**{field: getattr(policy, field) for _, field in PER_UPSTREAM})
 
 
 def _policies(
@@ -109,11 +106,12 @@ def _policies(
     no declared upstream."""
     changed: dict[tuple[str, int], dict[str, object]] = {}
     errors = []
-    for key, attr, policy_field in PER_UPSTREAM:
+    for attr, policy_field in PER_UPSTREAM:
         for target, value in getattr(overrides, attr) or ():
             if target not in declared:
                 errors.append(
-                    f"annotation {key}: {target[0]}:{target[1]} is not in proxy.io/upstreams"
+                    f"annotation {_KEYS[attr]}: {target[0]}:{target[1]} is not in "
+                    "proxy.io/upstreams"
                 )
                 continue
             changed.setdefault(target, {})[policy_field] = value
@@ -121,14 +119,19 @@ def _policies(
     return policies, errors
 
 
+def by_port(upstreams: Iterable[Upstream]) -> dict[int, list[Upstream]]:
+    """The upstreams on each port, ports in order."""
+    ports: dict[int, list[Upstream]] = {}
+    for upstream in upstreams:
+        ports.setdefault(upstream.port, []).append(upstream)
+    return dict(sorted(ports.items()))
+
+
 def _port_clashes(upstreams: Iterable[Upstream]) -> list[str]:
     """A TCP upstream is known only by the port the app connects to: it must have the port
     to itself (the address, a ClusterIP, is not known at admission)."""
-    by_port: dict[int, list[Upstream]] = {}
-    for upstream in upstreams:
-        by_port.setdefault(upstream.port, []).append(upstream)
     errors = []
-    for port, sharing in by_port.items():
+    for port, sharing in by_port(upstreams).items():
         tcp = [u for u in sharing if u.is_tcp]
         if tcp and len(sharing) > 1:
             others = ", ".join(u.name for u in sharing if u is not tcp[0])

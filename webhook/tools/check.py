@@ -22,7 +22,7 @@ from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import BASE_FILE, ConfigError, MeshConfig, layer_order, parse_layers
 from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
-from webhook.engine.selection import NAMESPACE_VALUES, other_mesh
+from webhook.engine.selection import NAMESPACE_VALUES, container_names, other_mesh
 from webhook.tools import identity, traffic
 from webhook.tools.reading import Reader, Result, injection_status
 
@@ -324,13 +324,7 @@ def _two_meshes(injected: list[tuple[str, dict[str, Any]]]) -> Result:
     items = []
     for ns, pod in injected:
         metadata = pod.get("metadata") or {}
-        spec = pod.get("spec") or {}
-        names = {
-            str(c.get("name"))
-            for key in ("containers", "initContainers")
-            for c in spec.get(key) or []
-            if isinstance(c, dict)
-        }
+        names = container_names(pod.get("spec") or {})
         other = other_mesh(metadata.get("annotations") or {}, names)
         if other:
             items.append(f"{ns}/{metadata.get('name')}: ours and {other}")

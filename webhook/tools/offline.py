@@ -19,6 +19,7 @@ import yaml
 from webhook import engine
 from webhook.common.inputs import nests_deeper, utf8
 from webhook.engine import annotations as annotation_table
+from webhook.engine.bootstrap.outbound import SNIFF_TIMEOUT
 from webhook.engine.config import MeshConfig
 from webhook.engine.pod import InvalidPod, mapping, string_map
 from webhook.tools.workloads import Template, named, templates, unknown_kind
@@ -316,8 +317,9 @@ def plan_lines(summary: dict[str, Any]) -> list[str]:
 
 
 SNIFFED = (
-    "sniffed for HTTP (at most 0.1 s); anything else goes to the address called, as "
-    "undeclared traffic does: give /tcp to mesh a database or a server-first protocol"
+    f"sniffed for HTTP (at most {SNIFF_TIMEOUT.removesuffix('s')} s); anything else goes to "
+    "the address called, as undeclared traffic does: give /tcp to mesh a database or a "
+    "server-first protocol"
 )
 
 

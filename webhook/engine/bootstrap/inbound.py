@@ -208,13 +208,13 @@ def unsniffed(ports: Iterable[AppPort], plan: PodMtls | None) -> list[int]:
     where plaintext is refused anyway (their one chain is TLS)."""
     if plan is None or not plan.refuses_plaintext:
         return []
-    return [p.number for p in ports if p.opaque]
+    return [p.number for p in ports if p.tcp_hinted]
 
 
 def _chains(port: AppPort, plan: PodMtls | None) -> list[Json]:
     if plan is None:
         return [_plaintext_chain(port, refused=False)]
-    if port.opaque and plan.refuses_plaintext:
+    if port.tcp_hinted and plan.refuses_plaintext:
         return [_mtls_chain(port, plan, sniffed=False)]
     return [_mtls_chain(port, plan), _plaintext_chain(port, refused=plan.refuses_plaintext)]
 

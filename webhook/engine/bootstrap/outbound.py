@@ -29,7 +29,7 @@ from webhook.engine.bootstrap.objects import (
 )
 from webhook.engine.config import UpstreamPolicy
 from webhook.engine.names import OUTBOUND_PORT
-from webhook.engine.upstreams import GRPC, Upstream
+from webhook.engine.upstreams import GRPC, Upstream, by_port
 
 PASSTHROUGH = "outbound|passthrough"
 FORWARD_PROXY = "outbound|forward-proxy"
@@ -294,13 +294,6 @@ def _port_chains(
         match["application_protocols"] = HTTP_PROTOCOLS
     hcm = _http_manager(f"outbound_{port}", upstreams, policy, default, "%DOWNSTREAM_LOCAL_PORT%")
     return [chain(hcm, match=match)]
-
-
-def by_port(upstreams: Iterable[Upstream]) -> dict[int, list[Upstream]]:
-    ports: dict[int, list[Upstream]] = {}
-    for upstream in upstreams:
-        ports.setdefault(upstream.port, []).append(upstream)
-    return dict(sorted(ports.items()))
 
 
 def _refused_chain() -> Json:
