@@ -63,8 +63,15 @@ def container_names(spec: dict[str, Any]) -> set[str]:
     }
 
 
+_ANY_CONTAINER = frozenset().union(*(containers for _, containers, _ in OTHER_MESHES))
+_ANY_KEY = tuple(key for _, _, keys in OTHER_MESHES for key in keys)
+
+
 def other_mesh(annotations: Mapping[str, str], names: set[str]) -> str | None:
-    """What of another mesh the pod carries, for people (``check`` and the warning)."""
+    """What of another mesh the pod carries, for people (``check`` and the warning). On
+    every admission: the common answer, nothing, is found without building one."""
+    if names.isdisjoint(_ANY_CONTAINER) and not any(key in annotations for key in _ANY_KEY):
+        return None
     for mesh, containers, keys in OTHER_MESHES:
         found = sorted(names & containers) + sorted(k for k in keys if k in annotations)
         if found:
