@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.fake_kube import FakeKube
+from tests.identity import ProjectedVolume
 from tests.netns import ipv6_available
 from tests.processes import free_port, stop, wait_for
 from tests.support import apply
@@ -146,6 +149,9 @@ class SimulatedNode:
         self.sandboxes: list[Sandbox] = []
         self.agent: subprocess.Popen | None = None
         self.agent_runs = 0
+        self.mesh_volume = ProjectedVolume(self.folder / "mesh-config")
+        """The agent's mesh config as the DaemonSet mounts it; one writer for the node's
+        life, so its stamps stay distinct across agent restarts."""
         self.http_port = free_port()
         self._ip("netns", "add", self.netns)
         self.api: FakeKube | None = None
@@ -209,8 +215,16 @@ class SimulatedNode:
 
     def start_agent(self, mesh: dict[str, Any] | None = None) -> subprocess.Popen:
         assert self.api is not None
-        config = self.folder / "mesh.yaml"
-        config.write_text(json.dumps(mesh or {}))
+        # As the DaemonSet mounts it: the ConfigMap as a directory the kubelet keeps (its
+        # ..data swapped at once), the base, components/cni's layer, and the test's own.
+        base = yaml.safe_load((ROOT / "deploy" / "base" / "mesh-config.yaml").read_text())
+        self.mesh_volume.write(
+            {
+                "mesh.yaml": base["data"]["mesh.yaml"].encode(),
+                "cni.yaml": b"interception: cni\n",
+                "test.yaml": json.dumps(mesh or {}).encode(),
+            }
+        )
         self.agent_runs += 1
         log = (self.folder / f"agent-{self.agent_runs}.log").open("w")
         self.agent = subprocess.Popen(
@@ -221,7 +235,7 @@ class SimulatedNode:
                 "--relay", str(relay_binary()),
                 "--socket", str(self.socket),
                 "--log-file", str(self.log_file),
-                "--config", str(config),
+                "--config", str(self.mesh_volume.root),
                 "--node-name", NODE_NAME,
                 "--kube-api", self.api.url,
                 "--interval", "0.2",
