@@ -256,15 +256,58 @@ class Client:
                 connection.close()
 
 
-def test_sigterm_drains_without_losing_a_request(tmp_path) -> None:
+@dataclass
+class Arrivals:
+    """A client that opens a new connection for every review, as an API server does when
+    its kept-alive connection was closed: connecting is refused once the listener is
+    closed (it stops after a few refusals); a connection made and then reset, or a review
+    written and never answered, is lost."""
+
+    server: Served
+    body: bytes
+    answered: int = 0
+    refused: int = 0
+    lost: list[str] = field(default_factory=list)
+
+    def run(self, deadline: float) -> None:
+        request = (
+            b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(self.body)
+        ) + self.body
+        context = self.server.context()
+        while time.monotonic() < deadline and self.refused < 3:
+            try:
+                raw = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
+            except OSError:
+                self.refused += 1
+                continue
+            try:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(request)
+                    answer = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+                    answer.begin()
+                    allowed = json.loads(answer.read())["response"]["allowed"]
+                    self.answered += answer.status == 200 and allowed
+            except (OSError, http.client.HTTPException) as exc:
+                self.lost.append(repr(exc))
+
+
+def test_sigterm_drains_without_losing_a_request_or_resetting_a_connection(tmp_path) -> None:
+    """8 keep-alive clients and 8 opening a connection per review, through SIGTERM: every
+    review written is answered, and no connection the server's kernel completed is reset
+    when the listener closes (its queue is taken, new handshakes refused first)."""
     with served(tmp_path, "--drain-seconds", "2") as server:
         body = json.dumps(review(WEB)).encode()
         clients = [Client(server, body) for _ in range(8)]
-        threads = [threading.Thread(target=c.run, args=(time.monotonic() + 30,)) for c in clients]
+        arrivals = [Arrivals(server, body) for _ in range(8)]
+        deadline = time.monotonic() + 30
+        threads = [threading.Thread(target=c.run, args=(deadline,)) for c in clients + arrivals]
         for thread in threads:
             thread.start()
-        wait_for(lambda: all(c.answered for c in clients), 20, "every client to be answered")
-        before = sum(c.answered for c in clients)
+        wait_for(
+            lambda: all(c.answered for c in [*clients, *arrivals]), 20, "every client answered"
+        )
+        before = sum(c.answered for c in [*clients, *arrivals])
         server.process.send_signal(signal.SIGTERM)
         readyz = server.connection()
         assert status(readyz, "GET", "/readyz")[0] == 503
@@ -272,13 +315,15 @@ def test_sigterm_drains_without_losing_a_request(tmp_path) -> None:
             thread.join(timeout=40)
         assert not any(thread.is_alive() for thread in threads)
         assert server.process.wait(timeout=30) == 0
-    lost = [loss for c in clients for loss in c.lost]
+    lost = [loss for c in [*clients, *arrivals] for loss in c.lost]
     assert not lost, lost
     assert all(c.refused for c in clients), "clients were not refused after the drain"
-    assert sum(c.answered for c in clients) > before, "nothing was answered during the drain"
+    assert all(a.refused for a in arrivals), "new connections were not refused after the drain"
+    assert sum(c.answered for c in [*clients, *arrivals]) > before, "none answered in the drain"
     assert all(c.closes for c in clients), "drain responses did not close connections"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    assert '"msg":"listener closed"' in server.log.read_text()
 
 
 def rss_kib(pid: int) -> int:

@@ -6,7 +6,7 @@ fails to load leaves the current one in service.
 
 The connections are guarded: a TLS handshake must finish within a time limit and only so
 many connections are held at once, those still in their handshake dropped first
-(``TlsListener``, ``Connections``); headers must arrive within a time limit and stay within
+(``listener``); headers must arrive within a time limit and stay within
 a size (``GuardedProtocol``), so slow, idle or oversized clients cannot hold the server.
 Shutdown drains (``DrainingServer``): the API server does not retry a POST it has written,
 so no request written to us may go unanswered.
@@ -15,19 +15,16 @@ so no request written to us may go unanswered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import logging
 import os
-import resource
 import signal
 import socket
 import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,6 +33,13 @@ import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from webhook.server.listener import (
+    Connections,
+    Refusals,
+    TlsListener,
+    listening_socket,
+    raise_open_files_limit,
+)
 from webhook.server.settings import Lifecycle, Limits
 
 log = logging.getLogger("proxy_injector.tls")
@@ -96,39 +100,10 @@ class CertificateReloader:
             self.check()
 
 
-@dataclass
-class _Throttled:
-    """Refusals of one kind, logged at most once a second with how many there were."""
-
-    message: str
-    count: int = 0
-    logged_at: float = 0.0
-
-    def add(self, **extra: int) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.logged_at >= 1.0:
-            log.warning(self.message, extra={**extra, "refused": self.count})
-            self.logged_at, self.count = now, 0
-
-
-class _Refusals:
-    """Connections refused over the limit, and requests whose headers are too large."""
-
-    def __init__(self) -> None:
-        self.connections = _Throttled("connection limit reached, closing new connections")
-        self.headers = _Throttled("request headers too large, answered 431")
-
-    def add(self, limit: int) -> None:
-        self.connections.add(max_connections=limit)
-
-    def too_large(self, limits: Limits) -> None:
-        self.headers.add(
-            max_header_bytes=limits.max_header_bytes, max_header_fields=limits.max_header_fields
-        )
-
-
 LINGER_SECONDS = 1.0
+HANDSHAKE_GRACE = 0.5
+"""Seconds between refusing new TCP handshakes and closing the listener: one under way
+completes in a round trip (only one whose SYN-ACK is lost, resent after 1 s, is left)."""
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
@@ -156,118 +131,13 @@ def server_context(cert: Path, key: str | Path) -> ssl.SSLContext:
     return context
 
 
-def raise_open_files_limit() -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit: many runtimes start processes at 1024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = int(Path("/proc/sys/fs/nr_open").read_text())
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.info("open files limit raised", extra={"from": soft, "to": hard})
-
-
-class Connections:
-    """Every connection from its accept on. At the limit, a new one takes the place of the
-    oldest still in its TLS handshake (a flood of half-open handshakes cannot keep out a
-    client that completes its own), or is refused when all are established."""
-
-    def __init__(self, limits: Limits, refusals: _Refusals) -> None:
-        self.limits, self.refusals = limits, refusals
-        self.handshaking: dict[socket.socket, None] = {}
-        """In the order they arrived (dicts keep it)."""
-        self.established: set[Any] = set()
-        """uvicorn's own set of HTTP connections (its server state's)."""
-
-    def admit(self, conn: socket.socket) -> bool:
-        if len(self.handshaking) + len(self.established) >= self.limits.max_connections:
-            if not self.handshaking:
-                self.refusals.add(self.limits.max_connections)
-                return False
-            oldest = next(iter(self.handshaking))
-            self.forget(oldest)
-            with contextlib.suppress(OSError):
-                oldest.shutdown(socket.SHUT_RDWR)  # its handshake fails, and it is closed
-        self.handshaking[conn] = None
-        return True
-
-    def forget(self, conn: socket.socket) -> None:
-        self.handshaking.pop(conn, None)
-
-
-class TlsListener:
-    """The listening socket, owned here rather than by uvicorn: each accepted connection
-    does its TLS handshake within ``handshake_timeout``, counted against the connection
-    limit, before the HTTP protocol sees it. uvicorn closes it as one of its servers."""
-
-    def __init__(
-        self,
-        listener: socket.socket,
-        make_http: Callable[[], asyncio.Protocol],
-        context: ssl.SSLContext,
-        connections: Connections,
-    ) -> None:
-        self.listener, self.make_http = listener, make_http
-        self.context, self.connections = context, connections
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.accepting: asyncio.Task[None] | None = None
-        self.failures = _Throttled("accept failed, connections wait in the backlog")
-
-    def start(self) -> None:
-        self.accepting = asyncio.get_running_loop().create_task(self._accept())
-
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(self.listener)
-            except OSError as exc:
-                self.failures.add(errno=exc.errno or 0)  # out of file descriptors, say
-                await asyncio.sleep(0.1)
-                continue
-            if not self.connections.admit(conn):
-                conn.close()
-                continue
-            task = loop.create_task(self._handshake(conn))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _handshake(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(
-                self.make_http,
-                conn,
-                ssl=self.context,
-                ssl_handshake_timeout=self.connections.limits.handshake_timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError):
-            conn.close()
-        finally:
-            self.connections.forget(conn)
-
-    def close(self) -> None:
-        if self.accepting is not None:
-            self.accepting.cancel()
-        self.listener.close()
-
-    async def wait_closed(self) -> None:
-        return None
-
-
-def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    listener = socket.create_server((host, port), family=family, backlog=backlog)
-    listener.setblocking(False)
-    return listener
-
-
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with a header deadline and size, and ``Connection:
     close`` on every response while draining. (The connection limit is ``Connections``',
     counted from the accept on.)"""
 
     def __init__(
-        self, *args: Any, limits: Limits, lifecycle: Lifecycle, refusals: _Refusals, **kw: Any
+        self, *args: Any, limits: Limits, lifecycle: Lifecycle, refusals: Refusals, **kw: Any
     ) -> None:
         super().__init__(*args, **kw)
         self.limits, self.lifecycle, self.refusals = limits, lifecycle, refusals
@@ -342,8 +212,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with a drain on SIGTERM: /readyz fails at once, requests go on
-    being answered (with ``Connection: close``) for ``drain_seconds``, then the listener
-    closes, requests already on their way are answered for ``settle_seconds``, and only
+    being answered (with ``Connection: close``) for ``drain_seconds`` (new connections
+    still accepted: the endpoint is leaving the Service meanwhile), then the listener
+    closes without resetting a connection (``TlsListener.stop``), handshakes under way
+    finish, requests already on their way are answered for ``settle_seconds``, and only
     then are idle connections closed. A second signal stops at once."""
 
     def __init__(
@@ -356,8 +228,9 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.limits, self.lifecycle, self.context = limits, lifecycle, context
         self.drain_until: float | None = None
-        self.refusals = _Refusals()
+        self.refusals = Refusals()
         self.connections = Connections(limits, self.refusals)
+        self.listener: TlsListener | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         config = self.config
@@ -377,9 +250,9 @@ class DrainingServer(uvicorn.Server):
             log.error("cannot listen", extra={"host": config.host, "port": config.port,
                                               "error": str(exc)})  # fmt: skip
             sys.exit(3)
-        server = TlsListener(listener, make_http, self.context, self.connections)
-        server.start()
-        self.servers = [server]  # type: ignore[list-item]
+        self.listener = TlsListener(listener, make_http, self.context, self.connections)
+        self.listener.start()
+        self.servers = [self.listener]  # type: ignore[list-item]
         log.info("serving", extra={"url": f"https://{config.host}:{config.port}"})
         self.started = True
 
@@ -400,9 +273,10 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
-        for server in self.servers:
-            server.close()
-        log.info("listener closed", extra={"connections": len(self.server_state.connections)})
+        if self.listener is not None:
+            await self.listener.stop(0 if self.force_exit else HANDSHAKE_GRACE)
+            if not self.force_exit:
+                await self.listener.handshakes(self.limits.handshake_timeout)
         if not self.force_exit:
             await asyncio.sleep(self.limits.settle_seconds)
         await super().shutdown(sockets)
