@@ -39,6 +39,7 @@ EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events")
 ENDPOINTS = re.compile(r"^/api/v1/namespaces/([^/]+)/endpoints/([^/?]+)")
 SERVICE = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/?]+)$")
 CONFIG_MAP = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps/([^/?]+)$")
+CONFIG_MAPS = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:\?|$)")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:\?|$)")
 POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/?]+)$")
 ALL_PODS = re.compile(r"^/api/v1/pods(?:\?|$)")
@@ -57,6 +58,20 @@ CSI_DRIVER = re.compile(r"^/apis/storage.k8s.io/v1/csidrivers/([^/?]+)$")
 WEBHOOK = re.compile(
     r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/([^/?]+)"
 )
+
+
+def _selected(items: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """The objects a ``labelSelector`` of one term selects: ``key=value`` or ``key``."""
+    selector = parse_qs(urlsplit(path).query).get("labelSelector", [""])[0]
+    if not selector:
+        return items
+    key, equals, value = selector.partition("=")
+    return [
+        o
+        for o in items
+        if (labels := (o.get("metadata") or {}).get("labels") or {}).get(key) == value
+        or (not equals and key in labels)
+    ]
 
 
 def _name(obj: dict[str, Any]) -> str:
@@ -330,12 +345,12 @@ class FakeKube:
                 found = self.nodes.get(match.group(1))
                 return (200, found) if found else (404, status(404, "NotFound", path))
             if match := PODS.match(path):
-                items = self.pods.get(match.group(1), [])
-                selector = parse_qs(urlsplit(path).query).get("labelSelector", [""])[0]
-                if "=" in selector:
-                    key, value = selector.split("=", 1)
-                    items = [p for p in items if p["metadata"].get("labels", {}).get(key) == value]
+                items = _selected(self.pods.get(match.group(1), []), path)
                 return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}
+            if match := CONFIG_MAPS.match(path):
+                kept = [c for (ns, _), c in self.config_maps.items() if ns == match.group(1)]
+                items = _selected(kept, path)
+                return 200, {"kind": "ConfigMapList", "apiVersion": "v1", "items": items}
             if match := NAMESPACES.match(path):
                 wanted = dict(
                     part.split("=", 1)

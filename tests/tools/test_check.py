@@ -17,7 +17,7 @@ from tests.fake_kube import FakeKube
 from tests.support import CORPUS, apply, load_case, proxy_injector
 from webhook.engine import inject
 from webhook.engine.config import MeshConfig, from_mapping
-from webhook.tools.check import EXPECTED_SELECTORS
+from webhook.tools.check import expected_selectors
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = load_case(CORPUS / "01-web-single.yaml")["pod"]
@@ -109,7 +109,14 @@ def test_a_healthy_installation_passes(tmp_path, fake) -> None:
     result = check(fake)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("ok  ") == 11
+    assert result.stdout.count("ok  ") == 12
+    assert (
+        "ok   every revision that labels select is installed: installed: default" in result.stdout
+    )
+    assert (
+        "namespace shop: revision default (namespace label proxy.io/inject=enabled); "
+        "pods: 1 injected by default, 1 without the sidecar" in result.stdout
+    )
     assert (
         "ok   the webhook's mesh config is readable: ConfigMap proxy-system/proxy-injector-mesh"
         in result.stdout
@@ -155,7 +162,7 @@ def test_a_changed_failure_policy_is_named(tmp_path, fake) -> None:
 
 def test_the_expected_selectors_are_what_deploy_ships() -> None:
     for entry in SHIPPED["webhooks"]:
-        expected = EXPECTED_SELECTORS[entry["name"]]
+        expected = expected_selectors()[entry["name"]]
         assert {k: entry[k] for k in expected} == expected
 
 

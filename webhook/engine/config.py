@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from webhook.engine import values
 from webhook.engine.annotations import quote
+from webhook.engine.names import DEFAULT_REVISION
 
 
 def _checked(parse: Callable[[str], Any]) -> BeforeValidator:
@@ -177,6 +178,8 @@ class Mtls(_Section):
 
 
 class MeshConfig(_Section):
+    revision: Annotated[str, _checked(values.revision)] = DEFAULT_REVISION
+    """Which injector this is (components/revision sets it): recorded in proxy.io/status."""
     proxy_image: Annotated[str, _checked(values.image)] = "envoyproxy/envoy:v1.40.0"
     init_image: Annotated[str, _checked(values.image)] = "proxy-injector:0.3.0"
     image_pull_secrets: SecretNames = ()
@@ -242,6 +245,7 @@ class MeshConfig(_Section):
 
 
 _NOT_IN_THE_POD = {
+    "revision",
     "cni",
     "events",
     "inject_by_default",

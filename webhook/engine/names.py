@@ -5,6 +5,11 @@ Changing any of these breaks clusters that already run injected pods: treat them
 
 PREFIX = "proxy.io/"
 INJECT_KEY = "proxy.io/inject"
+REVISION_KEY = "proxy.io/rev"
+"""A label, on a namespace or a pod: which revision of the injector (components/revision)."""
+DEFAULT_REVISION = "default"
+REVISION_LABEL = "proxy.io/revision"
+"""On a revision's own objects (its mesh ConfigMap, its webhook's pods): whose they are."""
 STATUS_KEY = "proxy.io/status"
 
 PROXY_CONTAINER = "proxy"

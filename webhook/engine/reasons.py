@@ -33,6 +33,10 @@ class Reason(Enum):
         "namespace_not_enabled",
         "the namespace is not labelled proxy.io/inject: enabled",
     )
+    OTHER_REVISION = (
+        "other_revision",
+        "the pod's or its namespace's proxy.io/rev label selects another revision of the injector",
+    )
     INVALID_ANNOTATION = ("invalid_annotation", "a proxy.io annotation has an invalid value")
     INVALID_POD = ("invalid_pod", "the pod cannot be injected as it is")
     NODE_ACCESS_NOT_ALLOWED = (

@@ -11,7 +11,13 @@ from typing import Any
 from webhook.engine import values
 from webhook.engine.annotations import invalid
 from webhook.engine.config import MeshConfig
-from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
+from webhook.engine.names import (
+    DEFAULT_REVISION,
+    INJECT_KEY,
+    PROXY_CONTAINER,
+    REVISION_KEY,
+    STATUS_KEY,
+)
 from webhook.engine.pod import objects
 from webhook.engine.reasons import Reason
 
@@ -131,7 +137,7 @@ def decide(
             Reason.NAMESPACE_NEVER_INJECT, f"mesh config neverInjectNamespaces: {namespace}"
         )
     if namespace_labels is not None:
-        return _namespace_rule(namespace_labels, labels.get(INJECT_KEY), by_annotation, config)
+        return _namespace_rule(namespace_labels, labels, by_annotation, config)
     return Decision(Reason.INJECTED, "the webhook's namespace and object selectors")
 
 
@@ -139,30 +145,52 @@ NAMESPACE_VALUES = ("enabled", "disabled")
 """The namespace label values the webhook configuration knows (deploy/base)."""
 
 
+def called_revision(
+    namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """Which revision's webhook the API server calls for a pod, and by which label, as the
+    entries deploy/ ships select (deploy/base, components/revision): the namespace's
+    ``proxy.io/inject`` wins, then its ``proxy.io/rev``; only in a namespace with neither
+    do the pod's labels count, its ``proxy.io/rev`` before its ``proxy.io/inject: "true"``.
+    None: no entry matches. (A pod labelled ``proxy.io/inject: "false"`` matches none.)"""
+    state = namespace_labels.get(INJECT_KEY)
+    if state is not None:
+        called = DEFAULT_REVISION if state == "enabled" else None
+        return called, f"namespace label {INJECT_KEY}={state}"
+    for whose, labels in (("namespace", namespace_labels), ("pod", pod_labels)):
+        if REVISION_KEY in labels:
+            return labels[REVISION_KEY], f"{whose} label {REVISION_KEY}={labels[REVISION_KEY]}"
+    if pod_labels.get(INJECT_KEY) == "true":
+        return DEFAULT_REVISION, f"pod label {INJECT_KEY}=true"
+    return None, f"no namespace label {INJECT_KEY}=enabled"
+
+
 def _namespace_rule(
     namespace_labels: Mapping[str, str],
-    pod_label: str | None,
+    pod_labels: Mapping[str, str],
     pod_annotation: bool | None,
     config: MeshConfig,
 ) -> Decision:
-    """What the MutatingWebhookConfiguration that deploy/ ships does for these labels:
-    its namespace entry calls the webhook for namespaces labelled ``enabled``, its pod
-    entry for pods labelled ``"true"`` in namespaces with no label at all; for anything
-    else the API server never calls it."""
+    """What the webhook configurations deploy/ ships do for these labels, for the
+    injector of ``config.revision``: called, another revision's called, or none."""
+    called, rule = called_revision(namespace_labels, pod_labels)
+    if called == config.revision:
+        return Decision(Reason.INJECTED, rule)
+    if called is not None:
+        return Decision(
+            Reason.OTHER_REVISION,
+            f"{rule}: revision {called}'s injector is called, not {config.revision}'s",
+        )
     state = namespace_labels.get(INJECT_KEY)
-    if state == "enabled":
-        return Decision(Reason.INJECTED, f"namespace label {INJECT_KEY}=enabled")
     if state == "disabled":
-        return Decision(Reason.NAMESPACE_DISABLED, f"namespace label {INJECT_KEY}=disabled")
+        return Decision(Reason.NAMESPACE_DISABLED, rule)
     if state is not None:
         return Decision(
             Reason.NAMESPACE_NOT_ENABLED,
-            f"namespace label {INJECT_KEY}={state}, a value no webhook entry selects",
+            f"{rule}, a value no webhook entry selects",
             f"namespace label {INJECT_KEY}={state} is neither enabled nor disabled: the "
             "webhook is never called for its pods (label it enabled)",
         )
-    if pod_label == "true":
-        return Decision(Reason.INJECTED, f"pod label {INJECT_KEY}=true")
     if config.inject_by_default:
         return Decision(Reason.INJECTED, "mesh config injectByDefault=true")
     if pod_annotation:
@@ -172,4 +200,4 @@ def _namespace_rule(
             f'the annotation {INJECT_KEY}: "true" does not opt a pod in (the webhook\'s '
             "selectors read labels): label the pod instead",
         )
-    return Decision(Reason.NAMESPACE_NOT_ENABLED, f"no namespace label {INJECT_KEY}=enabled")
+    return Decision(Reason.NAMESPACE_NOT_ENABLED, rule)

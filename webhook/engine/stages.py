@@ -411,6 +411,7 @@ def _status(ctx: Context) -> Json:
     ignored = unknown[: limits.IGNORED_KEYS]
     status: Json = {
         "version": __version__,
+        "revision": ctx.config.revision,
         "configGeneration": ctx.config.sidecar_generation,
         "containers": [PROXY_CONTAINER],
         "initContainers": [ctx.interception.init_name],

@@ -292,6 +292,14 @@ def dns_name(text: str) -> str:
     return text
 
 
+def revision(text: str) -> str:
+    """An injector revision's name: a DNS label short enough that proxy-injector-<name>
+    is one too (the revision's Service)."""
+    if len(text) > 48 or not _DNS_LABEL.fullmatch(text):
+        raise ValueError(f"{text!r} is not a revision name (a-z, 0-9 and -, at most 48)")
+    return text
+
+
 def signer_name(text: str) -> str:
     """A Kubernetes signer name: a DNS name, a slash, and a path (``proxy.io/spiffe``)."""
     domain, slash, path = text.partition("/")

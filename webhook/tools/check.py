@@ -12,7 +12,7 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from cryptography import x509
@@ -21,8 +21,20 @@ from certs.check import due_for_renewal, names_of, signed_by_any
 from webhook import __version__
 from webhook.engine import Outcome, inject_or_deny
 from webhook.engine.config import BASE_FILE, ConfigError, MeshConfig, layer_order, parse_layers
-from webhook.engine.names import INJECT_KEY, PROXY_CONTAINER, STATUS_KEY
-from webhook.engine.selection import NAMESPACE_VALUES, container_names, other_mesh
+from webhook.engine.names import (
+    DEFAULT_REVISION,
+    INJECT_KEY,
+    PROXY_CONTAINER,
+    REVISION_KEY,
+    REVISION_LABEL,
+    STATUS_KEY,
+)
+from webhook.engine.selection import (
+    NAMESPACE_VALUES,
+    called_revision,
+    container_names,
+    other_mesh,
+)
 from webhook.tools import identity, traffic
 from webhook.tools.reading import Reader, Result, injection_status
 
@@ -31,37 +43,47 @@ EXPECTED_ENTRY = {
     "sideEffects": "None",
     "reinvocationPolicy": "IfNeeded",
 }
-EXPECTED_SELECTORS = {
-    "namespace.proxy.io": {
-        "namespaceSelector": {
-            "matchLabels": {INJECT_KEY: "enabled"},
-            "matchExpressions": [
-                {
-                    "key": "kubernetes.io/metadata.name",
-                    "operator": "NotIn",
-                    "values": ["proxy-system", "kube-system"],
-                }
-            ],
-        },
-        "objectSelector": {
-            "matchExpressions": [{"key": INJECT_KEY, "operator": "NotIn", "values": ["false"]}]
-        },
-    },
-    "pod.proxy.io": {
-        "namespaceSelector": {
-            "matchExpressions": [
-                {"key": INJECT_KEY, "operator": "DoesNotExist"},
-                {
-                    "key": "kubernetes.io/metadata.name",
-                    "operator": "NotIn",
-                    "values": ["proxy-system", "kube-system"],
-                },
-            ]
-        },
-        "objectSelector": {"matchLabels": {INJECT_KEY: "true"}},
-    },
+_NEVER = {
+    "key": "kubernetes.io/metadata.name",
+    "operator": "NotIn",
+    "values": ["proxy-system", "kube-system"],
 }
-"""What deploy/base/mutatingwebhookconfiguration.yaml ships (a test keeps them equal)."""
+_NOT_FALSE = {"key": INJECT_KEY, "operator": "NotIn", "values": ["false"]}
+_NO_INJECT_LABEL = {"key": INJECT_KEY, "operator": "DoesNotExist"}
+_NO_REV = {"key": REVISION_KEY, "operator": "DoesNotExist"}
+
+
+def expected_selectors(revision: str = DEFAULT_REVISION) -> dict[str, dict[str, Any]]:
+    """The entries deploy/ ships: deploy/base for the default revision, components/revision
+    for another (a test keeps them equal)."""
+    if revision == DEFAULT_REVISION:
+        return {
+            "namespace.proxy.io": {
+                "namespaceSelector": {
+                    "matchLabels": {INJECT_KEY: "enabled"},
+                    "matchExpressions": [_NEVER],
+                },
+                "objectSelector": {"matchExpressions": [_NOT_FALSE]},
+            },
+            "pod.proxy.io": {
+                "namespaceSelector": {"matchExpressions": [_NO_INJECT_LABEL, _NO_REV, _NEVER]},
+                "objectSelector": {
+                    "matchLabels": {INJECT_KEY: "true"},
+                    "matchExpressions": [_NO_REV],
+                },
+            },
+        }
+    chosen = {"key": REVISION_KEY, "operator": "In", "values": [revision]}
+    return {
+        "rev.namespace.proxy.io": {
+            "namespaceSelector": {"matchExpressions": [chosen, _NO_INJECT_LABEL, _NEVER]},
+            "objectSelector": {"matchExpressions": [_NOT_FALSE]},
+        },
+        "rev.pod.proxy.io": {
+            "namespaceSelector": {"matchExpressions": [_NO_INJECT_LABEL, _NO_REV, _NEVER]},
+            "objectSelector": {"matchExpressions": [chosen, _NOT_FALSE]},
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -75,23 +97,42 @@ class Target:
     mesh_config: str = "proxy-injector-mesh"
     """The ConfigMap the Deployment mounts (key mesh.yaml), read when --config is not given."""
 
+    def of_revision(self, revision: str) -> Target:
+        """The names components/revision gives revision ``revision``'s pieces."""
+        if revision == DEFAULT_REVISION:
+            return self
+        return replace(
+            self,
+            service=f"{self.service}-{revision}",
+            secret=f"{self.secret}-{revision}",
+            webhook_configuration=f"{self.webhook_configuration}-{revision}",
+            mesh_config=f"{self.mesh_config}-{revision}",
+        )
+
+
+Configs = dict[str, MeshConfig]
+"""Each installed revision's mesh config, by revision name."""
+
 
 def run(reader: Reader, config: MeshConfig | None, target: Target = Target()) -> list[Result]:
-    """``config`` None: the cluster's own mesh config, as the webhook reads it."""
+    """``config`` None: the cluster's own mesh config, as the webhook reads it. The other
+    revisions' are always read from the cluster (their ConfigMaps are labelled)."""
     results = []
     if config is None:
         config, read = _cluster_mesh_config(reader, target)
         results.append(read)
-    webhook = reader.webhook_configuration(target.webhook_configuration)
-    results.append(_exists(webhook, target))
-    if webhook is not None:
-        results += [
-            _endpoints(reader, webhook),
-            _certificate(reader, webhook, target),
-            _entries(webhook),
-        ]
+    configs: Configs = {DEFAULT_REVISION: config}
+    for revision in _revisions_installed(reader, target):
+        configs[revision], read = _cluster_mesh_config(reader, target.of_revision(revision))
+        results.append(read)
+    for revision in configs:
+        results += _webhook(reader, revision, target.of_revision(revision))
     namespaces, listed, unknown = _meshed_namespaces(reader, config)
-    results += [*_pods(config, namespaces, listed), _namespace_values(unknown)]
+    results += [
+        *_pods(configs, namespaces, listed),
+        _namespace_values(unknown),
+        _revisions(configs, namespaces, listed),
+    ]
     injected = [
         (ns, pod)
         for ns, pods in listed.items()
@@ -106,6 +147,29 @@ def run(reader: Reader, config: MeshConfig | None, target: Target = Target()) ->
     if config.mtls.identity != "none":
         results += identity.checks(reader, config, namespaces, target.namespace)
     return results
+
+
+def _webhook(reader: Reader, revision: str, target: Target) -> list[Result]:
+    webhook = reader.webhook_configuration(target.webhook_configuration)
+    results = [_exists(webhook, target)]
+    if webhook is not None:
+        results += [
+            _endpoints(reader, webhook),
+            _certificate(reader, webhook, target),
+            _entries(webhook, revision),
+        ]
+    return results
+
+
+def _revisions_installed(reader: Reader, target: Target) -> list[str]:
+    """The revisions beside the default: their mesh ConfigMaps carry proxy.io/revision."""
+    path = f"/api/v1/namespaces/{target.namespace}/configmaps?labelSelector={REVISION_LABEL}"
+    listed = reader.get(path) or {}
+    names = {
+        ((item.get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL, "")
+        for item in listed.get("items") or []
+    }
+    return sorted(name for name in names if name and name != DEFAULT_REVISION)
 
 
 def _cluster_mesh_config(reader: Reader, target: Target) -> tuple[MeshConfig, Result]:
@@ -194,11 +258,11 @@ def _certificate(reader: Reader, webhook: dict[str, Any], target: Target) -> Res
     return Result(name, True, f"valid for {dns} until {cert.not_valid_after_utc:%Y-%m-%d}")
 
 
-def _entries(webhook: dict[str, Any]) -> Result:
+def _entries(webhook: dict[str, Any], revision: str) -> Result:
     name = "failurePolicy, timeout and selectors are as deploy/ ships them"
     problems = []
     entries = {e.get("name"): e for e in webhook.get("webhooks") or []}
-    for entry_name, selectors in EXPECTED_SELECTORS.items():
+    for entry_name, selectors in expected_selectors(revision).items():
         entry = entries.get(entry_name)
         if entry is None:
             problems.append(f"{entry_name}: missing")
@@ -247,7 +311,7 @@ def _stale(pod: dict[str, Any], status: dict[str, Any], config: MeshConfig) -> s
 
 
 def _pods(
-    config: MeshConfig, namespaces: list[dict[str, Any]], listed: dict[str, list[dict[str, Any]]]
+    configs: Configs, namespaces: list[dict[str, Any]], listed: dict[str, list[dict[str, Any]]]
 ) -> list[Result]:
     missing: list[str] = []
     stale: dict[str, list[str]] = {}
@@ -255,18 +319,33 @@ def _pods(
         labels = (namespace.get("metadata") or {}).get("labels") or {}
         ns = namespace["metadata"]["name"]
         for pod in listed[ns]:
-            annotations = (pod.get("metadata") or {}).get("annotations") or {}
-            name = f"{ns}/{(pod.get('metadata') or {}).get('name')}"
-            raw = annotations.get(STATUS_KEY)
+            metadata = pod.get("metadata") or {}
+            name = f"{ns}/{metadata.get('name')}"
+            called, rule = called_revision(labels, metadata.get("labels") or {})
+            raw = (metadata.get("annotations") or {}).get(STATUS_KEY)
             if raw is None:
-                reason = _would_be(pod, ns, config, labels)
+                config = configs.get(called or DEFAULT_REVISION)
+                reason = config and _would_be(pod, ns, config, labels)
                 if reason:
                     missing.append(f"{name}: {reason}")
                 continue
-            why = _stale(pod, injection_status(raw), config)
+            why = _stale_in(pod, injection_status(raw), configs, called, rule)
             if why:
                 stale.setdefault(f"{ns} {_owner(pod)}", []).append(f"{name}: {why}")
     return [_missing_result(missing), _stale_result(stale)]
+
+
+def _stale_in(
+    pod: dict[str, Any], status: dict[str, Any], configs: Configs, called: str | None, rule: str
+) -> str | None:
+    """Why an injected pod is not what its revision would make of it now."""
+    injected_by = status.get("revision", DEFAULT_REVISION)
+    if called is not None and injected_by != called:
+        return f"injected by revision {injected_by}; {rule} now selects revision {called}"
+    config = configs.get(injected_by)
+    if config is None:
+        return f"injected by revision {injected_by}, which is not installed"
+    return _stale(pod, status, config)
 
 
 def _would_be(
@@ -288,23 +367,35 @@ def _would_be(
 def _meshed_namespaces(
     reader: Reader, config: MeshConfig
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], list[str]]:
-    """Every namespace where the webhook can inject, with the pods it can inject there:
-    all of a namespace labelled enabled, those labelled proxy.io/inject=true in one with
-    no label; and the namespaces whose label value no webhook entry selects."""
+    """Every namespace where a revision's webhook can inject, with the pods it can inject
+    there: all of a namespace labelled enabled or proxy.io/rev, those labelled
+    proxy.io/inject=true or proxy.io/rev in one with neither; and the namespaces whose
+    label value no webhook entry selects."""
     namespaces, listed, unknown = [], {}, []
     for namespace in reader.namespaces(""):
         name = namespace["metadata"]["name"]
-        state = ((namespace.get("metadata") or {}).get("labels") or {}).get(INJECT_KEY)
+        labels = (namespace.get("metadata") or {}).get("labels") or {}
+        state = labels.get(INJECT_KEY)
         if name in config.never_inject_namespaces or state == "disabled":
             continue
         if state is not None and state not in NAMESPACE_VALUES:
             unknown.append(f"namespace {name}: {INJECT_KEY}={state}")
             continue
-        pods = reader.pods(name, "" if state == "enabled" else f"{INJECT_KEY}=true")
-        if state == "enabled" or pods:
+        whole = state == "enabled" or REVISION_KEY in labels
+        pods = reader.pods(name) if whole else _opted_in(reader, name)
+        if whole or pods:
             namespaces.append(namespace)
             listed[name] = pods
     return namespaces, listed, unknown
+
+
+def _opted_in(reader: Reader, namespace: str) -> list[dict[str, Any]]:
+    """The pods of a namespace with no label that a pod entry can select."""
+    pods = {}
+    for selector in (f"{INJECT_KEY}=true", REVISION_KEY):
+        for pod in reader.pods(namespace, selector):
+            pods[(pod.get("metadata") or {}).get("name")] = pod
+    return list(pods.values())
 
 
 def _namespace_values(unknown: list[str]) -> Result:
@@ -316,6 +407,42 @@ def _namespace_values(unknown: list[str]) -> Result:
         )
         return Result(name, False, f"{len(unknown)} namespace(s)", hint, unknown)
     return Result(name, True)
+
+
+def _revisions(
+    configs: Configs, namespaces: list[dict[str, Any]], listed: dict[str, list[dict[str, Any]]]
+) -> Result:
+    """Which revision each namespace gets and which revision injected its pods; every
+    revision a label names is installed."""
+    name = "every revision that labels select is installed"
+    lines, absent = [], []
+    for namespace in namespaces:
+        metadata = namespace.get("metadata") or {}
+        ns, labels = metadata["name"], metadata.get("labels") or {}
+        gets, rule = called_revision(labels, {})
+        if gets is not None and gets not in configs:
+            absent.append(f"namespace {ns}: {rule}")
+        by: dict[str, int] = {}
+        for pod in listed[ns]:
+            pod_meta = pod.get("metadata") or {}
+            raw = (pod_meta.get("annotations") or {}).get(STATUS_KEY)
+            revision = injection_status(raw).get("revision", DEFAULT_REVISION) if raw else None
+            state = f"injected by {revision}" if revision else "without the sidecar"
+            by[state] = by.get(state, 0) + 1
+            called, pod_rule = called_revision(labels, pod_meta.get("labels") or {})
+            if called is not None and called not in configs:
+                absent.append(f"{ns}/{pod_meta.get('name')}: {pod_rule}")
+        pods = ", ".join(f"{count} {state}" for state, count in sorted(by.items())) or "none"
+        where = f"revision {gets} ({rule})" if gets else "pods that opt in by label"
+        lines.append(f"namespace {ns}: {where}; pods: {pods}")
+    installed = ", ".join(sorted(configs))
+    if absent:
+        hint = (
+            "install that revision (docs/install.md, canary of the injector) or relabel: "
+            "no webhook is called for these pods, they run without the sidecar"
+        )
+        return Result(name, False, f"installed: {installed}", hint, absent + lines)
+    return Result(name, True, f"installed: {installed}", "", lines)
 
 
 def _two_meshes(injected: list[tuple[str, dict[str, Any]]]) -> Result:
