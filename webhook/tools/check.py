@@ -338,14 +338,18 @@ def _pods(
 def _stale_in(
     pod: dict[str, Any], status: dict[str, Any], configs: Configs, called: str | None, rule: str
 ) -> str | None:
-    """Why an injected pod is not what its revision would make of it now."""
+    """Why an injected pod is not what the revision its labels select would make of it
+    now. A pod moved to a revision whose sidecar is the same (version and mesh config)
+    needs no restart."""
     injected_by = status.get("revision", DEFAULT_REVISION)
-    if called is not None and injected_by != called:
-        return f"injected by revision {injected_by}; {rule} now selects revision {called}"
-    config = configs.get(injected_by)
+    judge = called if called in configs else injected_by
+    config = configs.get(judge)
     if config is None:
         return f"injected by revision {injected_by}, which is not installed"
-    return _stale(pod, status, config)
+    why = _stale(pod, status, config)
+    if why and judge != injected_by:
+        return f"injected by revision {injected_by}; {rule} now selects revision {judge}: {why}"
+    return why
 
 
 def _would_be(
