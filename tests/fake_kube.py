@@ -58,6 +58,10 @@ CSI_DRIVER = re.compile(r"^/apis/storage.k8s.io/v1/csidrivers/([^/?]+)$")
 WEBHOOK = re.compile(
     r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/([^/?]+)"
 )
+WEBHOOKS = re.compile(
+    r"^/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/?(?:\?|$)"
+)
+ACCESS_REVIEW = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 def _selected(items: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
@@ -162,6 +166,10 @@ class FakeKube:
         self.served: dict[str, list[str]] = {}
         """API discovery: group/version -> the resources it serves."""
         self.csi_drivers: dict[str, dict[str, Any]] = {}
+        self.git_version = "v1.33.2"
+        """What /version says."""
+        self.denied: set[tuple[str, str, str]] = set()
+        """(verb, group, resource) a SelfSubjectAccessReview answers not allowed."""
         self.pod_ports: dict[tuple[str, str, int], dict[str, str | Callable[[], str]]] = {}
         """What a pod's port answers through the API server's pod proxy, by path (a
         callable: asked again on every request, for counters that move)."""
@@ -286,6 +294,13 @@ class FakeKube:
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         if path in self.by_path:
             return 200, self.by_path[path]
+        if path == "/version":
+            major, minor = self.git_version.lstrip("v").split(".")[:2]
+            return 200, {"major": major, "minor": minor, "gitVersion": self.git_version}
+        if WEBHOOKS.match(path):
+            with self.lock:
+                items = list(self.webhooks.values())
+            return 200, {"kind": "MutatingWebhookConfigurationList", "items": items}
         if (match := SECRET.match(path)) and match.group(2):
             with self.lock:
                 hold = bool(self.barrier) and self.reads_held < self.barrier.parties
@@ -367,6 +382,10 @@ class FakeKube:
         return 404, status(404, "NotFound", path)
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path == ACCESS_REVIEW:
+            asked = body["spec"]["resourceAttributes"]
+            key = (asked.get("verb", ""), asked.get("group", ""), asked.get("resource", ""))
+            return 201, {**body, "status": {"allowed": key not in self.denied}}
         if match := GENERIC.match(path):
             return self._generic_create(match, body)
         if match := EVENTS.match(path):

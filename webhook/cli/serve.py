@@ -111,9 +111,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--drain-seconds",
         type=seconds,
         default=defaults.drain_seconds,
-        help="after SIGTERM, how long to go on answering (each response closing its "
-        "connection; /readyz fails) before the listener closes (default %(default)g); keep "
-        "preStop + this + 16 under terminationGracePeriodSeconds",
+        help="after SIGTERM, how long to go on answering and accepting (each response "
+        "closing its connection; /readyz fails): the time the endpoint takes to leave the "
+        "Service; then the listener closes, resetting no connection (default %(default)g); "
+        "keep preStop + this + 21.5 under terminationGracePeriodSeconds",
     )
     serve.add_argument(
         "--header-timeout-seconds",

@@ -190,6 +190,13 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
     )
     _cluster_flags(check)
     check.add_argument(
+        "--pre",
+        action="store_true",
+        help="before installing: the Kubernetes version, your permissions, other mutating "
+        "webhooks on pods, Pod Security labels and what mTLS needs (judged with --config, "
+        "default: the built-in mesh config)",
+    )
+    check.add_argument(
         "--egress-interval",
         type=seconds,
         default=5.0,
@@ -233,11 +240,14 @@ def _check(args: argparse.Namespace) -> int:
 
     try:
         mesh = mesh_config.load(args.config) if args.config else None
-        results = check.run(
-            check.kube_reader(_kube_client(args)),
-            mesh,
-            check.Target(args.namespace, egress_seconds=args.egress_interval),
-        )
+        reader = check.kube_reader(_kube_client(args))
+        if args.pre:
+            from webhook.tools import preflight
+
+            results = preflight.run(reader, mesh or config.MeshConfig(), args.namespace)
+        else:
+            target = check.Target(args.namespace, egress_seconds=args.egress_interval)
+            results = check.run(reader, mesh, target)
     except config.ConfigError as exc:
         fail("check", str(exc))
     except Exception as exc:

@@ -570,6 +570,17 @@ def kube_reader(api_client: Any) -> Reader:
         def csi_driver(self, name: str) -> dict[str, Any] | None:
             return found(lambda: client.StorageV1Api(api_client).read_csi_driver(name))
 
+        def can(self, verb: str, group: str, resource: str, namespace: str) -> bool:
+            """A SelfSubjectAccessReview: may the caller do this?"""
+            attributes = client.V1ResourceAttributes(
+                verb=verb, group=group, resource=resource, namespace=namespace or None
+            )
+            review = client.V1SelfSubjectAccessReview(
+                spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes)
+            )
+            answer = client.AuthorizationV1Api(api_client).create_self_subject_access_review(review)
+            return bool(answer.status and answer.status.allowed)
+
         def pod_port(self, namespace: str, pod: str, port: int, path: str) -> str | None:
             """What ``path`` on a pod's port answers through the API server's pod proxy."""
             try:

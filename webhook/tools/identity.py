@@ -43,19 +43,26 @@ def _identity_source(reader: Reader, config: MeshConfig) -> Result:
             return Result(name, False, "no CSIDriver object of that name", hint)
         return Result(name, True)
     name = "the API serves pod certificates (mtls.identity pod-certificate)"
-    found = {
-        r: _served_version(reader, r) for r in ("podcertificaterequests", "clustertrustbundles")
-    }
-    missing = [resource for resource, version in found.items() if version is None]
-    if missing:
-        hint = (
-            "turn on the PodCertificateRequest and ClusterTrustBundle feature gates and "
-            "API versions (kube-apiserver --feature-gates and --runtime-config, and the "
-            "kubelet's gate): without them the API server drops the pods' podCertificate "
-            "volume source and they run without an identity"
-        )
-        return Result(name, False, f"not served: {', '.join(missing)}", hint)
+    problem = served_pod_certificates(reader)
+    if problem:
+        return Result(name, False, problem, FEATURE_GATES_HINT)
+    found = {r: _served_version(reader, r) for r in POD_CERTIFICATE_RESOURCES}
     return Result(name, True, ", ".join(f"{r} in {v}" for r, v in found.items()))
+
+
+POD_CERTIFICATE_RESOURCES = ("podcertificaterequests", "clustertrustbundles")
+FEATURE_GATES_HINT = (
+    "turn on the PodCertificateRequest and ClusterTrustBundle feature gates and "
+    "API versions (kube-apiserver --feature-gates and --runtime-config, and the "
+    "kubelet's gate): without them the API server drops the pods' podCertificate "
+    "volume source and they run without an identity"
+)
+
+
+def served_pod_certificates(reader: Reader) -> str | None:
+    """What of pod certificates the API does not serve; None when it serves them all."""
+    missing = [r for r in POD_CERTIFICATE_RESOURCES if _served_version(reader, r) is None]
+    return f"not served: {', '.join(missing)}" if missing else None
 
 
 def _permissive_pods(reader: Reader, namespaces: list[dict[str, Any]]) -> list[tuple[str, str]]:
