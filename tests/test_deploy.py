@@ -34,6 +34,7 @@ def render(path: Path) -> list[dict]:
 
 BASE = render(DEPLOY)
 CERT_MANAGER = render(DEPLOY / "overlays" / "cert-manager")
+REVISION = render(DEPLOY / "examples" / "revision-canary")
 
 
 def mesh_config_of(objects: list[dict]) -> MeshConfig:
@@ -121,7 +122,9 @@ def test_the_webhook_pod_is_locked_down_and_highly_available() -> None:
     assert webhook["ports"][0] == {"name": "https", "containerPort": 8443, "protocol": "TCP"}
 
 
-@pytest.mark.parametrize("objects", [BASE, CERT_MANAGER], ids=["base", "cert-manager"])
+@pytest.mark.parametrize(
+    "objects", [BASE, CERT_MANAGER, REVISION], ids=["base", "cert-manager", "revision"]
+)
 def test_the_deployment_runs_a_command_line_that_exists(objects) -> None:
     webhook = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     args = parser().parse_args(webhook["args"])
@@ -129,15 +132,20 @@ def test_the_deployment_runs_a_command_line_that_exists(objects) -> None:
     assert (args.host, args.port) == ("0.0.0.0", 8443)
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     pre_stop = int(webhook["lifecycle"]["preStop"]["exec"]["command"][1])
-    # preStop, the drain, the settle second and the wait for requests in progress fit in
-    # the grace period, or the kubelet kills the webhook with requests unanswered.
+    # preStop, the drain, closing the listener, handshakes under way, the settle second and
+    # the wait for requests in progress fit in the grace period, or the kubelet kills the
+    # webhook with requests unanswered.
     limits = Limits()
-    needed = pre_stop + args.drain_seconds + limits.settle_seconds + limits.shutdown_timeout
+    closing = limits.close_grace_seconds + limits.handshake_timeout + limits.settle_seconds
+    needed = pre_stop + args.drain_seconds + closing + limits.shutdown_timeout
     assert needed < pod["terminationGracePeriodSeconds"]
     mounts = {m["mountPath"] for m in webhook["volumeMounts"]}
     assert Path(args.config).as_posix() in mounts  # the ConfigMap, every layer of it
     if args.manage_certs:
         assert args.certs_dir.as_posix() in mounts
+        names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+        assert ("Service", args.service) in names
+        assert ("MutatingWebhookConfiguration", args.webhook_configuration) in names
     else:
         assert Path(args.cert).parent.as_posix() in mounts
 

@@ -101,9 +101,6 @@ class CertificateReloader:
 
 
 LINGER_SECONDS = 1.0
-HANDSHAKE_GRACE = 0.5
-"""Seconds between refusing new TCP handshakes and closing the listener: one under way
-completes in a round trip (only one whose SYN-ACK is lost, resent after 1 s, is left)."""
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
@@ -274,7 +271,7 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         if self.listener is not None:
-            await self.listener.stop(0 if self.force_exit else HANDSHAKE_GRACE)
+            await self.listener.stop(0 if self.force_exit else self.limits.close_grace_seconds)
             if not self.force_exit:
                 await self.listener.handshakes(self.limits.handshake_timeout)
         if not self.force_exit:

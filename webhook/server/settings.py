@@ -38,6 +38,9 @@ class Limits:
     drain_seconds: float = 5.0
     """After SIGTERM: answering on, each response closing its connection, before the
     listener closes."""
+    close_grace_seconds: float = 0.5
+    """Between refusing new TCP handshakes and closing the listener: one under way
+    completes in a round trip (only one whose SYN-ACK is lost, resent after 1 s, is left)."""
     settle_seconds: float = 1.0
     """After the listener closes: a request already on its way over an open connection is
     still answered before idle connections are closed."""
