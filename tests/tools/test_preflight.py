@@ -27,6 +27,10 @@ def namespace(name: str, **labels: str) -> dict:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
+def enforcing(name: str, level: str) -> dict:
+    return namespace(name, **{"pod-security.kubernetes.io/enforce": level})
+
+
 def mutating(name: str, entry: str, resources: list[str], operations: list[str]) -> dict:
     rule = {"apiGroups": [""], "apiVersions": ["v1"], "resources": resources}
     return {
@@ -70,12 +74,8 @@ def test_each_obstacle_is_named_with_its_hint(fake, tmp_path) -> None:
     fake.webhooks["deployments-only"] = mutating(
         "deployments-only", "d.example.com", ["deployments"], ["CREATE"]
     )
-    fake.namespaces["payments"] = namespace(
-        "payments", **{"pod-security.kubernetes.io/enforce": "restricted"}
-    )
-    fake.namespaces["kube-system"] = namespace(
-        "kube-system", **{"pod-security.kubernetes.io/enforce": "baseline"}
-    )
+    fake.namespaces["payments"] = enforcing("payments", "restricted")
+    fake.namespaces["kube-system"] = enforcing("kube-system", "baseline")
     config = tmp_path / "mesh.yaml"
     config.write_text("mtls: {identity: pod-certificate}\n")
     done = pre(fake, "--config", str(config), "-o", "json")
@@ -107,12 +107,8 @@ def test_each_obstacle_is_named_with_its_hint(fake, tmp_path) -> None:
 def test_with_the_cni_agent_its_own_namespace_must_admit_it(fake, tmp_path) -> None:
     fake.git_version = "v1.35.0"
     fake.served = {"certificates.k8s.io/v1beta1": ["podcertificaterequests", "clustertrustbundles"]}
-    fake.namespaces["payments"] = namespace(
-        "payments", **{"pod-security.kubernetes.io/enforce": "restricted"}
-    )
-    fake.namespaces["proxy-system"] = namespace(
-        "proxy-system", **{"pod-security.kubernetes.io/enforce": "baseline"}
-    )
+    fake.namespaces["payments"] = enforcing("payments", "restricted")
+    fake.namespaces["proxy-system"] = enforcing("proxy-system", "baseline")
     config = tmp_path / "mesh.yaml"
     config.write_text("interception: cni\n")
     done = pre(fake, "--config", str(config))
