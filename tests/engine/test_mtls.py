@@ -203,7 +203,7 @@ def test_every_injected_pod_is_valid_and_passes_restricted_in_cni_mode(config, m
     assert pod_security.violations(out, "restricted") == []
 
 
-def _validate(out: dict, folder: Path) -> subprocess.CompletedProcess[str]:
+def validate_with_identity(out: dict, folder: Path) -> subprocess.CompletedProcess[str]:
     """``envoy --mode validate`` with the SDS files where the init container writes them."""
     directory = folder / "proxy-sds"
     directory.mkdir(parents=True, exist_ok=True)
@@ -232,7 +232,7 @@ def test_every_bootstrap_passes_envoy_validate(config, mode, tmp_path) -> None:
         "proxy.io/outbound-policy": "declared-only",
         "proxy.io/tcp-ports": "9000",
     }
-    done = _validate(
+    done = validate_with_identity(
         injected(pod(annotations, readinessProbe={"tcpSocket": {"port": 9000}}), config), tmp_path
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

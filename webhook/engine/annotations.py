@@ -286,6 +286,24 @@ ANNOTATIONS: tuple[Annotation, ...] = (
         "`envoy_outbound_refused{port}`; excluded ports and CIDRs still bypass the proxy.",
     ),
     Annotation(
+        "proxy.io/access-log",
+        "access_log",
+        values.one_of("off", "text", "json"),
+        '"off", "text" or "json"',
+        "mesh config `accessLog.format`",
+        "The proxy's access log on its stdout: `json` writes one object a request (and a "
+        "connection, with mesh config `accessLog.tcp`), fields in docs/operations.md.",
+    ),
+    Annotation(
+        "proxy.io/trace-sampling",
+        "trace_sampling",
+        values.percent,
+        "a percentage from 0 to 100",
+        "mesh config `tracing.samplingPercent`",
+        "Share of the requests starting a trace here that are traced (spans to mesh "
+        "config `tracing.collector`; ignored while it is unset).",
+    ),
+    Annotation(
         "proxy.io/outbound-uds",
         "outbound_uds",
         values.boolean,
@@ -398,6 +416,8 @@ class Overrides:
     upstream_max_pending_requests: tuple[tuple[tuple[str, int], int], ...] | None = None
     upstream_max_requests: tuple[tuple[tuple[str, int], int], ...] | None = None
     outbound_policy: str | None = None
+    access_log: str | None = None
+    trace_sampling: float | None = None
     outbound_uds: bool | None = None
     mtls: str | None = None
     allow_from: tuple[str, ...] | None = None

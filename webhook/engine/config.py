@@ -29,10 +29,13 @@ from webhook.engine.annotations import quote
 from webhook.engine.names import DEFAULT_REVISION
 
 
-def _checked(parse: Callable[[str], Any]) -> BeforeValidator:
-    """Validate a field with the same parser its annotation uses; lists become "a,b"."""
+def _checked(parse: Callable[[str], Any], optional: bool = False) -> BeforeValidator:
+    """Validate a field with the same parser its annotation uses; lists become "a,b";
+    ``optional``: null is left null."""
 
     def validate(raw: object) -> Any:
+        if raw is None and optional:
+            return None
         if isinstance(raw, list | tuple):
             raw = ",".join(str(item) for item in raw)
         elif isinstance(raw, int | float) and not isinstance(raw, bool):
@@ -128,6 +131,24 @@ class Outbound(_Section):
     policy: Literal["allow-any", "declared-only"] = "allow-any"
     """declared-only: the app reaches only what proxy.io/upstreams declares (and the
     excluded ports and CIDRs, which bypass the proxy)."""
+
+
+class AccessLog(_Section):
+    """The proxy's access log on its stdout: one line a request (HTTP) or a connection
+    (TCP, with ``tcp``), inbound always, outbound with ``outbound``."""
+
+    format: Literal["off", "text", "json"] = "text"
+    outbound: bool = False
+    tcp: bool = False
+
+
+class Tracing(_Section):
+    """Envoy's OpenTelemetry tracer, spans sent over OTLP/gRPC to ``collector``; nothing is
+    added to the bootstrap while it is unset."""
+
+    collector: Annotated[str | None, _checked(values.service_address, optional=True)] = None
+    sampling_percent: Annotated[float, _checked(values.percent)] = 1.0
+    """Of the requests that start a trace here (no sampled traceparent came with them)."""
 
 
 class Cni(_Section):
@@ -228,6 +249,8 @@ class MeshConfig(_Section):
     """A Kubernetes Event for each injection, skip and denial (on the pod's controller)."""
     upstream_policy: UpstreamPolicy = UpstreamPolicy()
     outbound: Outbound = Outbound()
+    access_log: AccessLog = AccessLog()
+    tracing: Tracing = Tracing()
     cni: Cni = Cni()
     mtls: Mtls = Mtls()
 
@@ -241,7 +264,11 @@ class MeshConfig(_Section):
         """A short hash of the fields that shape an injected pod, recorded in its
         proxy.io/status: pods injected under other values are stale (``check``), and a
         change to which pods are injected or to Events makes none stale."""
-        return _digest(self.model_dump(by_alias=True, exclude=_NOT_IN_THE_POD))
+        fields = self.model_dump(by_alias=True, exclude=_NOT_IN_THE_POD)
+        for name in _DIGESTED_ONCE_SET:
+            if fields[name] == _DEFAULTS[name]:
+                del fields[name]
+        return _digest(fields)
 
 
 _NOT_IN_THE_POD = {
@@ -254,6 +281,15 @@ _NOT_IN_THE_POD = {
     "node_shm",
     "pod_security_namespaces",
 }
+
+
+_DEFAULTS = {
+    "accessLog": AccessLog().model_dump(by_alias=True),
+    "tracing": Tracing().model_dump(by_alias=True),
+}
+_DIGESTED_ONCE_SET = ("accessLog", "tracing")
+"""Sections newer than 0.3.0, left out of the digest at their defaults (which make the
+sidecar 0.3.0 made): pods injected before them are not stale for their arrival."""
 
 
 def _canonical(value: Any) -> Any:

@@ -11,7 +11,15 @@ from typing import Any
 
 import orjson
 
-from webhook.engine import lifecycle, mtls, node_access, probes, sidecar, sockets
+from webhook.engine import (
+    lifecycle,
+    mtls,
+    node_access,
+    observability,
+    probes,
+    sidecar,
+    sockets,
+)
 from webhook.engine import patch as jp
 from webhook.engine import pod as pods
 from webhook.engine.names import (
@@ -60,6 +68,7 @@ def _proxy(plan: Plan) -> dict[str, Any]:
         ],
         drain_seconds=plan.drain_seconds,
         pull_policy=plan.pull_policy,
+        env=observability.proxy_env(plan.telemetry),
     )
     return lifecycle.stopping_after_the_app(
         proxy,

@@ -42,6 +42,10 @@ class Settings:
     exclude_outbound_ip_ranges: tuple[str, ...]
     outbound_policy: str
     """allow-any or declared-only."""
+    access_log: str
+    """off, text or json."""
+    trace_sampling: float
+    """Percent."""
 
     @property
     def cni(self) -> bool:
@@ -85,4 +89,8 @@ def resolve(overrides: Overrides, config: MeshConfig) -> Settings:
         if o.exclude_outbound_ip_ranges is None
         else o.exclude_outbound_ip_ranges,
         outbound_policy=config.outbound.policy if o.outbound_policy is None else o.outbound_policy,
+        access_log=config.access_log.format if o.access_log is None else o.access_log,
+        trace_sampling=config.tracing.sampling_percent
+        if o.trace_sampling is None
+        else o.trace_sampling,
     )

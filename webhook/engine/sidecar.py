@@ -179,6 +179,7 @@ def proxy_container(
     mounts: list[Json],
     drain_seconds: float,
     pull_policy: str | None = None,
+    env: tuple[tuple[str, str], ...] = (),
 ) -> Json:
     container: Json = {
         "name": PROXY_CONTAINER,
@@ -204,6 +205,7 @@ def proxy_container(
         "env": [
             _field_env("POD_NAME", "metadata.name"),
             _field_env("POD_NAMESPACE", "metadata.namespace"),
+            *({"name": name, "value": value} for name, value in env),
         ],
         "ports": [
             _port("proxy-inbound", INBOUND_PORT),

@@ -24,6 +24,7 @@ from webhook.engine import (
     limits,
     mtls,
     node_access,
+    observability,
     probes,
     sidecar,
     sockets,
@@ -31,6 +32,8 @@ from webhook.engine import (
 )
 from webhook.engine import pod as pods
 from webhook.engine.annotations import Overrides
+from webhook.engine.bootstrap.telemetry import DEFAULT as DEFAULT_TELEMETRY
+from webhook.engine.bootstrap.telemetry import Telemetry
 from webhook.engine.config import MeshConfig
 from webhook.engine.json_object import Json
 from webhook.engine.names import (
@@ -95,6 +98,7 @@ class Context:
     secured: mtls.PodMtls | None = None
     interception: interception.Interception | None = None
     grace_seconds: int = pods.DEFAULT_GRACE_SECONDS
+    telemetry: Telemetry = DEFAULT_TELEMETRY
     bootstrap: str = ""
 
     @property
@@ -234,6 +238,10 @@ def start_and_stop(ctx: Context) -> Findings:
 def envoy_bootstrap(ctx: Context) -> Findings:
     """The sidecar's whole Envoy config, as its one argument."""
     assert ctx.ports is not None and ctx.probes is not None
+    collector = observability.collector(ctx.config, ctx.namespace, ctx.secured)
+    declared = {u.cluster for u in ctx.upstreams}
+    to = None if collector is None else collector.cluster
+    ctx.telemetry = observability.telemetry(ctx.settings, ctx.config, _metadata(ctx.pod), to)
     sidecar_plan = bootstrap.SidecarPlan(
         ports=ctx.ports.ports,
         probes=tuple(ctx.probes.routes),
@@ -244,6 +252,8 @@ def envoy_bootstrap(ctx: Context) -> Findings:
         dual_stack=ctx.config.dual_stack,
         mtls=ctx.secured,
         drain_hook=lifecycle.drains(ctx.settings.native_sidecar, ctx.settings.drain_seconds),
+        telemetry=ctx.telemetry,
+        collector=None if collector is None or collector.cluster in declared else collector,
     )
     ctx.bootstrap = bootstrap.encoded(sidecar_plan)
     size = len(ctx.bootstrap) if ctx.bootstrap.isascii() else len(ctx.bootstrap.encode())
@@ -302,6 +312,7 @@ class Plan:
     mtls: mtls.PodMtls | None = None
     upstreams: tuple[upstreams.Upstream, ...] = ()
     outbound_policy: str = "allow-any"
+    telemetry: Telemetry = DEFAULT_TELEMETRY
 
     @property
     def shm_volume_name(self) -> str:
@@ -335,6 +346,7 @@ class Plan:
             "probesRewritten": len(self.probes.rewrites),
             "drainSeconds": self.drain_seconds,
             "mtls": _mtls_summary(self.mtls),
+            **_telemetry_summary(self.telemetry),
         }
 
 
@@ -402,6 +414,7 @@ def _the_plan(ctx: Context, found: list[str]) -> Plan:
         mtls=ctx.secured,
         upstreams=ctx.upstreams,
         outbound_policy=ctx.settings.outbound_policy,
+        telemetry=ctx.telemetry,
     )
 
 
@@ -426,6 +439,23 @@ def _status(ctx: Context) -> Json:
     if len(unknown) > len(ignored):
         status["ignoredAnnotationsNotListed"] = len(unknown) - len(ignored)
     return status
+
+
+def _telemetry_summary(chosen: Telemetry) -> dict[str, Any]:
+    logged = "inbound" + (", outbound" if chosen.outbound else "")
+    logged += " HTTP" + (" and TCP" if chosen.tcp else "")
+    traced = chosen.tracing
+    return {
+        "accessLog": "off" if chosen.access_log == "off" else f"{chosen.access_log}: {logged}",
+        "tracing": "off"
+        if traced is None
+        else f"{traced.sampling:g}% to {traced.cluster}, service {traced.service}",
+    }
+
+
+def _metadata(pod: Json) -> Json:
+    found = pod.get("metadata")
+    return found if isinstance(found, dict) else {}
 
 
 def _mtls_summary(plan: mtls.PodMtls | None) -> dict[str, Any]:

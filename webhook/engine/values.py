@@ -292,6 +292,26 @@ def dns_name(text: str) -> str:
     return text
 
 
+def percent(text: str) -> float:
+    """A share from 0 to 100, decimals allowed (``0.5``: one request in 200)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number from 0 to 100") from None
+    if not 0 <= number <= 100:
+        raise ValueError(f"{text!r} is not a number from 0 to 100")
+    return number
+
+
+def service_address(text: str) -> str:
+    """``service:port``: a DNS name (a Service's, or any) and a port."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not a service:port like otel-collector.observability:4317")
+    dns_name(host)
+    return text
+
+
 def revision(text: str) -> str:
     """An injector revision's name: a DNS label short enough that proxy-injector-<name>
     is one too (the revision's Service)."""

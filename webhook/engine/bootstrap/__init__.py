@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import orjson
 
-from webhook.engine.bootstrap import health, inbound, outbound
+from webhook.engine.bootstrap import health, inbound, outbound, telemetry
 from webhook.engine.bootstrap.objects import (
     ADMIN_CLUSTER,
     Json,
@@ -52,6 +52,9 @@ class SidecarPlan:
     """A regular proxy container's preStop hook drains it through :15021/drain."""
     declared_only: bool = False
     """Outbound policy declared-only: what proxy.io/upstreams does not declare is refused."""
+    telemetry: telemetry.Telemetry = telemetry.DEFAULT
+    collector: Upstream | None = None
+    """The tracing collector, when it is not a declared upstream already."""
 
 
 def build(plan: SidecarPlan) -> Json:
@@ -66,6 +69,7 @@ def build(plan: SidecarPlan) -> Json:
         inbound.inbound_listener(plan.ports, plan.mtls),
         outbound.outbound_listener(plan.upstreams, plan.policy, plan.declared_only),
     ]
+    telemetry.apply(listeners, plan.telemetry)
     if plan.dual_stack:
         listeners = [also_ipv6(item) for item in listeners]
     if plan.outbound_socket:
@@ -86,6 +90,11 @@ def build(plan: SidecarPlan) -> Json:
                 *inbound.clusters(plan.ports, tls_ports.values(), checked),
                 *outbound.clusters(
                     plan.upstreams, plan.policy, bool(plan.outbound_socket), plan.declared_only
+                ),
+                *(
+                    [outbound.upstream_cluster(plan.collector, plan.policy)]
+                    if plan.collector
+                    else []
                 ),
             ],
         },

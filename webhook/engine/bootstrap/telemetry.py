@@ -1,0 +1,182 @@
+"""What the sidecar tells of the traffic it carries: its access log and its traces.
+
+Laid over the built listeners (``apply``): every data-path HTTP connection manager (the
+inbound and outbound ones, the egress socket's) and, for TCP, every tcp_proxy that carries
+traffic. The readiness and metrics listeners are the proxy's own and get neither, and the
+counters other modules put in ``access_log`` (refused egress) stay.
+
+Values a client chooses (authority, path, user agent, request id) are cut to a bound, so a
+request cannot make the line it is logged in arbitrarily long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.engine.bootstrap.objects import Json, typed
+
+STDOUT = "envoy.access_loggers.stdout"
+DATA_LISTENERS = frozenset({"inbound", "outbound", "outbound_uds"})
+BLACKHOLE = "blackhole"
+
+BOUNDS = {"authority": 256, "path": 1024, "user_agent": 256, "request_id": 128}
+"""Characters kept of each value a client sets."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    cluster: str
+    """The collector's cluster (OTLP over gRPC)."""
+    sampling: float
+    """Percent of the requests that start a trace here."""
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    access_log: str = "text"
+    """off, text or json."""
+    outbound: bool = False
+    tcp: bool = False
+    tracing: Tracing | None = None
+
+
+def _http_json(direction: str) -> dict[str, str]:
+    peer = "DOWNSTREAM_PEER_URI_SAN" if direction == "inbound" else "UPSTREAM_PEER_URI_SAN"
+    return {
+        "start_time": "%START_TIME%",
+        "direction": direction,
+        "protocol": "%PROTOCOL%",
+        "method": "%REQ(:METHOD)%",
+        "authority": f"%REQ(:AUTHORITY):{BOUNDS['authority']}%",
+        "path": f"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):{BOUNDS['path']}%",
+        "status": "%RESPONSE_CODE%",
+        "response_flags": "%RESPONSE_FLAGS%",
+        "bytes_received": "%BYTES_RECEIVED%",
+        "bytes_sent": "%BYTES_SENT%",
+        "duration_ms": "%DURATION%",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "upstream_host": "%UPSTREAM_HOST%",
+        "downstream_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "peer_identity": f"%{peer}%",
+        "trace_id": "%TRACE_ID%",
+        "request_id": f"%REQ(X-REQUEST-ID):{BOUNDS['request_id']}%",
+        "user_agent": f"%REQ(USER-AGENT):{BOUNDS['user_agent']}%",
+    }
+
+
+def _tcp_json(direction: str) -> dict[str, str]:
+    peer = "DOWNSTREAM_PEER_URI_SAN" if direction == "inbound" else "UPSTREAM_PEER_URI_SAN"
+    return {
+        "start_time": "%START_TIME%",
+        "direction": direction,
+        "protocol": "tcp",
+        "response_flags": "%RESPONSE_FLAGS%",
+        "bytes_received": "%BYTES_RECEIVED%",
+        "bytes_sent": "%BYTES_SENT%",
+        "duration_ms": "%DURATION%",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "upstream_host": "%UPSTREAM_HOST%",
+        "downstream_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "peer_identity": f"%{peer}%",
+        "termination": "%CONNECTION_TERMINATION_DETAILS%",
+    }
+
+
+TCP_TEXT = (
+    "[%START_TIME%] {direction} tcp %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% "
+    "%DURATION% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "peer={peer}\n"
+)
+
+
+def _logger(fmt: str, direction: str, tcp: bool) -> Json:
+    kind = "access_loggers.stream.v3.StdoutAccessLog"
+    if fmt == "json":
+        fields = _tcp_json(direction) if tcp else _http_json(direction)
+        return typed(STDOUT, kind, log_format={"json_format": fields})
+    if tcp:
+        peer = "%DOWNSTREAM_PEER_URI_SAN%" if direction == "inbound" else "%UPSTREAM_PEER_URI_SAN%"
+        line = TCP_TEXT.format(direction=direction, peer=peer)
+        return typed(STDOUT, kind, log_format={"text_format_source": {"inline_string": line}})
+    return typed(STDOUT, kind)  # Envoy's default line
+
+
+def _tracing(tracing: Tracing) -> Json:
+    detector = typed(
+        "envoy.tracers.opentelemetry.resource_detectors.environment",
+        "tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig",
+    )
+    return {
+        "random_sampling": {"value": tracing.sampling},
+        "max_path_tag_length": BOUNDS["path"],
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": tracing.cluster}, "timeout": "1s"},
+                "service_name": tracing.service,
+                "resource_detectors": [detector],
+            },
+        },
+    }
+
+
+def _direction(stat_prefix: str) -> str:
+    return "inbound" if stat_prefix.startswith("inbound") else "outbound"
+
+
+def _http(config: Json, telemetry: Telemetry) -> None:
+    direction = _direction(config["stat_prefix"])
+    kept = [log for log in config.get("access_log", []) if log["name"] != STDOUT]
+    logged = direction == "inbound" or telemetry.outbound
+    if telemetry.access_log == "text" and direction == "inbound":
+        kept = config.get("access_log", [])  # the inbound line as it always was
+    elif telemetry.access_log != "off" and logged:
+        kept.append(_logger(telemetry.access_log, direction, tcp=False))
+    if kept:
+        config["access_log"] = kept
+    else:
+        config.pop("access_log", None)
+    if telemetry.tracing is not None:
+        config["tracing"] = _tracing(telemetry.tracing)
+
+
+def _tcp(config: Json, telemetry: Telemetry) -> None:
+    direction = _direction(config["stat_prefix"])
+    if BLACKHOLE in config["stat_prefix"] or telemetry.access_log == "off" or not telemetry.tcp:
+        return
+    if direction == "outbound" and not telemetry.outbound:
+        return
+    config.setdefault("access_log", []).append(_logger(telemetry.access_log, direction, tcp=True))
+
+
+_BY_FILTER = {
+    "envoy.filters.network.http_connection_manager": _http,
+    "envoy.filters.network.tcp_proxy": _tcp,
+}
+
+
+def apply(listeners: list[Json], telemetry: Telemetry) -> None:
+    """Each data-path listener's HTTP and TCP filters get the access log and tracing
+    ``telemetry`` says; changed in place (the listeners were just built)."""
+    if telemetry == DEFAULT:
+        return
+    for item in listeners:
+        if item["name"] not in DATA_LISTENERS:
+            continue
+        for filter_chain in _chains(item):
+            for network_filter in filter_chain["filters"]:
+                decorate = _BY_FILTER.get(network_filter["name"])
+                if decorate is not None:
+                    decorate(network_filter["typed_config"], telemetry)
+
+
+def _chains(item: Json) -> list[Any]:
+    default = item.get("default_filter_chain")
+    return [*item["filter_chains"], *([default] if default else [])]
+
+
+DEFAULT = Telemetry()
+"""The sidecar as it was before telemetry settings: the inbound HTTP line only."""
