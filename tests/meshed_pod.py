@@ -65,6 +65,19 @@ class MeshedPod:
         ids = ["--reuid", "1337", "--regid", "1337", "--clear-groups"]
         return self.net.exec(self.namespace, "setpriv", *ids, *command)
 
+    def proxy_env(self) -> dict[str, str]:
+        """The proxy container's literal env values, ``$(POD_NAME)`` and ``$(POD_NAMESPACE)``
+        expanded as the kubelet expands them (the pod's name; namespace shop)."""
+        known = {"POD_NAME": self.spec["metadata"].get("name", "pod"), "POD_NAMESPACE": "shop"}
+        found = {}
+        for item in container(self.spec, "proxy").get("env", []):
+            if "value" in item:
+                value = item["value"]
+                for name, replacement in known.items():
+                    value = value.replace(f"$({name})", replacement)
+                found[item["name"]] = value
+        return found
+
     def proxy_flags(self, *names: str) -> list[str]:
         """These flags of the proxy container, with the values the engine gave them."""
         proxies = [*self.spec["spec"]["containers"], *self.spec["spec"]["initContainers"]]
@@ -133,8 +146,10 @@ class MeshedPod:
             *self.proxy_flags("--drain-time-s", "--drain-strategy"),
             *["--service-node", "pod.ns", "--service-cluster", "ns"],
         ]
+        extra = [f"{name}={value}" for name, value in self.proxy_env().items()]
+        command = self.as_proxy("env", *extra, proxy_envoy(), "-c", str(path), *flags)
         self.envoy = subprocess.Popen(
-            [*prefix, *self.as_proxy(proxy_envoy(), "-c", str(path), *flags)],
+            [*prefix, *command],
             cwd="/",
             stdout=log,
             stderr=log,

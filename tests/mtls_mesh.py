@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests import netns
@@ -38,6 +38,7 @@ def server_spec(annotations: dict[str, str] | None = None, mesh: MeshConfig = ME
         # meshed: its port is left out of the server pod's interception.
         "metadata": {
             "name": "orders-0",
+            "labels": {"app": "orders"},
             "annotations": {"proxy.io/exclude-inbound-ports": "7070", **(annotations or {})},
         },
         "spec": {
@@ -61,20 +62,27 @@ def server_spec(annotations: dict[str, str] | None = None, mesh: MeshConfig = ME
     return _injected(pod, mesh)
 
 
-def client_spec(annotations: dict[str, str] | None = None) -> dict:
+def client_spec(annotations: dict[str, str] | None = None, mesh: MeshConfig = MESH) -> dict:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
+        # The collector (COLLECTOR) lives at the client namespace's second address: its
+        # port is left out of the client pod's interception, as it stands for another host.
         "metadata": {
             "name": "web-0",
-            "annotations": {"proxy.io/upstreams": UPSTREAMS, **(annotations or {})},
+            "labels": {"app.kubernetes.io/name": "web"},
+            "annotations": {
+                "proxy.io/upstreams": UPSTREAMS,
+                "proxy.io/exclude-inbound-ports": "4317",
+                **(annotations or {}),
+            },
         },
         "spec": {
             "serviceAccountName": "web",
             "containers": [{"name": "web", "image": "curl", "ports": []}],
         },
     }
-    return _injected(pod)
+    return _injected(pod, mesh)
 
 
 def _injected(pod: dict, mesh: MeshConfig = MESH) -> dict:
@@ -84,14 +92,18 @@ def _injected(pod: dict, mesh: MeshConfig = MESH) -> dict:
 
 
 class Mesh:
-    def __init__(self, net: netns.Network, root: Path, ca: KeyPair) -> None:
+    def __init__(
+        self, net: netns.Network, root: Path, ca: KeyPair, mesh: MeshConfig = MESH
+    ) -> None:
         self.net, self.root, self.ca = net, root, ca
         server_folder, client_folder = root / "orders", root / "web"
         for folder in (server_folder, client_folder):
             folder.mkdir()
             folder.chmod(0o755)
-        self.server = MeshedPod(net, server_folder, "nft", server_spec())
-        self.client = MeshedPod(net, client_folder, "nft", client_spec(), namespace=net.client)
+        self.server = MeshedPod(net, server_folder, "nft", server_spec(mesh=mesh))
+        self.client = MeshedPod(
+            net, client_folder, "nft", client_spec(mesh=mesh), namespace=net.client
+        )
         self.server_volume = ProjectedVolume(self.server.identity_root / "proxy-identity")
         self.client_volume = ProjectedVolume(self.client.identity_root / "proxy-identity")
         self.server_leaf = leaf(ca, spiffe("shop", "orders"))
@@ -140,20 +152,32 @@ class Mesh:
         return self.net.curl(pod.namespace, f"http://127.0.0.1:15021{path}")
 
 
+COLLECTOR = "otel-collector.observability"
+"""A tracing collector's name, at the client namespace's second address (both pods reach it)."""
+
+
 def hosts_of(net: netns.Network) -> Iterator[None]:
-    """The client pod's DNS: ``ip netns exec`` mounts /etc/netns/<ns>/hosts over /etc/hosts."""
-    folder = Path("/etc/netns") / net.client
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "hosts").write_text(f"127.0.0.1 localhost\n{SERVER} orders.shop plain.shop\n")
+    """The pods' DNS: ``ip netns exec`` mounts /etc/netns/<ns>/hosts over /etc/hosts."""
+    folders = [Path("/etc/netns") / name for name in (net.client, net.pod)]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hosts").write_text(
+            f"127.0.0.1 localhost\n{SERVER} orders.shop plain.shop\n"
+            f"{netns.CLIENT_V4_OTHER} {COLLECTOR}\n"
+        )
     try:
         yield
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def running_mesh(ca: KeyPair) -> Iterator[Mesh]:
-    """Both pods serving, their certificates from ``ca``."""
+def running_mesh(
+    ca: KeyPair, mesh: MeshConfig = MESH, before: Callable[[Mesh], None] = lambda m: None
+) -> Iterator[Mesh]:
+    """Both pods serving under ``mesh``, their certificates from ``ca``; ``before`` runs
+    once the namespaces exist, before the sidecars start."""
     if shutil.which("iptables-nft-restore") is None:
         raise AssertionError("iptables-nft is missing (scripts/test installs Debian's iptables)")
     net = netns.Network().create()
@@ -162,7 +186,8 @@ def running_mesh(ca: KeyPair) -> Iterator[Mesh]:
     nginx = None
     try:
         root = shared_folder()
-        the_mesh = Mesh(net, root, ca)
+        the_mesh = Mesh(net, root, ca, mesh)
+        before(the_mesh)
         for pod in (the_mesh.server, the_mesh.client):
             applied = pod.run_init()
             assert applied.returncode == 0, applied.stderr
