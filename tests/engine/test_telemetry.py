@@ -150,3 +150,22 @@ def test_envoy_accepts_every_telemetry_setting(config, tmp_path) -> None:
     else:
         checked = envoy_validate(bootstrap_of(pod))
     assert checked.returncode == 0, checked.stderr[-3000:]
+
+
+def test_explain_and_bootstrap_say_what_each_pod_logs_and_traces(tmp_path) -> None:
+    from tests.support import proxy_injector
+
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text(json.dumps(SERVER))
+    config = tmp_path / "mesh.yaml"
+    config.write_text(json.dumps(EVERYTHING))
+    wanted = (
+        "access log json: inbound, outbound HTTP and TCP; tracing 10% of requests to "
+        "otel-collector.observability:4317 (OTLP/gRPC) as service checkout"
+    )
+    for command in ("explain", "bootstrap"):
+        done = proxy_injector(command, "-f", str(manifest), "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        assert wanted in done.stdout, command
+    plain = proxy_injector("explain", "-f", str(manifest))
+    assert "access log text: inbound HTTP; tracing off" in plain.stdout

@@ -449,7 +449,8 @@ def _telemetry_summary(chosen: Telemetry) -> dict[str, Any]:
         "accessLog": "off" if chosen.access_log == "off" else f"{chosen.access_log}: {logged}",
         "tracing": "off"
         if traced is None
-        else f"{traced.sampling:g}% to {traced.cluster}, service {traced.service}",
+        else f"{traced.sampling:g}% of requests to {traced.collector} (OTLP/gRPC) as service "
+        f"{traced.service}",
     }
 
 

@@ -301,6 +301,7 @@ def plan_lines(summary: dict[str, Any]) -> list[str]:
         f"{summary['logLevel']}" + ("; the app waits for it" if summary["holdApplication"] else "")
     )
     lines.append(_mtls_line(summary["mtls"]))
+    lines.append(f"access log {summary['accessLog']}; tracing {summary['tracing']}")
     lines += [_upstream_line(u) for u in summary["upstreams"]]
     if summary["upstreams"]:
         lines.append(

@@ -32,6 +32,12 @@ class Tracing:
     """Percent of the requests that start a trace here."""
     service: str
 
+    @property
+    def collector(self) -> str:
+        """host:port, from the cluster's name (``outbound|<port>||<host>``)."""
+        _, port, _, host = self.cluster.split("|")
+        return f"{host}:{port}"
+
 
 @dataclass(frozen=True, slots=True)
 class Telemetry:
