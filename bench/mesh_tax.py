@@ -36,14 +36,21 @@ mesh config ``mtls.identity: pod-certificate``, certificates minted here and lai
 the kubelet writes them, mTLS between the two; its added p90 over direct (two hops, target
 0.5 ms) and its CPU per 1000 req/s as a ratio to plaintext ``sidecar-uds`` (target 1.25x).
 
-``--compare KEY=VALUE`` adds a fourth way, ``sidecar-uds`` with one mesh config field
-(``accessLog=true``) or pod annotation (``proxy.io/concurrency=1``) changed: a before and
-after in the same run. ``--profile`` samples the server's Envoy with perf during one extra
+``--compare KEY=VALUE`` adds a way, ``sidecar-uds`` with one mesh config field
+(``accessLog.tcp=true``; ``accessLog=json`` is short for ``accessLog.format=json``) or pod
+annotation (``proxy.io/concurrency=1``) changed: a before and after in the same run. Given
+more than once, each is a way of its own, and their server Envoys' vCPU per 1000 req/s is
+printed as a ratio to the first's, round by round: ``--compare accessLog=off --compare
+accessLog=text --compare accessLog=json`` prices each access log format against none.
+``;`` joins several changes in one way; a collector at ``localhost:4317`` is an OTLP/gRPC
+receiver (``tests/apps/otlp_receiver.py``, spans to /dev/null) started in each sidecar's
+namespace: ``--compare "tracing.collector=localhost:4317;tracing.samplingPercent=1"``.
+``--profile`` samples the server's Envoy with perf during one extra
 ``sidecar-uds`` run and prints where its CPU goes.
 
     .venv/bin/python bench/mesh_tax.py [--quick] [--app nginx,asgi] [--rates 1000,5000]
         [--sizes 1024,65536] [--pairs 3] [--seconds 10] [--client-sidecar]
-        [--compare KEY=VALUE] [--profile] [--envoy-cpu 0|1] [--mtls]
+        [--compare KEY=VALUE ...] [--profile] [--envoy-cpu 0|1] [--mtls]
 
 Needs root (namespaces, iptables, Envoy as UID 1337), Debian's nginx-light, iptables,
 iproute2 and nghttp2-client (``scripts/bench`` installs them).
@@ -190,21 +197,31 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        key, sep, raw = text.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"--compare {text!r}: expected KEY=VALUE")
-        if key.startswith("proxy.io/"):
-            return cls(annotations={key: raw}, label=text)
+        annotations: dict[str, str] = {}
         data: dict = {}
-        node = data
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(raw)
+        for assignment in text.split(";"):
+            key, sep, raw = assignment.partition("=")
+            if not sep or not key:
+                raise argparse.ArgumentTypeError(f"--compare {text!r}: expected KEY=VALUE")
+            if key.startswith("proxy.io/"):
+                annotations[key] = raw
+                continue
+            node = data
+            *parents, last = SHORT_KEYS.get(key, key).split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            value = yaml.safe_load(raw)
+            # YAML 1.1 reads off/on/yes/no as booleans; a format named off stays a word.
+            word = isinstance(value, bool) and raw.lower() not in ("true", "false")
+            node[last] = raw if word else value
         try:
-            return cls(config=from_mapping(data, "--compare"), label=text)
+            return cls(annotations, from_mapping(data, "--compare"), text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SHORT_KEYS = {"accessLog": "accessLog.format"}
+LOCAL_COLLECTOR = "localhost:4317"
 
 
 class Pod:
@@ -259,6 +276,11 @@ class Pod:
 
     def _start_sidecar(self, role: str, namespace: str, spec: dict) -> None:
         folder = self.folder if role == "server" else shared_folder()
+        if self.mesh.tracing.collector == LOCAL_COLLECTOR:
+            receiver = [sys.executable, "-m", "tests.apps.otlp_receiver", "127.0.0.1", "4317"]
+            self.processes.append(
+                self.net.start(namespace, "taskset", "-c", str(LOAD_CPU), *receiver, "/dev/null")
+            )
         sidecar = MeshedPod(self.net, folder, iptables_backend(), spec, namespace=namespace)
         applied = sidecar.run_init()
         if applied.returncode != 0:
@@ -435,13 +457,16 @@ def pods(app: str, args: argparse.Namespace) -> Iterator[dict[str, Pod]]:
     try:
         for way in WAYS + ((MTLS_WAY,) if args.mtls else ()):
             started[way] = Pod(way, app, args, Variant()).start()
-        if args.compare:
-            label = f"sidecar-uds+{args.compare.label}"
-            started[label] = Pod("sidecar-uds", app, args, args.compare).start()
+        for variant in args.compare:
+            started[compared(variant)] = Pod("sidecar-uds", app, args, variant).start()
         yield started
     finally:
         for pod in started.values():
             pod.stop()
+
+
+def compared(variant: Variant) -> str:
+    return f"sidecar-uds+{variant.label}"
 
 
 def ms(value: float) -> str:
@@ -546,6 +571,21 @@ def _ratio_text(ratios: list[float], target: float) -> str:
     return (
         f"{middle:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f} over rounds; target {target}x: {verdict})"
     )
+
+
+def print_compared(rounds: list[dict[str, Measured]], variants: list[Variant]) -> None:
+    """Each --compare way's server Envoy vCPU against the first's (one: against the
+    unchanged sidecar-uds), per round."""
+    if not variants:
+        return
+    base = compared(variants[0]) if len(variants) > 1 else "sidecar-uds"
+    for variant in variants[1:] if len(variants) > 1 else variants:
+        ratios = _ratios(rounds, compared(variant), base, "server")
+        middle = statistics.median(ratios)
+        print(
+            f"  {variant.label} vs {base.removeprefix('sidecar-uds+')}, server Envoy's vCPU per "
+            f"1000 req/s: {middle:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f} over rounds)"
+        )
 
 
 def print_ratios(rounds: list[dict[str, Measured]], summaries: list[Summary], hops: int) -> None:
@@ -653,6 +693,7 @@ def measure(app: str, args: argparse.Namespace) -> list[tuple[str, int, int, Sum
                 print_summary(summaries, hops)
                 uds = next(s for s in summaries if s.way == "sidecar-uds")
                 print_ratios(rounds, summaries, hops)
+                print_compared(rounds, args.compare)
                 if size == 1024 and rate == 1000:
                     print_istio(uds, hops)
                     print_targets(uds, hops)
@@ -741,7 +782,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--client-sidecar", action="store_true")
-    parser.add_argument("--compare", type=Variant.parse, default=None)
+    parser.add_argument("--compare", type=Variant.parse, action="append", default=[])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--mtls", action="store_true", help="add mTLS between two sidecars")
     parser.add_argument(

@@ -21,6 +21,8 @@ from webhook.server.settings import Limits
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
+OPERATOR_KINDS = {"PodMonitor", "PrometheusRule"}
+"""Validated against prometheus-operator's schemas in tests/test_monitoring.py."""
 
 
 def render(path: Path) -> list[dict]:
@@ -40,7 +42,12 @@ REVISION = render(DEPLOY / "examples" / "revision-canary")
 def mesh_config_of(objects: list[dict]) -> MeshConfig:
     """The mesh config the rendered ConfigMap gives the webhook: mesh.yaml, then each
     component's layer, as ``--config=<the mounted directory>`` reads them."""
-    data = one(objects, "ConfigMap")["data"]
+    (config_map,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("proxy-injector-mesh")
+    ]
+    data = config_map["data"]
     return parse_layers([(key, data[key]) for key in layer_order(list(data))], "ConfigMap")
 
 
@@ -382,7 +389,12 @@ def test_the_mtls_overlay_adds_the_signer_locked_down_with_least_privilege() -> 
     objects = render(MTLS_OVERLAY)
     for obj in objects:
         assert object_errors(obj) == []
-    data = one(objects, "ConfigMap")["data"]
+    (config_map,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("proxy-injector-mesh")
+    ]
+    data = config_map["data"]
     assert data["mesh.yaml"] == one(BASE, "ConfigMap")["data"]["mesh.yaml"]  # one base copy
     mesh = mesh_config_of(objects)
     assert mesh.mtls.identity == "pod-certificate"
@@ -430,7 +442,7 @@ def test_checkov_passes_on_the_mtls_overlay(tmp_path) -> None:
     assert_checkov_passes(DEPLOY / "checkov.yaml", tmp_path)
 
 
-COMPONENTS = ("cni", "mtls", "cert-manager", "autoscaling")
+COMPONENTS = ("cni", "mtls", "cert-manager", "autoscaling", "monitoring")
 COMBINATIONS = [
     combo for size in range(1, len(COMPONENTS) + 1) for combo in combinations(COMPONENTS, size)
 ]
@@ -455,7 +467,7 @@ def test_components_combine_in_any_mix_over_one_base(components, tmp_path) -> No
     the base or clashes with another (the Namespace once, one ConfigMap)."""
     objects = render_with(components, tmp_path)
     for obj in objects:
-        if obj["kind"] not in CERT_MANAGER_KINDS:
+        if obj["kind"] not in CERT_MANAGER_KINDS | OPERATOR_KINDS:
             assert object_errors(obj) == [], (obj["kind"], obj["metadata"]["name"])
     assert [o["kind"] for o in objects].count("Namespace") == 1
     mesh = mesh_config_of(objects)

@@ -17,6 +17,7 @@ from tests.test_deploy import (
     CERT_MANAGER_KINDS,
     COMBINATIONS,
     DEPLOY,
+    OPERATOR_KINDS,
     mesh_config_of,
     one,
     render,
@@ -67,7 +68,7 @@ def test_a_revision_renders_beside_the_default_sharing_no_object(components, tmp
     default = render_with(components, tmp_path) if components else render(DEPLOY)
     canary = render_revision("canary", components, tmp_path / "canary")
     for obj in canary:
-        if obj["kind"] not in CERT_MANAGER_KINDS:
+        if obj["kind"] not in CERT_MANAGER_KINDS | OPERATOR_KINDS:
             assert object_errors(obj) == [], (obj["kind"], obj["metadata"]["name"])
     # Nothing of the default's is applied or deleted with the revision: not the
     # Namespace, not the node-wide CNI agent or signer.
@@ -124,6 +125,11 @@ def test_a_revision_renders_beside_the_default_sharing_no_object(components, tmp
     if "autoscaling" in components:
         hpa = one(canary, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
         assert hpa["name"] == "proxy-injector-canary"
+    if "monitoring" in components:  # its webhook's PodMonitor; the cluster-wide rest stays
+        monitor = one(canary, "PodMonitor")
+        assert monitor["metadata"]["name"] == "proxy-injector-canary"
+        assert monitor["spec"]["selector"]["matchLabels"] == own_app
+        assert not [o for o in canary if o["kind"] == "PrometheusRule"]
 
 
 def the_example() -> list[dict]:

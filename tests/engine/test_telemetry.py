@@ -71,6 +71,7 @@ def test_json_everywhere_with_bounded_client_values_and_the_trace_id() -> None:
     assert fields["direction"] == "inbound"
     assert fields["path"] == "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):1024%"
     assert fields["authority"].endswith(":256%") and fields["user_agent"].endswith(":256%")
+    assert fields["method"] == "%REQ(:METHOD):32%"
     assert fields["trace_id"] == "%TRACE_ID%"
     assert fields["request_id"] == "%REQ(X-REQUEST-ID):128%"
     assert fields["peer_identity"] == "%DOWNSTREAM_PEER_URI_SAN%"

@@ -61,11 +61,20 @@ def test_requests_on_dead_connections_are_answered_within_30s(fake, signers) -> 
     fake.hang_when, _ = _hang_first(3, lambda method, path, _: "/pods/" in path)
     since = time.monotonic()
     names = [kubelet.request(pod) for _ in range(5)]
+
+    def pending() -> float:
+        found = re.search(
+            r"^proxy_signer_pending_requests (\S+)$", process.get("/metrics")[1], re.M
+        )
+        return float(found[1]) if found else -1.0
+
+    wait_for(lambda: pending() >= 1, 10, "the held requests counted as pending")
     took = _all_issued(kubelet, names, since)
     assert len(fake.hung) == 3 and took < ANSWERED_WITHIN
     assert process.process.poll() is None
     metrics = process.get("/metrics")[1]
     assert re.search(r'proxy_signer_requests_total\{result="error"\} [1-9]', metrics)
+    wait_for(lambda: pending() == 0, 10, "no request pending once all are answered")
 
 
 def test_a_watch_gone_silent_is_listed_again(fake, signers) -> None:

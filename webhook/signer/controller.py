@@ -116,6 +116,7 @@ class Signer:
         self.problem = "starting"
         self.wake = asyncio.Event()
         """Set when this replica starts leading: the CA is loaded at once, not in 5 s."""
+        self.metrics.pending.set_function(lambda: self.queue.qsize() + self.busy)
 
     # -- readiness and leadership -------------------------------------------------
 

@@ -31,6 +31,11 @@ class SignerMetrics:
             "When the issuing CA expires (Unix time).",
             registry=self.registry,
         )
+        self.pending = Gauge(
+            "proxy_signer_pending_requests",
+            "Requests for our signer name waiting for an answer or being answered (leader).",
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "proxy_signer_leader",
             "1 while this replica holds the Lease and answers requests.",

@@ -20,7 +20,7 @@ STDOUT = "envoy.access_loggers.stdout"
 DATA_LISTENERS = frozenset({"inbound", "outbound", "outbound_uds"})
 BLACKHOLE = "blackhole"
 
-BOUNDS = {"authority": 256, "path": 1024, "user_agent": 256, "request_id": 128}
+BOUNDS = {"method": 32, "authority": 256, "path": 1024, "user_agent": 256, "request_id": 128}
 """Characters kept of each value a client sets."""
 
 
@@ -54,7 +54,7 @@ def _http_json(direction: str) -> dict[str, str]:
         "start_time": "%START_TIME%",
         "direction": direction,
         "protocol": "%PROTOCOL%",
-        "method": "%REQ(:METHOD)%",
+        "method": f"%REQ(:METHOD):{BOUNDS['method']}%",
         "authority": f"%REQ(:AUTHORITY):{BOUNDS['authority']}%",
         "path": f"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):{BOUNDS['path']}%",
         "status": "%RESPONSE_CODE%",
