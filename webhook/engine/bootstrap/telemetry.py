@@ -48,16 +48,17 @@ class Telemetry:
     tracing: Tracing | None = None
 
 
-def _http_json(direction: str) -> dict[str, str]:
-    peer = "DOWNSTREAM_PEER_URI_SAN" if direction == "inbound" else "UPSTREAM_PEER_URI_SAN"
+def _peer(direction: str) -> str:
+    """The other side's SPIFFE ID: the caller's inbound, the called one's outbound."""
+    return "DOWNSTREAM_PEER_URI_SAN" if direction == "inbound" else "UPSTREAM_PEER_URI_SAN"
+
+
+def _both_json(direction: str, protocol: str) -> dict[str, str]:
+    """The fields of HTTP and TCP lines alike."""
     return {
         "start_time": "%START_TIME%",
         "direction": direction,
-        "protocol": "%PROTOCOL%",
-        "method": f"%REQ(:METHOD):{BOUNDS['method']}%",
-        "authority": f"%REQ(:AUTHORITY):{BOUNDS['authority']}%",
-        "path": f"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):{BOUNDS['path']}%",
-        "status": "%RESPONSE_CODE%",
+        "protocol": protocol,
         "response_flags": "%RESPONSE_FLAGS%",
         "bytes_received": "%BYTES_RECEIVED%",
         "bytes_sent": "%BYTES_SENT%",
@@ -65,7 +66,17 @@ def _http_json(direction: str) -> dict[str, str]:
         "upstream_cluster": "%UPSTREAM_CLUSTER%",
         "upstream_host": "%UPSTREAM_HOST%",
         "downstream_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
-        "peer_identity": f"%{peer}%",
+        "peer_identity": f"%{_peer(direction)}%",
+    }
+
+
+def _http_json(direction: str) -> dict[str, str]:
+    return {
+        **_both_json(direction, "%PROTOCOL%"),
+        "method": f"%REQ(:METHOD):{BOUNDS['method']}%",
+        "authority": f"%REQ(:AUTHORITY):{BOUNDS['authority']}%",
+        "path": f"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):{BOUNDS['path']}%",
+        "status": "%RESPONSE_CODE%",
         "trace_id": "%TRACE_ID%",
         "request_id": f"%REQ(X-REQUEST-ID):{BOUNDS['request_id']}%",
         "user_agent": f"%REQ(USER-AGENT):{BOUNDS['user_agent']}%",
@@ -73,21 +84,7 @@ def _http_json(direction: str) -> dict[str, str]:
 
 
 def _tcp_json(direction: str) -> dict[str, str]:
-    peer = "DOWNSTREAM_PEER_URI_SAN" if direction == "inbound" else "UPSTREAM_PEER_URI_SAN"
-    return {
-        "start_time": "%START_TIME%",
-        "direction": direction,
-        "protocol": "tcp",
-        "response_flags": "%RESPONSE_FLAGS%",
-        "bytes_received": "%BYTES_RECEIVED%",
-        "bytes_sent": "%BYTES_SENT%",
-        "duration_ms": "%DURATION%",
-        "upstream_cluster": "%UPSTREAM_CLUSTER%",
-        "upstream_host": "%UPSTREAM_HOST%",
-        "downstream_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
-        "peer_identity": f"%{peer}%",
-        "termination": "%CONNECTION_TERMINATION_DETAILS%",
-    }
+    return {**_both_json(direction, "tcp"), "termination": "%CONNECTION_TERMINATION_DETAILS%"}
 
 
 TCP_TEXT = (
@@ -103,8 +100,7 @@ def _logger(fmt: str, direction: str, tcp: bool) -> Json:
         fields = _tcp_json(direction) if tcp else _http_json(direction)
         return typed(STDOUT, kind, log_format={"json_format": fields})
     if tcp:
-        peer = "%DOWNSTREAM_PEER_URI_SAN%" if direction == "inbound" else "%UPSTREAM_PEER_URI_SAN%"
-        line = TCP_TEXT.format(direction=direction, peer=peer)
+        line = TCP_TEXT.format(direction=direction, peer=f"%{_peer(direction)}%")
         return typed(STDOUT, kind, log_format={"text_format_source": {"inline_string": line}})
     return typed(STDOUT, kind)  # Envoy's default line
 
