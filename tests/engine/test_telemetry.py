@@ -170,3 +170,13 @@ def test_explain_and_bootstrap_say_what_each_pod_logs_and_traces(tmp_path) -> No
         assert wanted in done.stdout, command
     plain = proxy_injector("explain", "-f", str(manifest))
     assert "access log text: inbound HTTP; tracing off" in plain.stdout
+
+
+def test_a_collector_the_app_also_declares_is_one_cluster() -> None:
+    declared = SERVER["metadata"]["annotations"]["proxy.io/upstreams"]
+    also = f"{declared},otel-collector.observability:4317/grpc"
+    _, bootstrap = injected(TRACED, {"proxy.io/upstreams": also})
+    names = [c["name"] for c in bootstrap["static_resources"]["clusters"]]
+    assert names.count("outbound|4317||otel-collector.observability") == 1
+    checked = envoy_validate(json.dumps(bootstrap))
+    assert checked.returncode == 0, checked.stderr[-2000:]

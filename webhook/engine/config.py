@@ -264,11 +264,10 @@ class MeshConfig(_Section):
         """A short hash of the fields that shape an injected pod, recorded in its
         proxy.io/status: pods injected under other values are stale (``check``), and a
         change to which pods are injected or to Events makes none stale."""
-        fields = self.model_dump(by_alias=True, exclude=_NOT_IN_THE_POD)
-        for name in _DIGESTED_ONCE_SET:
-            if fields[name] == _DEFAULTS[name]:
-                del fields[name]
-        return _digest(fields)
+        at_default = {
+            name for name in _DIGESTED_ONCE_SET if getattr(self, name) == _FIELDS[name].default
+        }
+        return _digest(self.model_dump(by_alias=True, exclude=_NOT_IN_THE_POD | at_default))
 
 
 _NOT_IN_THE_POD = {
@@ -283,11 +282,8 @@ _NOT_IN_THE_POD = {
 }
 
 
-_DEFAULTS = {
-    "accessLog": AccessLog().model_dump(by_alias=True),
-    "tracing": Tracing().model_dump(by_alias=True),
-}
-_DIGESTED_ONCE_SET = ("accessLog", "tracing")
+_FIELDS = MeshConfig.model_fields
+_DIGESTED_ONCE_SET = ("access_log", "tracing")
 """Sections newer than 0.3.0, left out of the digest at their defaults (which make the
 sidecar 0.3.0 made): pods injected before them are not stale for their arrival."""
 

@@ -6,6 +6,7 @@ resource attributes its proxy container is given."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from webhook.engine import upstreams
@@ -46,16 +47,13 @@ def collector(
     if config.tracing.collector is None:
         return None
     host, _, port = config.tracing.collector.rpartition(":")
-    found = upstreams.Upstream(
-        host, int(port), (), upstreams.GRPC, upstreams.mesh_policy(config.upstream_policy)
-    )
+    policy = upstreams.mesh_policy(config.upstream_policy)
+    found = upstreams.Upstream(host, int(port), (), upstreams.GRPC, policy)
     service_ns = service_namespace(host, namespace, config.cluster_domain)
     if pod_mtls is None or service_ns is None:
         return found
     who = Peer("prefix", f"spiffe://{pod_mtls.trust_domain}/ns/{service_ns}/sa/")
-    return upstreams.Upstream(
-        host, int(port), (), upstreams.GRPC, found.policy, peer=who, plaintext_fallback=True
-    )
+    return replace(found, peer=who, plaintext_fallback=True)
 
 
 def telemetry(

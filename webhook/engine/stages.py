@@ -239,9 +239,10 @@ def envoy_bootstrap(ctx: Context) -> Findings:
     """The sidecar's whole Envoy config, as its one argument."""
     assert ctx.ports is not None and ctx.probes is not None
     collector = observability.collector(ctx.config, ctx.namespace, ctx.secured)
-    declared = {u.cluster for u in ctx.upstreams}
     to = None if collector is None else collector.cluster
     ctx.telemetry = observability.telemetry(ctx.settings, ctx.config, _metadata(ctx.pod), to)
+    if collector is not None and any(u.cluster == to for u in ctx.upstreams):
+        collector = None  # declared by the app too: its cluster is built already
     sidecar_plan = bootstrap.SidecarPlan(
         ports=ctx.ports.ports,
         probes=tuple(ctx.probes.routes),
@@ -253,7 +254,7 @@ def envoy_bootstrap(ctx: Context) -> Findings:
         mtls=ctx.secured,
         drain_hook=lifecycle.drains(ctx.settings.native_sidecar, ctx.settings.drain_seconds),
         telemetry=ctx.telemetry,
-        collector=None if collector is None or collector.cluster in declared else collector,
+        collector=collector,
     )
     ctx.bootstrap = bootstrap.encoded(sidecar_plan)
     size = len(ctx.bootstrap) if ctx.bootstrap.isascii() else len(ctx.bootstrap.encode())

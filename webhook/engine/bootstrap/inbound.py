@@ -21,7 +21,6 @@ from webhook.engine.bootstrap.objects import (
     route_to,
     socket_address,
     static_cluster,
-    stdout_access_log,
     tcp_proxy,
     typed,
     virtual_host,
@@ -31,7 +30,9 @@ from webhook.engine.names import INBOUND_PORT, MTLS_ALPN, PROXY_PORTS
 from webhook.engine.sockets import HTTP2, AppPort
 
 PASSTHROUGH = "inbound|passthrough"
-PASSTHROUGH_MTLS = "inbound_passthrough_mtls"
+MTLS_SUFFIX = "_mtls"
+"""Ends the stat prefix of every mTLS chain (the access log names the caller there)."""
+PASSTHROUGH_MTLS = f"inbound_passthrough{MTLS_SUFFIX}"
 PASSTHROUGH_REFUSED = "inbound_passthrough_refused"
 """Stat prefixes of the ports the pod does not declare: over mTLS, and refused plaintext."""
 BLACKHOLE = "inbound|blackhole"
@@ -141,16 +142,8 @@ def fallback_retry(port: AppPort) -> Json:
     }
 
 
-MTLS_ACCESS_LOG = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
-    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
-    '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" peer=%DOWNSTREAM_PEER_URI_SAN%\n'
-)
-"""Envoy's default line, shortened, with the caller's SPIFFE ID."""
-
-
 def _http_filter(port: AppPort, stat_prefix: str, extra_filters: list[Json], peer: bool) -> Json:
-    """``peer``: the mTLS chain, whose caller is logged and told to the app in
+    """``peer``: the mTLS chain, whose caller is told to the app in
     x-forwarded-client-cert (``By=<ours>;URI=<the caller's>``), any such header from the
     caller replaced."""
     route = route_to(cluster_name(port.number), timeout="0s", **fallback_retry(port))
@@ -164,7 +157,6 @@ def _http_filter(port: AppPort, stat_prefix: str, extra_filters: list[Json], pee
         stat_prefix,
         [virtual_host(stat_prefix, ["*"], [route])],
         extra_filters,
-        access_log=[stdout_access_log(MTLS_ACCESS_LOG if peer else None)],
         upgrade_configs=[{"upgrade_type": "websocket"}],
         **extra,
     )
@@ -186,7 +178,7 @@ def _mtls_chain(port: AppPort, plan: PodMtls, sniffed: bool = True) -> Json:
     """Our ALPN: TLS with a client certificate of the trust domain, then the port exactly
     as in plaintext. Stats under <http|tcp>.inbound_<port>_mtls. Not ``sniffed`` (a TCP
     port where plaintext is refused): every connection to the port, as TLS."""
-    prefix = f"inbound_{port.number}_mtls"
+    prefix = f"inbound_{port.number}{MTLS_SUFFIX}"
     if port.is_http:
         filters = [
             *tls.http_connection_rbac(plan, f"http.{prefix}."),

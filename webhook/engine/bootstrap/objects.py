@@ -110,17 +110,6 @@ def router() -> Json:
     return typed("envoy.filters.http.router", "filters.http.router.v3.Router")
 
 
-def stdout_access_log(format_text: str | None = None) -> Json:
-    """Envoy's default line, or ``format_text``."""
-    if format_text is None:
-        return typed("envoy.access_loggers.stdout", "access_loggers.stream.v3.StdoutAccessLog")
-    return typed(
-        "envoy.access_loggers.stdout",
-        "access_loggers.stream.v3.StdoutAccessLog",
-        log_format={"text_format_source": {"inline_string": format_text}},
-    )
-
-
 def http_connection_manager(
     stat_prefix: str,
     virtual_hosts: list[Json],
@@ -128,8 +117,8 @@ def http_connection_manager(
     **extra: Any,
 ) -> Json:
     """Every HTTP connection manager of the bootstrap (inbound, outbound, the egress
-    socket, 15021, 15090) is built here: what all of them get (tracing, a common access
-    log) is added in this one place."""
+    socket, 15021, 15090) is built here; the data path's access log and tracing are laid
+    over them by ``telemetry``."""
     return typed(
         "envoy.filters.network.http_connection_manager",
         "filters.network.http_connection_manager.v3.HttpConnectionManager",

@@ -2,8 +2,9 @@
 
 Laid over the built listeners (``apply``): every data-path HTTP connection manager (the
 inbound and outbound ones, the egress socket's) and, for TCP, every tcp_proxy that carries
-traffic. The readiness and metrics listeners are the proxy's own and get neither, and the
-counters other modules put in ``access_log`` (refused egress) stay.
+traffic. This is the one place the proxy's stdout lines are decided. The readiness and
+metrics listeners are the proxy's own and get neither, and the counters other modules put
+in ``access_log`` (refused egress) stay.
 
 Values a client chooses (authority, path, user agent, request id) are cut to a bound, so a
 request cannot make the line it is logged in arbitrarily long.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.engine.bootstrap.inbound import MTLS_SUFFIX
 from webhook.engine.bootstrap.objects import Json, typed
 
 STDOUT = "envoy.access_loggers.stdout"
@@ -87,6 +89,12 @@ def _tcp_json(direction: str) -> dict[str, str]:
     return {**_both_json(direction, "tcp"), "termination": "%CONNECTION_TERMINATION_DETAILS%"}
 
 
+MTLS_TEXT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" peer=%DOWNSTREAM_PEER_URI_SAN%\n'
+)
+"""An inbound mTLS chain's text line: Envoy's default, shortened, with the caller's ID."""
 TCP_TEXT = (
     "[%START_TIME%] {direction} tcp %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% "
     "%DURATION% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_REMOTE_ADDRESS% "
@@ -94,15 +102,17 @@ TCP_TEXT = (
 )
 
 
-def _logger(fmt: str, direction: str, tcp: bool) -> Json:
+def _logger(fmt: str, direction: str, tcp: bool, mtls: bool = False) -> Json:
     kind = "access_loggers.stream.v3.StdoutAccessLog"
     if fmt == "json":
         fields = _tcp_json(direction) if tcp else _http_json(direction)
         return typed(STDOUT, kind, log_format={"json_format": fields})
-    if tcp:
-        line = TCP_TEXT.format(direction=direction, peer=f"%{_peer(direction)}%")
-        return typed(STDOUT, kind, log_format={"text_format_source": {"inline_string": line}})
-    return typed(STDOUT, kind)  # Envoy's default line
+    line = TCP_TEXT.format(direction=direction, peer=f"%{_peer(direction)}%") if tcp else None
+    if mtls and direction == "inbound" and not tcp:
+        line = MTLS_TEXT
+    if line is None:
+        return typed(STDOUT, kind)  # Envoy's default line
+    return typed(STDOUT, kind, log_format={"text_format_source": {"inline_string": line}})
 
 
 def _tracing(tracing: Tracing) -> Json:
@@ -130,17 +140,12 @@ def _direction(stat_prefix: str) -> str:
 
 
 def _http(config: Json, telemetry: Telemetry) -> None:
-    direction = _direction(config["stat_prefix"])
-    kept = [log for log in config.get("access_log", []) if log["name"] != STDOUT]
-    logged = direction == "inbound" or telemetry.outbound
-    if telemetry.access_log == "text" and direction == "inbound":
-        kept = config.get("access_log", [])  # the inbound line as it always was
-    elif telemetry.access_log != "off" and logged:
-        kept.append(_logger(telemetry.access_log, direction, tcp=False))
-    if kept:
-        config["access_log"] = kept
-    else:
-        config.pop("access_log", None)
+    prefix = config["stat_prefix"]
+    direction = _direction(prefix)
+    if telemetry.access_log != "off" and (direction == "inbound" or telemetry.outbound):
+        mtls = prefix.endswith(MTLS_SUFFIX)
+        logger = _logger(telemetry.access_log, direction, tcp=False, mtls=mtls)
+        config["access_log"] = [*config.get("access_log", []), logger]
     if telemetry.tracing is not None:
         config["tracing"] = _tracing(telemetry.tracing)
 
@@ -163,8 +168,6 @@ _BY_FILTER = {
 def apply(listeners: list[Json], telemetry: Telemetry) -> None:
     """Each data-path listener's HTTP and TCP filters get the access log and tracing
     ``telemetry`` says; changed in place (the listeners were just built)."""
-    if telemetry == DEFAULT:
-        return
     for item in listeners:
         if item["name"] not in DATA_LISTENERS:
             continue
@@ -181,4 +184,4 @@ def _chains(item: Json) -> list[Any]:
 
 
 DEFAULT = Telemetry()
-"""The sidecar as it was before telemetry settings: the inbound HTTP line only."""
+"""The mesh config's defaults: the inbound HTTP text line only, as every release wrote."""
