@@ -44,7 +44,10 @@ printed as a ratio to the first's, round by round: ``--compare accessLog=off --c
 accessLog=text --compare accessLog=json`` prices each access log format against none.
 ``;`` joins several changes in one way; a collector at ``localhost:4317`` is an OTLP/gRPC
 receiver (``tests/apps/otlp_receiver.py``, spans to /dev/null) started in each sidecar's
-namespace: ``--compare "tracing.collector=localhost:4317;tracing.samplingPercent=1"``.
+namespace: ``--compare "tracing.collector=localhost:4317;tracing.samplingPercent=1"``. A way
+with ``mtls.identity=pod-certificate`` gets certificates minted here, so with
+``--client-sidecar`` it prices a change in the two-hop mTLS shape; with two hops both
+sidecars' ratio is printed too.
 ``--profile`` samples the server's Envoy with perf during one extra
 ``sidecar-uds`` run and prints where its CPU goes.
 
@@ -235,6 +238,8 @@ class Pod:
         self.sidecars: dict[str, MeshedPod] = {}
         self.nginx: Nginx | None = None
         self.ca = create_ca(common_name="bench mesh CA")
+        self.server_wrapper: tuple[str, ...] = ()
+        """Runs the server's Envoy (``bench/instructions.py``: valgrind)."""
 
     @property
     def meshed(self) -> bool:
@@ -285,7 +290,7 @@ class Pod:
         applied = sidecar.run_init()
         if applied.returncode != 0:
             raise RuntimeError(f"init-iptables failed in {namespace}: {applied.stderr}")
-        if self.way == MTLS_WAY:
+        if self.mesh.mtls.identity == "pod-certificate":
             identity = ProjectedVolume(sidecar.identity_root / "proxy-identity")
             account = SERVICE if role == "server" else "load"
             identity.pod_certificate(leaf(self.ca, spiffe(NAMESPACE, account)), self.ca)
@@ -294,7 +299,9 @@ class Pod:
         if self.way == "floor" and role == "server":
             floor = floor_config(socket, sidecar.admin_socket)
         cpu = ("taskset", "-c", str(self.args.envoy_cpu))
-        sidecar.start_envoy(workers(spec), prefix=cpu, config=floor)
+        wrapper = self.server_wrapper if role == "server" else ()
+        ready = 300 if wrapper else 30  # valgrind takes a minute to start Envoy
+        sidecar.start_envoy(workers(spec), cpu, floor, wrapper, ready)
         self.sidecars[role] = sidecar
 
     def _start_app(self) -> None:
@@ -335,7 +342,10 @@ class Pod:
                 stderr=subprocess.DEVNULL,
             )
         )
-        wait_for(lambda: self._curl(f"http://{netns.POD_V4}:{APP_PORT}/healthz"), 30, "the app")
+        seconds = 120 if self.server_wrapper else 30
+        wait_for(
+            lambda: self._curl(f"http://{netns.POD_V4}:{APP_PORT}/healthz"), seconds, "the app"
+        )
 
     def _curl(self, url: str) -> bool:
         return self.net.curl(self.net.client, url)[0] == 200
@@ -573,19 +583,21 @@ def _ratio_text(ratios: list[float], target: float) -> str:
     )
 
 
-def print_compared(rounds: list[dict[str, Measured]], variants: list[Variant]) -> None:
+def print_compared(rounds: list[dict[str, Measured]], variants: list[Variant], hops: int) -> None:
     """Each --compare way's server Envoy vCPU against the first's (one: against the
-    unchanged sidecar-uds), per round."""
+    unchanged sidecar-uds), per round; with two hops, both sidecars' too."""
     if not variants:
         return
     base = compared(variants[0]) if len(variants) > 1 else "sidecar-uds"
     for variant in variants[1:] if len(variants) > 1 else variants:
-        ratios = _ratios(rounds, compared(variant), base, "server")
-        middle = statistics.median(ratios)
-        print(
-            f"  {variant.label} vs {base.removeprefix('sidecar-uds+')}, server Envoy's vCPU per "
-            f"1000 req/s: {middle:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f} over rounds)"
-        )
+        for roles in ("server", "both")[:hops]:
+            ratios = _ratios(rounds, compared(variant), base, roles)
+            middle = statistics.median(ratios)
+            whose = "server Envoy's" if roles == "server" else "both sidecars'"
+            print(
+                f"  {variant.label} vs {base.removeprefix('sidecar-uds+')}, {whose} vCPU per "
+                f"1000 req/s: {middle:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f} over rounds)"
+            )
 
 
 def print_ratios(rounds: list[dict[str, Measured]], summaries: list[Summary], hops: int) -> None:
@@ -693,7 +705,7 @@ def measure(app: str, args: argparse.Namespace) -> list[tuple[str, int, int, Sum
                 print_summary(summaries, hops)
                 uds = next(s for s in summaries if s.way == "sidecar-uds")
                 print_ratios(rounds, summaries, hops)
-                print_compared(rounds, args.compare)
+                print_compared(rounds, args.compare, hops)
                 if size == 1024 and rate == 1000:
                     print_istio(uds, hops)
                     print_targets(uds, hops)

@@ -117,10 +117,17 @@ class MeshedPod:
         return self.folder.with_name(self.folder.name + "-admin") / Path(ADMIN_SOCKET).name
 
     def start_envoy(
-        self, workers: int = 1, prefix: tuple[str, ...] = (), config: dict | None = None
+        self,
+        workers: int = 1,
+        prefix: tuple[str, ...] = (),
+        config: dict | None = None,
+        wrapper: tuple[str, ...] = (),
+        ready_seconds: float = 30,
     ) -> None:
-        """Envoy with ``workers`` threads; ``prefix`` runs before it (e.g. taskset);
-        ``config`` instead of the pod's bootstrap (a benchmark's yardstick)."""
+        """Envoy with ``workers`` threads; ``prefix`` runs before it (e.g. taskset),
+        ``wrapper`` runs Envoy itself, as the proxy's user (e.g. valgrind; may start with
+        NAME=VALUE settings); ``config`` instead of the pod's bootstrap (a benchmark's
+        yardstick)."""
         meshed = self.meshed
         if meshed:
             self.write_sds_volume()
@@ -147,7 +154,7 @@ class MeshedPod:
             *["--service-node", "pod.ns", "--service-cluster", "ns"],
         ]
         extra = [f"{name}={value}" for name, value in self.proxy_env().items()]
-        command = self.as_proxy("env", *extra, proxy_envoy(), "-c", str(path), *flags)
+        command = self.as_proxy("env", *extra, *wrapper, proxy_envoy(), "-c", str(path), *flags)
         self.envoy = subprocess.Popen(
             [*prefix, *command],
             cwd="/",
@@ -155,7 +162,7 @@ class MeshedPod:
             stderr=log,
         )
         self.net.processes.append(self.envoy)
-        wait_for(lambda: self.admin("/ready")[0] == 200, 30, "Envoy ready in the pod")
+        wait_for(lambda: self.admin("/ready")[0] == 200, ready_seconds, "Envoy ready in the pod")
 
     def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
         """Envoy's admin API, over its socket (as root, which may open it)."""
