@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from webhook.engine import upstreams
 from webhook.engine.bootstrap.telemetry import Telemetry, Tracing
-from webhook.engine.config import MeshConfig
+from webhook.engine.config import MeshConfig, UpstreamPolicy
 from webhook.engine.mtls import Peer, PodMtls, service_namespace
 from webhook.engine.settings import Settings
 
@@ -46,14 +47,19 @@ def collector(
     has mTLS and the collector is a Service of this cluster."""
     if config.tracing.collector is None:
         return None
-    host, _, port = config.tracing.collector.rpartition(":")
-    policy = upstreams.mesh_policy(config.upstream_policy)
-    found = upstreams.Upstream(host, int(port), (), upstreams.GRPC, policy)
-    service_ns = service_namespace(host, namespace, config.cluster_domain)
+    found = _upstream(config.tracing.collector, config.upstream_policy)
+    service_ns = service_namespace(found.host, namespace, config.cluster_domain)
     if pod_mtls is None or service_ns is None:
         return found
     who = Peer("prefix", f"spiffe://{pod_mtls.trust_domain}/ns/{service_ns}/sa/")
     return replace(found, peer=who, plaintext_fallback=True)
+
+
+@lru_cache(maxsize=8)
+def _upstream(address: str, policy: UpstreamPolicy) -> upstreams.Upstream:
+    """Parsed once per mesh config, not per admission."""
+    host, _, port = address.rpartition(":")
+    return upstreams.Upstream(host, int(port), (), upstreams.GRPC, upstreams.mesh_policy(policy))
 
 
 def telemetry(

@@ -240,7 +240,8 @@ def envoy_bootstrap(ctx: Context) -> Findings:
     assert ctx.ports is not None and ctx.probes is not None
     collector = observability.collector(ctx.config, ctx.namespace, ctx.secured)
     to = None if collector is None else collector.cluster
-    ctx.telemetry = observability.telemetry(ctx.settings, ctx.config, _metadata(ctx.pod), to)
+    metadata = pods.mapping(ctx.pod, "metadata", "pod")
+    ctx.telemetry = observability.telemetry(ctx.settings, ctx.config, metadata, to)
     if collector is not None and any(u.cluster == to for u in ctx.upstreams):
         collector = None  # declared by the app too: its cluster is built already
     sidecar_plan = bootstrap.SidecarPlan(
@@ -453,11 +454,6 @@ def _telemetry_summary(chosen: Telemetry) -> dict[str, Any]:
         else f"{traced.sampling:g}% of requests to {traced.collector} (OTLP/gRPC) as service "
         f"{traced.service}",
     }
-
-
-def _metadata(pod: Json) -> Json:
-    found = pod.get("metadata")
-    return found if isinstance(found, dict) else {}
 
 
 def _mtls_summary(plan: mtls.PodMtls | None) -> dict[str, Any]:
