@@ -43,10 +43,10 @@ def _identity_source(reader: Reader, config: MeshConfig) -> Result:
             return Result(name, False, "no CSIDriver object of that name", hint)
         return Result(name, True)
     name = "the API serves pod certificates (mtls.identity pod-certificate)"
-    problem = served_pod_certificates(reader)
+    found = _pod_certificate_versions(reader)
+    problem = _not_served(found)
     if problem:
         return Result(name, False, problem, FEATURE_GATES_HINT)
-    found = {r: _served_version(reader, r) for r in POD_CERTIFICATE_RESOURCES}
     return Result(name, True, ", ".join(f"{r} in {v}" for r, v in found.items()))
 
 
@@ -61,7 +61,15 @@ FEATURE_GATES_HINT = (
 
 def served_pod_certificates(reader: Reader) -> str | None:
     """What of pod certificates the API does not serve; None when it serves them all."""
-    missing = [r for r in POD_CERTIFICATE_RESOURCES if _served_version(reader, r) is None]
+    return _not_served(_pod_certificate_versions(reader))
+
+
+def _pod_certificate_versions(reader: Reader) -> dict[str, str | None]:
+    return {r: _served_version(reader, r) for r in POD_CERTIFICATE_RESOURCES}
+
+
+def _not_served(found: dict[str, str | None]) -> str | None:
+    missing = [resource for resource, version in found.items() if version is None]
     return f"not served: {', '.join(missing)}" if missing else None
 
 
