@@ -17,9 +17,10 @@ import pytest
 from tests import netns
 from tests.identity import create_ca
 from tests.meshed_pod import MeshedPod
-from tests.mtls_mesh import COLLECTOR, Mesh, running_mesh
+from tests.mtls_mesh import COLLECTOR, Mesh, client_spec, running_mesh
 from tests.processes import wait_for
 from webhook.engine.config import from_mapping
+from webhook.engine.names import OUTBOUND_UDS_PATH
 
 why_not = netns.available()
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(why_not is not None, reason=str(why_not))]
@@ -126,3 +127,35 @@ def test_a_tcp_connection_is_one_json_line_and_long_client_values_are_cut(traced
     tcp = carried()[-1]
     assert tcp["direction"] == "inbound" and tcp["bytes_sent"] > 0
     assert tcp["peer_identity"] == "spiffe://cluster.local/ns/shop/sa/web"
+
+
+def test_a_request_through_the_egress_socket_is_traced_and_logged(traced) -> None:
+    """The app's other way out (proxy.io/outbound-uds): its HTTP manager gets the tracer
+    and the access log as the outbound port's does."""
+    mesh, receiver = traced
+    plain = mesh.client.spec
+    mesh.client.folder.chmod(0o1777)  # the pod's /dev/shm, where the proxy makes the socket
+    mesh.restart(mesh.client, client_spec({"proxy.io/outbound-uds": "true"}, TRACED))
+    try:
+        egress = mesh.client.folder / Path(OUTBOUND_UDS_PATH).name
+        wait_for(egress.exists, 10, "the egress socket")
+        answered = mesh.net.run(
+            mesh.net.client, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+            "--max-time", "5", "--unix-socket", str(egress),
+            "http://orders.shop:8080/through-the-socket", timeout=30,
+        )  # fmt: skip
+        assert answered.stdout == "200"
+
+        def spans() -> list[dict]:
+            found = receiver.spans()
+            return [s for s in found if "/through-the-socket" in json.dumps(s["attributes"])]
+
+        wait_for(lambda: len(spans()) >= 2, 30, "both sidecars' spans of the socket's request")
+        by_service = {s["resource"]["service.name"]: s for s in spans()}
+        client, server = by_service["web"], by_service["orders"]
+        assert server["parent_span_id"] == client["span_id"]
+        assert client["trace_id"] == server["trace_id"]
+        out = [e for e in access_lines(mesh.client) if e.get("path") == "/through-the-socket"]
+        assert [(e["direction"], e["trace_id"]) for e in out] == [("outbound", client["trace_id"])]
+    finally:
+        mesh.restart(mesh.client, plain)

@@ -107,6 +107,15 @@ def test_tracing_sends_spans_to_the_collector_named_after_the_workload() -> None
     )
 
 
+def test_the_egress_socket_is_traced_and_logged_like_the_outbound_port() -> None:
+    _, bootstrap = injected(EVERYTHING, {"proxy.io/outbound-uds": "true"})
+    found = managers(bootstrap)
+    egress, outbound = found["outbound_uds"], found["outbound_8080"]
+    assert egress["tracing"] == outbound["tracing"]
+    (line,) = stdout_logs(egress)
+    assert line["json_format"]["direction"] == "outbound"
+
+
 def test_the_collector_is_called_over_mtls_while_it_answers_mtls() -> None:
     mtls = {"mtls": {"identity": "pod-certificate", "mode": "strict"}, **TRACED}
     _, bootstrap = injected(mtls)

@@ -69,15 +69,17 @@ def build(plan: SidecarPlan) -> Json:
         inbound.inbound_listener(plan.ports, plan.mtls),
         outbound.outbound_listener(plan.upstreams, plan.policy, plan.declared_only),
     ]
-    telemetry.apply(listeners, plan.telemetry)
-    if plan.dual_stack:
-        listeners = [also_ipv6(item) for item in listeners]
+    egress = []  # the socket has no IPv6 twin
     if plan.outbound_socket:
-        listeners.append(
+        egress.append(
             outbound.outbound_uds_listener(
                 plan.outbound_socket, plan.upstreams, plan.policy, plan.declared_only
             )
         )
+    telemetry.apply([*listeners, *egress], plan.telemetry)
+    if plan.dual_stack:
+        listeners = [also_ipv6(item) for item in listeners]
+    listeners += egress
     return {
         # Only the proxy's UID may open the socket; its volume is mounted in the proxy only.
         "admin": {"address": pipe_address(ADMIN_SOCKET, ADMIN_SOCKET_MODE)},
