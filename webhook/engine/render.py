@@ -11,15 +11,7 @@ from typing import Any
 
 import orjson
 
-from webhook.engine import (
-    lifecycle,
-    mtls,
-    node_access,
-    observability,
-    probes,
-    sidecar,
-    sockets,
-)
+from webhook.engine import lifecycle, mtls, node_access, observability, probes, sidecar, sockets
 from webhook.engine import patch as jp
 from webhook.engine import pod as pods
 from webhook.engine.names import (
